@@ -1,0 +1,5 @@
+import sys
+
+from in21k.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""The ``in21k`` command line: one entry point, one subcommand per working feature.
+
+Each feature module exposes ``register(commands)`` and adds its own subcommand; heavy imports
+(torch, ray, nltk) happen inside the command functions so ``in21k --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable, Sequence
+
+from in21k import __version__
+
+# Feature modules in the order their commands appear in --help. A command is listed only once it works.
+COMMAND_MODULES: tuple[str, ...] = (
+    "in21k.synth.cli",
+    "in21k.tree.cli",
+)
+
+
+class Commands:
+    """What a feature module gets to register its subcommands with."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction) -> None:
+        self._sub = subparsers
+        self._bench: argparse._SubParsersAction | None = None
+
+    def add(self, name: str, *, help: str, description: str | None = None) -> argparse.ArgumentParser:  # noqa: A002
+        return self._sub.add_parser(
+            name, help=help, description=description or help, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+
+    def add_bench(self, name: str, *, help: str, description: str | None = None) -> argparse.ArgumentParser:  # noqa: A002
+        """A subcommand of ``in21k bench``."""
+        if self._bench is None:
+            bench = self._sub.add_parser("bench", help="benchmarks that print ratios against a baseline run")
+            self._bench = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+        return self._bench.add_parser(
+            name, help=help, description=description or help, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="in21k", description="ImageNet-21K pretraining toolkit: semantic tree, Ray preprocessing, loaders, training."
+    )
+    parser.add_argument("--version", action="version", version=f"in21k {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = Commands(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    func: Callable[[argparse.Namespace], int | None] = args.func
+    try:
+        return int(func(args) or 0)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        # Bad input and environment problems end with the message alone; bugs keep their traceback.
+        if args.verbose:
+            raise
+        print(f"in21k {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Command configuration: dataclass defaults, then a YAML file, then command-line flags.
+
+Every command describes its options as a dataclass. ``resolve_config`` merges, in order, the
+dataclass defaults, the YAML file given with ``--config`` and the flags the user actually typed,
+rejects unknown keys by name, checks types, and ``save_config`` writes the merged result next to the
+command's outputs so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a simple type hint, converting where YAML or argparse is lossy."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"config key {name!r}: bad value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"config key {name!r}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {name!r}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        out = [_coerce(name, v, item) for v in value]
+        return tuple(out) if origin is tuple else out
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {name!r}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {name!r}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {name!r}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key {name!r}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def check_keys(cls: type, keys: typing.Iterable[str], where: str) -> None:
+    """Raise a ``ValueError`` naming every key of ``keys`` that ``cls`` does not define."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in keys if k not in known]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(f"unknown config key(s) in {where}: {', '.join(hints)}. Known keys: {', '.join(sorted(known))}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config keys."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of key: value, not {type(data).__name__}")
+    return data
+
+
+def resolve_config(cls: type[T], *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Merge defaults < ``config_file`` < ``overrides`` into a validated ``cls`` instance.
+
+    ``overrides`` holds only the flags the user typed (``None`` means "not given").
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        data = load_yaml(config_file)
+        check_keys(cls, data, f"config file {str(config_file)!r}")
+        values.update(data)
+    if overrides:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        check_keys(cls, given, "command-line overrides")
+        values.update(given)
+    hints = _field_types(cls)
+    checked = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    try:
+        cfg = cls(**checked)
+    except TypeError as exc:  # a required field was not given
+        raise ValueError(f"incomplete config for {cls.__name__}: {exc}") from None
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the merged config as YAML (atomically) so the run can be repeated with ``--config``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def add_config_args(parser: Any, cls: type, *, positional: typing.Sequence[str] = ()) -> None:
+    """Add ``--config`` and one flag per field of ``cls`` (``field_name`` -> ``--field-name``).
+
+    Help text comes from ``field(metadata={"help": ...})``. Every flag defaults to ``None`` so
+    ``overrides_from_args`` can tell "not given" from "given"; the real default is shown in the help.
+    """
+    import argparse
+
+    parser.add_argument("--config", metavar="FILE", default=None, help="YAML file of config keys (see configs/)")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the merged config as YAML and exit without running"
+    )
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        if default not in (None, "", [], ()):
+            help_text += f" (default: {default})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": None}
+        metavar = f.metadata.get("metavar")
+        if metavar:
+            kwargs["metavar"] = metavar
+        base = hint
+        origin = typing.get_origin(hint)
+        if origin in (typing.Union, types.UnionType):
+            base = next(a for a in typing.get_args(hint) if a is not type(None))
+            origin = typing.get_origin(base)
+        if f.name in positional:
+            kwargs.pop("default")
+            parser.add_argument(f.name, nargs="?", **kwargs)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin in (list, tuple):
+            kwargs["nargs"] = "+"
+            item = typing.get_args(base)[0]
+            if item in (int, float):
+                kwargs["type"] = item
+        elif origin is typing.Literal:
+            kwargs["choices"] = typing.get_args(base)
+        elif base in (int, float):
+            kwargs["type"] = base
+        parser.add_argument(flag, **kwargs)
+
+
+def overrides_from_args(args: Any, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` that were given on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def config_from_args(args: Any, cls: type[T]) -> T:
+    """``resolve_config`` for an argparse namespace built by ``add_config_args``."""
+    return resolve_config(cls, config_file=args.config, overrides=overrides_from_args(args, cls))

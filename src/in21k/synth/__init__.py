@@ -1,0 +1,23 @@
+"""Synthetic raw ImageNet-21K releases for tests, demos and benchmarks."""
+
+from in21k.synth.generator import (
+    KINDS,
+    READABLE_KINDS,
+    REPORT_NAME,
+    SYNSETS_NAME,
+    UNREADABLE_KINDS,
+    SynthConfig,
+    render,
+    write_synthetic_release,
+)
+
+__all__ = [
+    "KINDS",
+    "READABLE_KINDS",
+    "REPORT_NAME",
+    "SYNSETS_NAME",
+    "UNREADABLE_KINDS",
+    "SynthConfig",
+    "render",
+    "write_synthetic_release",
+]

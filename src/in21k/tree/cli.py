@@ -1,0 +1,89 @@
+"""``in21k tree build`` and ``in21k tree info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from in21k.config import add_config_args, config_from_args, save_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TreeBuildConfig:
+    synsets: str = field(
+        default="fall11",
+        metadata={"help": "class list: a file of wnids (one per line), or fall11 / winter21 (timm's lists)",
+                  "metavar": "FILE|fall11|winter21"},
+    )
+    out: str = field(default="tree.json", metadata={"help": "where to write tree.json", "metavar": "PATH"})
+    miil_pth: str | None = field(
+        default=None, metadata={"help": "also write the original's imagenet21k_miil_tree.pth here", "metavar": "PATH"}
+    )
+
+
+def load_class_list(spec: str) -> list[str]:
+    from in21k.tree import read_synsets_file, timm_synsets
+
+    if spec in ("fall11", "winter21"):
+        return timm_synsets(spec)
+    return read_synsets_file(spec)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from in21k.tree import SemanticTree
+
+    cfg = config_from_args(args, TreeBuildConfig)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(vars(cfg), sort_keys=False), end="")
+        return 0
+    wnids = load_class_list(cfg.synsets)
+    start = time.perf_counter()
+    tree = SemanticTree.build(wnids)
+    seconds = time.perf_counter() - start
+    out = tree.save(cfg.out)
+    save_config(cfg, out.with_name(out.stem + ".config.yaml"))
+    if cfg.miil_pth:
+        tree.to_miil_pth(cfg.miil_pth)
+    summary = {**tree.summary(), "build_seconds": round(seconds, 2), "out": str(out), "miil_pth": cfg.miil_pth}
+    print(json.dumps(summary))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from in21k.tree import SemanticTree
+
+    tree = SemanticTree.load(args.tree)
+    summary = tree.summary()
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['num_classes']} classes, {summary['num_levels']} levels, {summary['num_roots']} roots")
+    for k, n in enumerate(summary["classes_per_level"]):
+        examples = ", ".join(tree.wnids[i] + " " + tree.names[i].split(",")[0] for i in tree.levels[k][:3])
+        print(f"  level {k:2d}: {n:6d} classes  e.g. {examples}")
+    return 0
+
+
+def register(commands) -> None:
+    parser = commands.add("tree", help="build and inspect the semantic tree (WordNet 3.0)")
+    sub = parser.add_subparsers(dest="tree_command", metavar="ACTION", required=True)
+    build = sub.add_parser(
+        "build",
+        help="build tree.json for a class list",
+        description="Build the semantic tree of a class list from WordNet 3.0 and save tree.json "
+        "(and optionally the original's imagenet21k_miil_tree.pth).",
+    )
+    add_config_args(build, TreeBuildConfig)
+    build.set_defaults(func=_build)
+    info = sub.add_parser("info", help="print levels and classes per level of a tree")
+    info.add_argument("tree", help="tree.json, imagenet21k_miil_tree.pth, or a built-in name: fall11, winter21")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=_info)

@@ -1,0 +1,136 @@
+"""``in21k synth``: real layout, real WordNet chains, deterministic bytes, honest counts."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+
+import pytest
+from PIL import Image
+
+from in21k.synth import READABLE_KINDS, UNREADABLE_KINDS, SynthConfig, write_synthetic_release
+from in21k.tree import SemanticTree
+from in21k.tree.wordnet import noun_synset
+
+
+def _cfg(out, **kw) -> SynthConfig:
+    base = dict(out=str(out), classes=12, images="6:20", seed=3, bad_share=0.2, odd_share=0.2,
+                small_share=0.2, large_share=0.05)
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+def _read_class_tar(blob: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        return True
+    except Exception:
+        return False
+
+
+def test_class_tars_match_report_member_by_member(tmp_path):
+    report = write_synthetic_release(_cfg(tmp_path))
+    assert report["totals"]["classes"] == 12
+    seen = 0
+    for cls in report["classes"]:
+        members = _read_class_tar((tmp_path / f"{cls['wnid']}.tar").read_bytes())
+        assert len(members) == cls["members"] == sum(cls["kinds"].values())
+        assert set(members) == set(report["members"][cls["wnid"]])
+        for name, data in members.items():
+            assert name.startswith(cls["wnid"] + "_") and name.endswith(".JPEG")
+            kind = report["members"][cls["wnid"]][name]
+            assert _decodes(data) == (kind in READABLE_KINDS), (name, kind)
+            if kind == "empty":
+                assert data == b""
+            if kind == "png":
+                assert data[:8] == b"\x89PNG\r\n\x1a\n"
+            if kind in ("cmyk", "gray"):
+                assert Image.open(io.BytesIO(data)).mode == {"cmyk": "CMYK", "gray": "L"}[kind]
+            seen += 1
+    assert seen == report["totals"]["members"]
+    assert report["totals"]["readable"] + report["totals"]["unreadable"] == seen
+    for kind in READABLE_KINDS + UNREADABLE_KINDS:
+        assert report["totals"]["kinds"][kind] > 0, kind
+
+
+def test_classes_form_real_wordnet_chains(tmp_path):
+    report = write_synthetic_release(_cfg(tmp_path, classes=30, images="2:3", non_noun_classes=2))
+    nouns = [c["wnid"] for c in report["classes"] if c["wordnet_noun"]]
+    fake = [c["wnid"] for c in report["classes"] if not c["wordnet_noun"]]
+    assert len(nouns) == 28 and len(fake) == 2
+    assert all(noun_synset(w) is None for w in fake)
+    assert (tmp_path / "synsets.txt").read_text().split() == sorted(nouns)
+    tree = SemanticTree.build(nouns)
+    assert tree.num_levels >= 3
+    assert any(len(level) >= 2 for level in tree.levels[1:])  # siblings exist below the roots
+    fall11 = SemanticTree.builtin("fall11")
+    chosen = set(nouns)
+    for w in nouns:  # a class comes with every fall11 ancestor: whole chains
+        assert all(fall11.wnids[a] in chosen for a in fall11.class_tree[fall11.wnid_to_index[w]])
+
+
+def test_sizes_and_class_spread(tmp_path):
+    report = write_synthetic_release(_cfg(tmp_path, classes=6, images="10:60", bad_share=0, odd_share=0,
+                                          small_share=0.3, large_share=0.2, non_noun_classes=0))
+    counts = sorted(c["members"] for c in report["classes"])
+    assert counts[0] == 10 and counts[-1] == 60
+    sizes = []
+    for cls in report["classes"]:
+        for data in _read_class_tar((tmp_path / f"{cls['wnid']}.tar").read_bytes()).values():
+            sizes.append(Image.open(io.BytesIO(data)).size)
+    assert any(min(s) < 224 for s in sizes)
+    assert any(max(s) > 2000 for s in sizes)
+    assert sum(300 <= min(s) <= 500 for s in sizes) > len(sizes) / 3
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = write_synthetic_release(_cfg(tmp_path / "a"))
+    write_synthetic_release(_cfg(tmp_path / "b"))
+    write_synthetic_release(_cfg(tmp_path / "c", seed=4))
+    for name in a["files"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) != sorted(p.name for p in (tmp_path / "c").iterdir()) \
+        or any((tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes() for n in a["files"])
+
+
+@pytest.mark.parametrize("whole_name", ["fall11_whole.tar", "winter21_whole.tar.gz"])
+def test_whole_tar_holds_the_same_class_tars(tmp_path, whole_name):
+    flat = write_synthetic_release(_cfg(tmp_path / "flat"))
+    whole = write_synthetic_release(_cfg(tmp_path / "whole", layout="whole-tar", whole_name=whole_name))
+    assert whole["files"] == [whole_name] and whole["totals"] == flat["totals"]
+    blob = (tmp_path / "whole" / whole_name).read_bytes()
+    if whole_name.endswith(".gz"):
+        blob = gzip.decompress(blob)
+    inner = _read_class_tar(blob)
+    assert sorted(inner) == sorted(flat["files"])
+    for name, data in inner.items():
+        assert data == (tmp_path / "flat" / name).read_bytes()
+
+
+def test_folders_layout(tmp_path):
+    flat = write_synthetic_release(_cfg(tmp_path / "flat"))
+    write_synthetic_release(_cfg(tmp_path / "dirs", layout="folders"))
+    for cls in flat["classes"]:
+        members = _read_class_tar((tmp_path / "flat" / f"{cls['wnid']}.tar").read_bytes())
+        folder = tmp_path / "dirs" / cls["wnid"]
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == members
+
+
+def test_bad_config_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="MIN:MAX"):
+        write_synthetic_release(_cfg(tmp_path, images="ten"))
+    with pytest.raises(ValueError, match="non-noun"):
+        write_synthetic_release(_cfg(tmp_path, non_noun_classes=12))
+
+
+def test_report_is_json_on_disk(tmp_path):
+    report = write_synthetic_release(_cfg(tmp_path))
+    assert json.loads((tmp_path / "synth_report.json").read_text())["totals"] == report["totals"]

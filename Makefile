@@ -15,6 +15,8 @@ WORDNET_SRC := /usr/share/wordnet
 # nltk searches <sys.prefix>/nltk_data by default, so the venv's python finds WordNet with no variable set.
 WORDNET_DIR := $(VENV)/nltk_data/corpora/wordnet
 DEMO_OUT ?= demo_out
+# Optional extras to install with the package (the container images set EXTRAS= to leave out the test tools).
+EXTRAS ?= test
 
 # The embedded local Ray binds and talks on 127.0.0.1 only, with no auth token.
 export RAY_AUTH_MODE := disabled
@@ -50,7 +52,7 @@ $(VENV)/bin/python:
 # Python packages, pinned in pyproject.toml; pillow-simd goes in last (anything installed after it that
 # depends on pillow would put plain Pillow back).
 $(VENV)/.installed: pyproject.toml $(VENV)/.system-packages | $(VENV)/bin/python
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.$(if $(EXTRAS),[$(EXTRAS)])'
 	$(PIP) uninstall -y -q pillow pillow-simd || true
 	CC="$(SIMD_CC)" $(PIP) install -q --no-deps --no-cache-dir pillow-simd==$(PILLOW_SIMD_VERSION) || \
 	  { echo "WARNING: pillow-simd did not build; falling back to plain Pillow (slower resize)"; \

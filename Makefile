@@ -79,9 +79,8 @@ test-quick: install
 
 demo: install
 	$(VENV)/bin/in21k synth $(DEMO_OUT)/raw --config configs/synth/demo.yaml
-	$(VENV)/bin/in21k tree build --synsets $(DEMO_OUT)/raw/synsets.txt --out $(DEMO_OUT)/tree.json \
-	  --miil-pth $(DEMO_OUT)/imagenet21k_miil_tree.pth
-	$(VENV)/bin/in21k tree info $(DEMO_OUT)/tree.json
+	$(VENV)/bin/in21k prepare --raw $(DEMO_OUT)/raw --out $(DEMO_OUT)/prepared --config configs/prepare/demo.yaml
+	$(VENV)/bin/in21k tree info $(DEMO_OUT)/prepared/tree.json
 	@echo "demo outputs are in $(DEMO_OUT)/"
 
 lint: install

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             try:
                 urllib.request.urlopen(endpoint, timeout=2).close()
                 break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer (SeaweedFS says 403 to an anonymous GET /) means the gateway is up
             except Exception:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"SeaweedFS S3 did not answer on {endpoint} within 90 s") from None

@@ -18,6 +18,8 @@ from in21k import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "in21k.synth.cli",
     "in21k.tree.cli",
+    "in21k.pipeline.cli",
+    "in21k.predict.cli",
 )
 
 

@@ -1,0 +1,150 @@
+"""``PrepareConfig``: every option of ``in21k prepare``, with its default and its check."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# 64 nodes x 8 GPUs x 8 loader workers read disjoint shards; a shard count that is a multiple of this
+# gives every worker the same number of shards (no worker idles at the end of an epoch).
+DEFAULT_SHARD_MULTIPLE = 64 * 8 * 8
+# ~1,500 samples of ~35 KB (224 px, quality 95) is ~50 MB per shard: large enough for fast sequential
+# reads from object storage, and fall11's 11.8 M train images give 8,192 = 2 x 4,096 shards.
+DEFAULT_SHARD_SIZE = 1500
+
+# Options that change what is written: a rerun into the same --out must use the same values.
+OUTPUT_KEYS = (
+    "raw",
+    "min_images",
+    "val_per_class",
+    "exclude_subtree",
+    "resize",
+    "size",
+    "quality",
+    "shard_size",
+    "num_train_shards",
+    "shard_multiple",
+    "seed",
+    "max_image_pixels",
+)
+
+
+@dataclass
+class PrepareConfig:
+    raw: str | None = field(
+        default=None,
+        metadata={
+            "help": "the raw release: folder/prefix of class tars, fall11_whole.tar, a .tar.gz, or class "
+            "folders; local path or s3:// / gs:// URL",
+            "metavar": "SRC",
+        },
+    )
+    out: str | None = field(
+        default=None, metadata={"help": "output folder or prefix (local or s3:// / gs://)", "metavar": "DST"}
+    )
+    min_images: int = field(
+        default=500, metadata={"help": "keep a class only with at least this many readable-looking members"}
+    )
+    val_per_class: int = field(default=50, metadata={"help": "validation images per kept class"})
+    exclude_subtree: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "drop every class under these wnids (WordNet hypernym closure), e.g. n00007846 (person)",
+            "metavar": "WNID",
+        },
+    )
+    resize: Literal["squash", "short-edge", "none"] = field(
+        default="squash",
+        metadata={
+            "help": "squash: size x size like the original; short-edge: shrink the short "
+            "side to size; none: keep the size (re-encode only)"
+        },
+    )
+    size: int = field(default=224, metadata={"help": "output size in pixels (see --resize)"})
+    quality: int = field(default=95, metadata={"help": "JPEG quality of the written images"})
+    shard_size: int = field(default=DEFAULT_SHARD_SIZE, metadata={"help": "target samples per shard"})
+    num_train_shards: int | None = field(
+        default=None,
+        metadata={"help": "exact number of train shards (default: from --shard-size and --shard-multiple)"},
+    )
+    shard_multiple: int = field(
+        default=DEFAULT_SHARD_MULTIPLE,
+        metadata={
+            "help": "round the train shard count up to a multiple of this (loader workers of the whole "
+            "cluster) when shards stay at least half of --shard-size"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the validation split and the shard permutation"})
+    ray_address: str | None = field(
+        default=None, metadata={"help": "Ray cluster address (e.g. auto, ray://head:10001); default: local Ray"}
+    )
+    num_cpus: int | None = field(default=None, metadata={"help": "CPUs for a local Ray (default: all)"})
+    staging: str | None = field(
+        default=None,
+        metadata={
+            "help": "where a .tar.gz release is streamed into class tars (default: DST/_staging)",
+            "metavar": "PATH",
+        },
+    )
+    max_image_pixels: int = field(
+        default=89_478_485, metadata={"help": "reject images with more pixels than this (decompression bombs)"}
+    )
+    max_retries: int = field(default=3, metadata={"help": "retries of a failed Ray task (a shard is the unit)"})
+    storage_options: Any = field(
+        default=None,
+        metadata={
+            "help": "fsspec storage options as JSON, e.g. '{\"endpoint_url\": ...}' "
+            "(default: credentials and endpoint from the environment)",
+            "metavar": "JSON",
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> None:
+        if not self.raw:
+            raise ValueError("--raw is required: the raw release to prepare (folder, archive or URL)")
+        if not self.out:
+            raise ValueError("--out is required: where the prepared dataset goes")
+        if isinstance(self.storage_options, str):
+            try:
+                self.storage_options = json.loads(self.storage_options)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--storage-options must be a JSON object: {exc}") from None
+        if self.storage_options is not None and not isinstance(self.storage_options, dict):
+            raise ValueError("storage_options must be a mapping of fsspec options")
+        for name, low in (
+            ("min_images", 1),
+            ("size", 8),
+            ("shard_size", 1),
+            ("shard_multiple", 1),
+            ("max_image_pixels", 1),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}")
+        if self.val_per_class < 0:
+            raise ValueError("--val-per-class must be >= 0")
+        if self.val_per_class >= self.min_images:
+            raise ValueError(
+                f"--val-per-class ({self.val_per_class}) must be smaller than --min-images "
+                f"({self.min_images}), or kept classes could have no train images"
+            )
+        if not 1 <= self.quality <= 100:
+            raise ValueError("--quality must be within 1..100")
+        if self.num_train_shards is not None and self.num_train_shards < 1:
+            raise ValueError("--num-train-shards must be at least 1")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError("--num-cpus must be at least 1")
+        if self.max_retries < 0:
+            raise ValueError("--max-retries must be >= 0")
+        bad = [w for w in self.exclude_subtree if len(w) != 9 or w[0] != "n" or not w[1:].isdigit()]
+        if bad:
+            raise ValueError(f"--exclude-subtree takes wnids like n00007846; not wnids: {', '.join(bad)}")
+
+    def output_fingerprint(self) -> dict[str, Any]:
+        """The options that decide the output bytes (a resumed run must match them)."""
+        out = {}
+        for key in OUTPUT_KEYS:
+            value = getattr(self, key)
+            out[key] = list(value) if isinstance(value, (list, tuple)) else value
+        return out

@@ -1,0 +1,93 @@
+"""The ``in21k prepare`` and ``in21k bench`` commands: errors before work, config round trip, bench smoke."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from in21k.cli import main
+
+
+def test_bad_config_and_unreadable_source_fail_before_any_work(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["prepare", "--raw", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "raw").mkdir()
+    assert (
+        main(
+            [
+                "prepare",
+                "--raw",
+                str(tmp_path / "raw"),
+                "--out",
+                str(out),
+                "--min-images",
+                "10",
+                "--val-per-class",
+                "20",
+            ]
+        )
+        == 2
+    )
+    assert "--val-per-class" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("min_image: 3\n")
+    assert main(["prepare", "--raw", str(tmp_path / "raw"), "--out", str(out), "--config", str(bad)]) == 2
+    assert "did you mean 'min_images'" in capsys.readouterr().err
+    assert main(["prepare", "--raw", str(tmp_path / "raw"), "--out", str(out), "--exclude-subtree", "n00000001"]) == 2
+    assert "not WordNet 3.0 noun synsets: n00000001" in capsys.readouterr().err
+    assert main(["prepare", "--out", str(out)]) == 2
+    assert "--raw is required" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_print_config_merges_yaml_and_flags(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    cfg = Path(__file__).parents[2] / "configs" / "prepare" / "demo.yaml"
+    assert (
+        main(
+            [
+                "prepare",
+                "--raw",
+                "r",
+                "--out",
+                "o",
+                "--config",
+                str(cfg),
+                "--quality",
+                "90",
+                "--exclude-subtree",
+                "n00007846",
+                "--storage-options",
+                '{"key": "k", "secret": "s"}',
+                "--print-config",
+            ]
+        )
+        == 0
+    )
+    merged = yaml.safe_load(capsys.readouterr().out)
+    assert merged["min_images"] == 40 and merged["quality"] == 90 and merged["exclude_subtree"] == ["n00007846"]
+    assert merged["storage_options"] == {"key": "<redacted>", "secret": "<redacted>"}
+
+
+@pytest.mark.parametrize("name", ["fall11.yaml", "winter21.yaml", "demo.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    from in21k.config import resolve_config
+    from in21k.pipeline import PrepareConfig
+
+    cfg = resolve_config(
+        PrepareConfig,
+        config_file=Path(__file__).parents[2] / "configs" / "prepare" / name,
+        overrides={"raw": "r", "out": "o"},
+    )
+    assert cfg.size == 224
+
+
+def test_bench_decode_smoke(capsys) -> None:
+    assert main(["bench", "decode", "--images", "6", "--rounds", "1", "--tail-share", "0.3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bench"] == "decode" and result["ratio"] > 0 and result["images"] == 6
+    assert {"nproc", "cpu_model", "pillow_simd", "baseline_images_per_s_per_core"} <= set(result)

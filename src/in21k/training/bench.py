@@ -1,0 +1,487 @@
+"""``in21k bench train`` and ``in21k bench infer``: training and inference throughput.
+
+The model-zoo row (issue 6, as the original's table): without ``--batch-size`` the maximal batch is
+found by search (doubling from ``--search-start`` until an out-of-memory error, then bisection to
+within 1/64; on CPU, where memory exhaustion is not an exception, ``--max-batch`` caps the search), then
+training (``bench train``) and inference (both commands) are timed on synthetic device tensors at 90%
+of it. The row's ``ratio`` is against the original's V100 figure for that model (DESIGN speed table):
+a cross-machine reference, not a same-machine baseline.
+
+The loader comparison (issue 5) of ``bench train``:
+
+The synthetic run is what the GPU can consume (no input pipeline at all); the loader-fed run reads
+real shards through ``create_loader`` (``--gpu-decode``: workers only batch JPEG bytes and the device
+decodes and augments). Their ratio says how much of the accelerator the data path leaves idle.
+``--make-data`` first writes a synthetic prepared dataset (224 px JPEGs at quality 95, the real
+ImageNet-21K-P class list and tree), so the check needs neither WordNet nor the raw release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from in21k.training.config import BenchInferConfig, BenchTrainConfig
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------- data
+def _shard(args: tuple) -> tuple[str, int]:
+    from PIL import Image
+
+    path, labels, size, seed = args
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for j, label in enumerate(labels):
+            # Smooth colour fields plus noise: JPEG sizes close to natural 224 px photos at quality 95.
+            low = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+            img = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC), dtype=np.int16)
+            img = np.clip(img + rng.integers(-12, 13, size=img.shape), 0, 255).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=95)
+            key = f"{Path(path).stem}_{j:05d}"
+            for ext, data in (("jpg", buf.getvalue()), ("cls", str(int(label)).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime = len(data), 1_600_000_000
+                tar.addfile(info, io.BytesIO(data))
+    return Path(path).name, len(labels)
+
+
+def make_bench_data(root: str | Path, *, images: int, shards: int, tree_name: str = "fall11", image_size: int = 224,
+                    workers: int = 0, seed: int = 0) -> Path:  # fmt: skip
+    """A prepared dataset (``_info.json``, ``tree.json``, train and validation shards) of random-label JPEGs."""
+    from multiprocessing import get_context
+
+    from in21k.tree import SemanticTree
+
+    root = Path(root)
+    tree = SemanticTree.load(tree_name)
+    tree.save(root / "tree.json")
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n_img, n_shards in (("train", images, shards), ("validation", max(images // 20, 64), 4)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        per = np.array_split(rng.integers(0, tree.num_classes, size=n_img), n_shards)
+        jobs = [(str(root / split / f"bench-{split}-{i:06d}.tar"), p.tolist(), image_size, seed * 7919 + i)
+                for i, p in enumerate(per)]  # fmt: skip
+        with get_context("fork").Pool(workers or os.cpu_count()) as pool:
+            done = pool.map(_shard, jobs)
+        splits[split] = {
+            "name": split,
+            "filenames": [f"{split}/{name}" for name, _ in done],
+            "shard_lengths": [n for _, n in done],
+            "num_samples": int(sum(n for _, n in done)),
+        }
+    info = {"name": "in21k-bench", "num_classes": tree.num_classes, "splits": splits, "tree": "tree.json",
+            "schema": "in21k.prepared/1", "config": {"bench": True, "image_size": image_size}}  # fmt: skip
+    (root / "_info.json").write_text(json.dumps(info))
+    return root
+
+
+# ----------------------------------------------------------------------------------------- timing
+class _Trainer:
+    def __init__(self, cfg: BenchTrainConfig, tree, device: torch.device) -> None:
+        from in21k.training.losses import SemanticSoftmaxLoss
+        from in21k.training.model import build_model
+        from in21k.training.optim import autocast_dtype, build_optimizer
+
+        torch.manual_seed(cfg.seed)
+        self.device = device
+        self.model = build_model(name=cfg.model, num_classes=tree.num_classes, image_size=cfg.image_size).to(device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.loss_fn = SemanticSoftmaxLoss(tree).to(device)
+        self.optimizer = build_optimizer(self.model, name="adam", lr=1e-4, weight_decay=1e-4)
+        self.dtype = autocast_dtype(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        with ctx:
+            logits = self.step_model(x)
+        loss = self.loss_fn(logits, y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(batches, work, *, warmup: int, steps: int, device: torch.device) -> float:
+    """img/s over ``steps`` batches after ``warmup`` untimed ones."""
+    it = iter(batches)
+    for _ in range(warmup):
+        work(*next(it))
+    _sync(device)
+    start, seen = time.perf_counter(), 0
+    for _ in range(steps):
+        seen += work(*next(it))
+    _sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------- model-zoo row
+# The original's model-zoo table (one V100, 224 px, 90% of the maximal batch; DESIGN "Facts"):
+# model -> (maximal batch size, training img/s, inference img/s).
+V100_TABLE: dict[str, tuple[int, int, int]] = {
+    "mobilenetv3_large_100": (488, 1210, 5980),
+    "resnet50": (320, 720, 2760),
+    "tresnet_m": (520, 670, 2970),
+    "vit_base_patch16_224": (160, 340, 1140),
+}
+RATIO_BASELINE = (
+    "the original's V100 figure for this model (DESIGN speed table, 224 px): a cross-machine reference, "
+    "not a same-machine baseline"
+)
+ROW_HEADER = (
+    "| Backbone | Maximal batch size | Maximal training speed (img/sec) | Maximal inference speed (img/sec) |\n"
+    "| :---: | :---: | :---: | :---: |"
+)
+_SEARCH_LIMIT = 1 << 16
+
+
+@dataclass
+class BatchSearch:
+    """The largest batch that fit, whether ``--max-batch`` stopped the search first, and every try."""
+
+    max_batch: int
+    capped: bool
+    tried: list[tuple[int, bool]]
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA out-of-memory, or a CPU allocation failure (when the OS refuses rather than kills)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def find_max_batch(fits: Callable[[int], bool], *, start: int = 8, cap: int | None = None) -> BatchSearch:
+    """Largest ``b`` with ``fits(b)``: doubling from ``start`` until a failure (or ``cap``), then bisection.
+
+    The bisection stops when the bracket is within 1/64 of the lower end (each try costs a step and, on
+    GPUs, an autotune). Assumes that what fits at ``b`` fits below ``b``.
+    """
+    tried: list[tuple[int, bool]] = []
+
+    def ok(b: int) -> bool:
+        result = bool(fits(b))
+        tried.append((b, result))
+        log.info("batch %d: %s", b, "fits" if result else "out of memory")
+        return result
+
+    start = max(1, min(start, cap) if cap is not None else start)
+    lo, hi, b = 0, None, start
+    while hi is None:
+        if ok(b):
+            lo = b
+            if (cap is not None and b >= cap) or b >= _SEARCH_LIMIT:
+                return BatchSearch(b, True, tried)
+            b = min(2 * b, cap) if cap is not None else 2 * b
+        else:
+            hi = b
+    while hi - lo > max(1, lo // 64):
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    if lo == 0:
+        raise RuntimeError("even a batch of 1 does not fit in memory; try a smaller --image-size or model")
+    return BatchSearch(lo, False, tried)
+
+
+def _fits(step: Callable[[], None], device: torch.device, cleanup: Callable[[], None] | None = None) -> bool:
+    failed = False
+    try:
+        step()
+        _sync(device)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+        if not is_oom(exc):
+            raise
+        failed = True
+    if failed or device.type == "cuda":
+        # Drop what the failed step left (gradients, cached blocks) before the next, smaller try.
+        if cleanup is not None:
+            cleanup()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return not failed
+
+
+def _synthetic_batch(batch: int, image_size: int, num_classes: int, device: torch.device, *, channels_last: bool,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.rand(batch, 3, image_size, image_size, device=device, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, num_classes, (batch,), device=device, generator=g)
+
+
+def _infer_step(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> int:
+    with torch.inference_mode():
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with ctx:
+            model(x)
+    return x.shape[0]
+
+
+def _time_infer(model, x, *, dtype, device, warmup: int, steps: int) -> float:
+    was_training = model.training
+    model.eval()
+    try:
+        return _timed(iter(lambda: (x,), None), lambda xb: _infer_step(model, xb, dtype, device), warmup=warmup,
+                      steps=steps, device=device)  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def _speed(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def zoo_row(model: str, search: BatchSearch | None, batch: int, train_img_s: float | None,
+            infer_img_s: float | None) -> str:  # fmt: skip
+    """One markdown row with the original table's columns."""
+    if search is None:
+        size = f"- (given batch {batch})"
+    else:
+        size = f"{search.max_batch}" + (" (capped by --max-batch)" if search.capped else "")
+    return f"| {model} | {size} | {_speed(train_img_s)} | {_speed(infer_img_s)} |"
+
+
+def _reference(model: str, train_img_s: float | None, infer_img_s: float | None) -> dict[str, Any]:
+    ref = V100_TABLE.get(model)
+    if ref is None:
+        return {"ratio": None, "ratio_baseline": "none: the original's table has no figure for this model",
+                "reference_v100": None}  # fmt: skip
+    out: dict[str, Any] = {
+        "ratio_baseline": RATIO_BASELINE,
+        "reference_v100": {"max_batch": ref[0], "train_img_s": ref[1], "infer_img_s": ref[2]},
+    }
+    out["ratio_train"] = round(train_img_s / ref[1], 4) if train_img_s else None
+    out["ratio_infer"] = round(infer_img_s / ref[2], 4) if infer_img_s else None
+    return out
+
+
+def _device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def _check_search_possible(device: torch.device, batch_size: int | None, max_batch: int | None) -> None:
+    if batch_size is None and max_batch is None and device.type != "cuda":
+        raise ValueError(
+            "finding the maximal batch on CPU needs --max-batch (running out of CPU memory ends the process "
+            "instead of raising an error); or give --batch-size"
+        )
+
+
+def bench_infer(cfg: BenchInferConfig) -> dict[str, Any]:
+    """``in21k bench infer``: the maximal inference batch, then inference img/s at 90% of it."""
+    from in21k.training.model import build_model
+    from in21k.training.optim import autocast_dtype
+    from in21k.tree import SemanticTree
+
+    device = _device(cfg.device)
+    _check_search_possible(device, cfg.batch_size, cfg.max_batch)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    tree = SemanticTree.load(cfg.tree)
+    torch.manual_seed(cfg.seed)
+    model = build_model(name=cfg.model, num_classes=tree.num_classes, image_size=cfg.image_size).to(device).eval()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    run_model = torch.compile(model) if cfg.compile else model
+    dtype = autocast_dtype(cfg.amp, device)
+
+    def batch_of(b: int) -> torch.Tensor:
+        return _synthetic_batch(b, cfg.image_size, tree.num_classes, device, channels_last=cfg.channels_last,
+                                seed=cfg.seed)[0]  # fmt: skip
+
+    search = None
+    batch = cfg.batch_size
+    if batch is None:
+        search = find_max_batch(lambda b: _fits(lambda: _infer_step(run_model, batch_of(b), dtype, device), device),
+                                start=cfg.search_start, cap=cfg.max_batch)  # fmt: skip
+        batch = max(1, int(0.9 * search.max_batch))
+    infer = _time_infer(run_model, batch_of(batch), dtype=dtype, device=device, warmup=cfg.warmup, steps=cfg.steps)
+    log.info("%s inference at batch %d: %.1f img/s", cfg.model, batch, infer)
+    result: dict[str, Any] = {
+        "bench": "infer", "model": cfg.model, "device": _device_name(device), "cpus": os.cpu_count(),
+        "image_size": cfg.image_size, "amp": cfg.amp, "channels_last": cfg.channels_last, "compile": cfg.compile,
+        "num_classes": tree.num_classes, "max_batch": search.max_batch if search else None,
+        "max_batch_capped": search.capped if search else None, "search": search.tried if search else None,
+        "batch_size": batch, "train_img_s": None, "infer_img_s": round(infer, 1),
+    }  # fmt: skip
+    ref = _reference(cfg.model, None, infer)
+    ref["ratio"] = ref.pop("ratio_infer", None)
+    ref.pop("ratio_train", None)
+    result.update(ref)
+    result["row"] = zoo_row(cfg.model, search, batch, None, infer)
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def format_row(result: dict[str, Any]) -> str:
+    """The table header, the row, and a line saying what the ratio compares (for the human-readable output)."""
+    lines = [ROW_HEADER, result["row"]]
+    what = f"[{result['device']}, {result['image_size']} px, amp {result['amp']}, batch {result['batch_size']}]"
+    if result.get("reference_v100"):
+        parts = [f"{k.split('_')[1]} {result[k]:.3f}" for k in ("ratio_train", "ratio_infer") if result.get(k)]
+        if result["bench"] == "infer" and result.get("ratio") is not None:
+            parts = [f"infer {result['ratio']:.3f}"]
+        lines.append(f"ratio vs {RATIO_BASELINE}: {', '.join(parts)} {what}")
+    else:
+        lines.append(f"ratio: none (the original's table has no {result['model']}) {what}")
+    return "\n".join(lines)
+
+
+def _loader_batches(cfg: BenchTrainConfig, data: str, *, gpu_decode: bool, device: torch.device):
+    from in21k.loaders import create_loader
+    from in21k.training.feed import DevicePrefetcher, build_feed
+
+    loader = create_loader(data=data, split="train", batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                           seed=cfg.seed, train=True, image_size=cfg.image_size,
+                           decode="none" if gpu_decode else "cpu")  # fmt: skip
+    feed = build_feed(gpu_decode=gpu_decode, device=device, image_size=cfg.image_size, train=True,
+                      mean=loader.mean, std=loader.std, channels_last=cfg.channels_last)  # fmt: skip
+    epoch = 0
+    while True:  # as many epochs as the timing needs; the feed runs ahead in a thread, as in training
+        loader.set_epoch(epoch)
+        for _, x, y in DevicePrefetcher(
+            loader, feed, device=device, depth=2, seed_of=lambda i, e=epoch: e * 100_003 + i
+        ):
+            yield x, y
+        epoch += 1
+
+
+def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
+    from in21k.tree import SemanticTree
+
+    device = torch.device(
+        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = cfg.data
+    if cfg.make_data:
+        start = time.perf_counter()
+        data = str(make_bench_data(cfg.make_data, images=cfg.make_images, shards=cfg.make_shards, tree_name=cfg.tree,
+                                   image_size=cfg.image_size, workers=cfg.make_workers, seed=cfg.seed))  # fmt: skip
+        log.info("wrote %d images in %d shards to %s in %.1fs", cfg.make_images, cfg.make_shards, data,
+                 time.perf_counter() - start)  # fmt: skip
+    tree = SemanticTree.load(str(Path(data) / "tree.json")) if data else SemanticTree.load(cfg.tree)
+    _check_search_possible(device, cfg.batch_size, cfg.max_batch)
+    trainer = _Trainer(cfg, tree, device)
+    search = None
+    if cfg.batch_size is None:
+
+        def train_at(b: int) -> None:
+            x, y = _synthetic_batch(b, cfg.image_size, tree.num_classes, device, channels_last=cfg.channels_last,
+                                    seed=cfg.seed)  # fmt: skip
+            trainer.step(x, y)
+
+        search = find_max_batch(
+            lambda b: _fits(lambda: train_at(b), device, cleanup=lambda: trainer.optimizer.zero_grad(set_to_none=True)),
+            start=cfg.search_start, cap=cfg.max_batch,
+        )  # fmt: skip
+        cfg = dataclasses.replace(cfg, batch_size=max(1, int(0.9 * search.max_batch)))
+        log.info("%s: maximal training batch %d%s; timing at %d", cfg.model, search.max_batch,
+                 " (capped)" if search.capped else "", cfg.batch_size)  # fmt: skip
+    result: dict[str, Any] = {
+        "bench": "train", "model": cfg.model, "device": _device_name(device),
+        "cpus": os.cpu_count(), "batch_size": cfg.batch_size, "image_size": cfg.image_size, "amp": cfg.amp,
+        "channels_last": cfg.channels_last, "compile": cfg.compile, "num_classes": tree.num_classes,
+        "steps": cfg.steps, "num_workers": cfg.num_workers,
+    }  # fmt: skip
+
+    def train_on(x, y):
+        trainer.step(x, y)
+        return len(y)
+
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    x = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device, generator=g)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, tree.num_classes, (cfg.batch_size,), device=device, generator=g)
+    synthetic = _timed(iter(lambda: (x, y), None), train_on, warmup=cfg.warmup, steps=cfg.steps, device=device)
+    result["synthetic_img_s"] = round(synthetic, 1)
+    log.info("%s synthetic: %.1f img/s", cfg.model, synthetic)
+    infer = _time_infer(trainer.step_model, x, dtype=trainer.dtype, device=device, warmup=min(cfg.warmup, 10),
+                        steps=cfg.steps)  # fmt: skip
+    log.info("%s inference at batch %d: %.1f img/s", cfg.model, cfg.batch_size, infer)
+    result.update(
+        max_batch=search.max_batch if search else None, max_batch_capped=search.capped if search else None,
+        search=search.tried if search else None, train_img_s=round(synthetic, 1), infer_img_s=round(infer, 1),
+    )  # fmt: skip
+    ref = _reference(cfg.model, synthetic, infer)
+    ref["ratio"] = ref.get("ratio_train")
+    result.update(ref)
+    result["row"] = zoo_row(cfg.model, search, cfg.batch_size, synthetic, infer)
+    if data:
+        paths = [("loader", cfg.gpu_decode)] + (
+            [("loader_cpu_decode", False)] if cfg.cpu_decode_too and cfg.gpu_decode else []
+        )
+        for name, gpu in paths:
+            batches = _loader_batches(cfg, data, gpu_decode=gpu, device=device)
+            # Input path alone (no model): the most it could ever deliver.
+            feed_only = _timed(
+                batches, lambda xb, yb: len(yb), warmup=cfg.warmup, steps=min(cfg.steps, 50), device=device
+            )
+            fed = _timed(batches, train_on, warmup=2, steps=cfg.steps, device=device)
+            result[f"{name}_img_s"] = round(fed, 1)
+            result[f"{name}_feed_only_img_s"] = round(feed_only, 1)
+            result[f"{name}_ratio"] = round(fed / synthetic, 3)
+            result[f"{name}_gpu_decode"] = gpu
+            log.info("%s %s: %.1f img/s fed (ratio %.3f), input path alone %.1f img/s", cfg.model, name, fed,
+                     fed / synthetic, feed_only)  # fmt: skip
+            batches.close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m in21k.training.bench``: the same as ``in21k bench train`` without the other commands' imports
+    (for machines that have torch, timm and torchvision but not the whole toolkit's dependencies)."""
+    import argparse
+
+    from in21k.config import add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser(prog="python -m in21k.training.bench", description=__doc__)
+    add_config_args(parser, BenchTrainConfig)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    print(json.dumps(bench_train(config_from_args(args, BenchTrainConfig))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

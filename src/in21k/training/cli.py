@@ -1,0 +1,148 @@
+"""``in21k train``: semantic-softmax training of a timm model on a prepared dataset (torchrun for several processes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from in21k.config import add_config_args, config_from_args, print_config_requested
+
+EPILOG = """\
+examples:
+  in21k train --data DST --model resnet50 --out runs/r50 --config configs/train/default.yaml
+  in21k train --data DST --model resnet10t --out runs/demo --config configs/train/demo.yaml
+  torchrun --nproc-per-node 8 -m in21k train --data s3://bucket/DST --model vit_base_patch16_224 \\
+      --out runs/vit --config configs/train/adamw_cosine_ema.yaml --resume auto
+"""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from in21k.training.config import TrainConfig
+
+    cfg = config_from_args(args, TrainConfig)
+    if print_config_requested(args, cfg):
+        return 0
+    from in21k.training.train import train
+
+    result = train(cfg)
+    if os.environ.get("RANK", "0") == "0":  # the process group is gone by now; torchrun's variable remains
+        print(json.dumps(result))
+    return 0
+
+
+def register(commands) -> None:
+    from in21k.training.config import TrainConfig
+
+    parser = commands.add(
+        "train",
+        help="train a timm model with the semantic softmax (torchrun for several processes/nodes)",
+        description="Train any timm model on a prepared dataset with the semantic softmax loss (or plain "
+        "cross-entropy). Defaults are the original recipe (Adam 3e-4, OneCycle per step, wd 1e-4 on "
+        "weights only, AMP). Writes RUN_DIR/config.yaml, metrics.jsonl, logs/, checkpoints/, curves.png, model.pt.",
+    )
+    parser.epilog = EPILOG
+    add_config_args(parser, TrainConfig)
+    parser.set_defaults(func=_train)
+    register_finetune(commands)
+    register_bench(commands)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from in21k.training.config import FinetuneConfig
+
+    cfg = config_from_args(args, FinetuneConfig)
+    if print_config_requested(args, cfg):
+        return 0
+    from in21k.training.finetune import finetune
+
+    result = finetune(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(result))
+    return 0
+
+
+def register_finetune(commands) -> None:
+    from in21k.training.config import FinetuneConfig
+
+    parser = commands.add(
+        "finetune",
+        help="transfer a 21K model to a single-label dataset (prepared shards or class folders)",
+        description="Fine-tune a 21K model (our model.pt/checkpoint, or the original's state dict with --model and "
+        "--tree) on a single-label dataset: prepared shards (DST/_info.json) or class folders ROOT/train/<class>/, "
+        "ROOT/val/<class>/; one process or torchrun (DDP). Recipe of the original's transfer notes by default "
+        "(Adam 2e-4, wd 1e-4, cosine with warmup, EMA, label smoothing 0.1); --optimizer sgd|adamw. "
+        "--head-init map initialises the new head's rows of classes whose folder name is a wnid of the 21K tree "
+        "from the 21K head. Writes RUN_DIR/config.yaml, head_init.json, metrics.jsonl, logs/, checkpoints/ "
+        "(one per epoch; --resume auto), model.pt.",
+    )
+    parser.epilog = """\
+examples:
+  in21k finetune --checkpoint runs/r50/model.pt --data /data/imagenet --out runs/r50-in1k --head-init map \\
+      --config configs/finetune/default.yaml
+  in21k finetune --checkpoint resnet50_miil_21k.pth --model resnet50 --tree fall11 --data DST --out runs/ft \\
+      --config configs/finetune/sgd.yaml
+"""
+    add_config_args(parser, FinetuneConfig)
+    parser.set_defaults(func=_finetune)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from in21k.training.config import BenchTrainConfig
+
+    cfg = config_from_args(args, BenchTrainConfig)
+    if print_config_requested(args, cfg):
+        return 0
+    from in21k.training.bench import bench_train, format_row
+
+    result = bench_train(cfg)
+    if not cfg.json:
+        print(format_row(result))
+    print(json.dumps(result))  # always the last line
+    return 0
+
+
+def _bench_infer(args: argparse.Namespace) -> int:
+    from in21k.training.config import BenchInferConfig
+
+    cfg = config_from_args(args, BenchInferConfig)
+    if print_config_requested(args, cfg):
+        return 0
+    from in21k.training.bench import bench_infer, format_row
+
+    result = bench_infer(cfg)
+    if not cfg.json:
+        print(format_row(result))
+    print(json.dumps(result))
+    return 0
+
+
+def register_bench(commands) -> None:
+    from in21k.training.config import BenchTrainConfig
+
+    parser = commands.add_bench(
+        "train",
+        help="model-zoo row (maximal batch, train/infer img/s) and loader-fed vs synthetic training img/s",
+        description="Without --batch-size, find the maximal training batch by search (doubling, then bisection on "
+        "out-of-memory; on CPU --max-batch caps it) and time at 90% of it, as the original's model-zoo table did. "
+        "Train a timm model for --steps steps on synthetic device tensors and time inference on the same batch; "
+        "with --data/--make-data also train fed by create_loader (--gpu-decode: JPEG bytes decoded and augmented "
+        "on the device) and report the loader-fed/synthetic ratio. Prints the row with the original table's "
+        "columns and its ratio against the original's V100 figure for the model (a cross-machine reference), "
+        "then one JSON line (--json: the JSON line only). --make-data first writes a synthetic prepared dataset.",
+    )
+    add_config_args(parser, BenchTrainConfig)
+    parser.set_defaults(func=_bench)
+    from in21k.training.config import BenchInferConfig
+
+    parser = commands.add_bench(
+        "infer",
+        help="maximal inference batch and inference img/s at 90%% of it (model-zoo row)",
+        description="Find the maximal inference batch by search (doubling, then bisection on out-of-memory; on CPU "
+        "--max-batch caps it), then time inference (eval mode, no grad, autocast) on synthetic device tensors at "
+        "90% of it. Prints the row with the original table's columns (the training column is left to bench "
+        "train) and the ratio against the original's V100 inference figure (a cross-machine reference), then "
+        "one JSON line (--json: the JSON line only).",
+    )
+    add_config_args(parser, BenchInferConfig)
+    parser.set_defaults(func=_bench_infer)

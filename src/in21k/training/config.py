@@ -1,0 +1,255 @@
+"""``TrainConfig``: every option of ``in21k train`` (defaults = the original recipe), torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _h(text: str, metavar: str | None = None) -> dict:
+    return {"help": text, **({"metavar": metavar} if metavar else {})}
+
+
+@dataclass
+class TrainConfig:
+    # ---- data and model
+    data: str = field(default="", metadata=_h("prepared dataset (output of in21k prepare)", "DST"))
+    out: str = field(default="", metadata=_h("run directory: config, logs, metrics, checkpoints, curves", "RUN_DIR"))
+    tree: str | None = field(default=None, metadata=_h("semantic tree (default: DST/tree.json)", "PATH"))
+    model: str = field(default="resnet50", metadata=_h("any timm model name", "NAME"))
+    image_size: int = field(default=224, metadata=_h("training and validation image size (squash)", "PX"))
+    init: str | None = field(
+        default=None, metadata=_h("ImageNet-1K checkpoint: tensors matching by name and shape", "PATH")
+    )
+    resume: str | None = field(
+        default=None, metadata=_h("auto (newest checkpoint in RUN_DIR, if any) or a checkpoint file", "auto|PATH")
+    )
+    # ---- loss
+    loss: Literal["semantic", "single-label"] = field(
+        default="semantic", metadata=_h("semantic softmax or plain cross-entropy")
+    )
+    label_smoothing: float = field(default=0.2, metadata=_h("label smoothing e: (1-e)*onehot + e/n"))
+    max_level_weight: float = field(default=20.0, metadata=_h("clamp of the semantic level weights W_k"))
+    teacher: str | None = field(
+        default=None,
+        metadata=_h("semantic KD: teacher checkpoint (our model.pt/ckpt, or the original's state dict)", "CKPT"),
+    )
+    teacher_model: str | None = field(
+        default=None, metadata=_h("teacher's timm architecture (required for a plain state dict)", "NAME")
+    )
+    kd_weight: float = field(default=1.0, metadata=_h("semantic KD: loss = semantic softmax + W * KD", "W"))
+    # ---- schedule and optimiser
+    epochs: int = field(default=80, metadata=_h("epochs", "N"))
+    batch_size: int = field(default=64, metadata=_h("batch size per process (per GPU)", "B"))
+    accum_steps: int = field(default=1, metadata=_h("gradient accumulation: batches per optimizer step", "N"))
+    optimizer: Literal["adam", "adamw"] = field(default="adam", metadata=_h("adam (L2 decay, the original) or adamw"))
+    lr: float = field(default=3e-4, metadata=_h("peak learning rate"))
+    weight_decay: float = field(default=1e-4, metadata=_h("weight decay, on parameters with ndim > 1 only"))
+    schedule: Literal["onecycle", "cosine", "constant"] = field(
+        default="onecycle", metadata=_h("lr schedule, stepped per optimizer step")
+    )
+    pct_start: float = field(default=0.1, metadata=_h("onecycle: fraction of steps rising to lr"))
+    div_factor: float = field(default=20.0, metadata=_h("onecycle: start lr = lr / div_factor"))
+    final_div_factor: float = field(default=1e4, metadata=_h("onecycle: end lr = start lr / final_div_factor"))
+    warmup_steps: int = field(default=0, metadata=_h("cosine: linear warmup steps", "N"))
+    min_lr: float = field(default=0.0, metadata=_h("cosine: final lr"))
+    grad_clip: float | None = field(default=None, metadata=_h("clip the gradient norm to this value"))
+    ema: bool = field(default=False, metadata=_h("keep an exponential moving average of the weights (also validated)"))
+    ema_decay: float = field(default=0.9998, metadata=_h("EMA decay per optimizer step"))
+    # ---- speed
+    amp: Literal["auto", "none", "bf16", "fp16"] = field(
+        default="auto", metadata=_h("autocast: auto = fp16 on CUDA (the original), none on CPU")
+    )
+    channels_last: bool = field(default=False, metadata=_h("channels_last memory format for model and input"))
+    compile: bool = field(default=False, metadata=_h("torch.compile the model"))
+    device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto", metadata=_h("auto = cuda:LOCAL_RANK when CUDA is available")
+    )
+    num_workers: int = field(default=8, metadata=_h("loader worker processes per rank", "N"))
+    transform: str = field(default="miil", metadata=_h("loader transform name (CPU decode path)", "NAME"))
+    gpu_decode: bool = field(default=False, metadata=_h("workers batch JPEG bytes; decode + augment on the device"))
+    prefetch: int = field(
+        default=2, metadata=_h("batches fed to the device ahead in a thread (0: off; needs workers)", "N")
+    )
+    # ---- run control
+    seed: int = field(default=0, metadata=_h("seed of model init, loader order and augmentation", "N"))
+    deterministic: bool = field(default=False, metadata=_h("torch deterministic algorithms (exact resume on GPU)"))
+    save_every: int = field(
+        default=1000, metadata=_h("checkpoint every N optimizer steps (and at each epoch end)", "N")
+    )
+    keep_last: int = field(default=3, metadata=_h("checkpoints kept", "K"))
+    log_every: int = field(default=50, metadata=_h("train metrics line every N optimizer steps", "N"))
+    max_steps_per_epoch: int | None = field(
+        default=None, metadata=_h("cap on optimizer steps per epoch (smoke runs)", "N")
+    )
+    val_max_batches: int | None = field(default=None, metadata=_h("cap on validation batches per rank", "N"))
+    val_batch_size: int | None = field(
+        default=None, metadata=_h("validation batch size (default: 2 x batch size)", "B")
+    )
+    plot: bool = field(default=True, metadata=_h("write curves.png at the end"))
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("--data is required: the prepared dataset directory (output of in21k prepare)")
+        if not self.out:
+            raise ValueError("--out is required: the run directory")
+        for name in ("epochs", "batch_size", "accum_steps", "image_size", "save_every", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.kd_weight < 0:
+            raise ValueError(f"--kd-weight must be >= 0, got {self.kd_weight}")
+        if self.teacher_model and not self.teacher:
+            raise ValueError("--teacher-model without --teacher: give the teacher checkpoint too")
+
+
+@dataclass
+class BenchTrainConfig:
+    data: str | None = field(
+        default=None, metadata=_h("prepared dataset for the loader-fed run (none: synthetic only)", "DST")
+    )
+    make_data: str | None = field(
+        default=None, metadata=_h("first write a synthetic prepared dataset here (and use it)", "DIR")
+    )
+    make_images: int = field(default=16384, metadata=_h("--make-data: number of 224 px JPEGs (quality 95)", "N"))
+    make_shards: int = field(default=64, metadata=_h("--make-data: number of shards", "N"))
+    make_workers: int = field(default=0, metadata=_h("--make-data: processes (0 = all cores)", "N"))
+    model: str = field(default="resnet50", metadata=_h("timm model name", "NAME"))
+    batch_size: int | None = field(
+        default=None, metadata=_h("batch size (default: 90%% of the maximal batch, found by search)", "B")
+    )
+    max_batch: int | None = field(
+        default=None, metadata=_h("cap of the maximal-batch search (required on CPU: no OOM error there)", "B")
+    )
+    search_start: int = field(default=8, metadata=_h("first batch size of the search (then doubling)", "B"))
+    json: bool = field(default=False, metadata=_h("print only the JSON line (not the table row)"))
+    steps: int = field(default=200, metadata=_h("timed training steps per run", "N"))
+    warmup: int = field(default=20, metadata=_h("untimed steps first (cudnn autotune, allocator, loader start)", "N"))
+    image_size: int = field(default=224, metadata=_h("image size", "PX"))
+    amp: Literal["auto", "none", "bf16", "fp16"] = field(default="bf16", metadata=_h("autocast dtype"))
+    channels_last: bool = field(default=True, metadata=_h("channels_last model and input"))
+    compile: bool = field(default=False, metadata=_h("torch.compile the model"))
+    gpu_decode: bool = field(
+        default=True, metadata=_h("loader-fed run: decode + augment on the device (else CPU workers)")
+    )
+    cpu_decode_too: bool = field(default=False, metadata=_h("also time the CPU-decode loader path, for reference"))
+    num_workers: int = field(default=8, metadata=_h("loader workers", "N"))
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("device"))
+    tree: str = field(
+        default="fall11", metadata=_h("head/loss tree when there is no DST/tree.json", "PATH|fall11|winter21")
+    )
+    seed: int = field(default=0, metadata=_h("seed", "N"))
+
+    def validate(self) -> None:
+        for name in ("steps", "image_size", "make_images", "make_shards", "search_start"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.num_workers < 0 or self.make_workers < 0:
+            raise ValueError("--warmup, --num-workers and --make-workers must be >= 0")
+        if self.data and self.make_data:
+            raise ValueError("give --data (an existing dataset) or --make-data (write one), not both")
+        for name in ("batch_size", "max_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class BenchInferConfig:
+    model: str = field(default="resnet50", metadata=_h("timm model name", "NAME"))
+    batch_size: int | None = field(
+        default=None, metadata=_h("batch size (default: 90%% of the maximal inference batch, found by search)", "B")
+    )
+    max_batch: int | None = field(
+        default=None, metadata=_h("cap of the maximal-batch search (required on CPU: no OOM error there)", "B")
+    )
+    search_start: int = field(default=8, metadata=_h("first batch size of the search (then doubling)", "B"))
+    json: bool = field(default=False, metadata=_h("print only the JSON line (not the table row)"))
+    steps: int = field(default=100, metadata=_h("timed forward passes", "N"))
+    warmup: int = field(default=10, metadata=_h("untimed forward passes first", "N"))
+    image_size: int = field(default=224, metadata=_h("image size", "PX"))
+    amp: Literal["auto", "none", "bf16", "fp16"] = field(default="bf16", metadata=_h("autocast dtype"))
+    channels_last: bool = field(default=True, metadata=_h("channels_last model and input"))
+    compile: bool = field(default=False, metadata=_h("torch.compile the model"))
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("device"))
+    tree: str = field(default="fall11", metadata=_h("tree that sizes the head", "PATH|fall11|winter21"))
+    seed: int = field(default=0, metadata=_h("seed", "N"))
+
+    def validate(self) -> None:
+        for name in ("steps", "image_size", "search_start"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError("--warmup must be >= 0")
+        for name in ("batch_size", "max_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class FinetuneConfig:
+    """``in21k finetune``; defaults follow the original's transfer notes (Transfer_learning.md: Adam 2e-4, wd 1e-4,
+    cosine with 3 warmup epochs down to 1e-8, EMA 0.995, label smoothing 0.1, squash, 50 epochs, batch 128)."""
+
+    checkpoint: str = field(
+        default="", metadata=_h("21K model: our model.pt/checkpoint, or the original's published state dict", "CKPT")
+    )
+    data: str = field(
+        default="",
+        metadata=_h("prepared shards (DST with _info.json) or class folders ROOT/{train,val}/<class>/", "DIR"),
+    )
+    out: str = field(default="", metadata=_h("run directory: config, logs, metrics, checkpoints, model.pt", "RUN_DIR"))
+    model: str | None = field(
+        default=None, metadata=_h("timm architecture (default: the checkpoint's; required for a state dict)", "NAME")
+    )
+    tree: str | None = field(
+        default=None, metadata=_h("the 21K model's tree (default: the checkpoint's; required for a state dict)",
+                                  "PATH|fall11|winter21"),
+    )  # fmt: skip
+    weights: Literal["model", "ema"] = field(default="model", metadata=_h("which weights of our 21K files"))
+    head_init: Literal["random", "map"] = field(
+        default="random",
+        metadata=_h("new head: random, or map (rows of classes whose wnid is in the 21K tree copied from its head)"),
+    )
+    image_size: int | None = field(default=None, metadata=_h("image size (default: the checkpoint's, else 224)", "PX"))
+    transform: str = field(
+        default="miil", metadata=_h("loader transform (miil: squash + Cutout + RandAugment)", "NAME")
+    )
+    epochs: int = field(default=50, metadata=_h("epochs", "N"))
+    batch_size: int = field(default=128, metadata=_h("batch size", "B"))
+    optimizer: Literal["adam", "adamw", "sgd"] = field(default="adam", metadata=_h("adam, adamw or sgd (momentum)"))
+    lr: float = field(default=2e-4, metadata=_h("peak learning rate"))
+    weight_decay: float = field(default=1e-4, metadata=_h("weight decay, on parameters with ndim > 1 only"))
+    momentum: float = field(default=0.9, metadata=_h("sgd: Nesterov momentum"))
+    warmup_epochs: float = field(default=3.0, metadata=_h("cosine schedule: linear warmup epochs", "N"))
+    min_lr: float = field(default=1e-8, metadata=_h("cosine schedule: final lr"))
+    label_smoothing: float = field(default=0.1, metadata=_h("label smoothing of the cross-entropy"))
+    ema: bool = field(default=True, metadata=_h("exponential moving average of the weights (also validated)"))
+    ema_decay: float = field(default=0.995, metadata=_h("EMA decay per optimizer step"))
+    grad_clip: float | None = field(default=None, metadata=_h("clip the gradient norm to this value"))
+    amp: Literal["auto", "none", "bf16", "fp16"] = field(
+        default="auto", metadata=_h("autocast: auto = fp16 on CUDA, none on CPU")
+    )
+    channels_last: bool = field(default=False, metadata=_h("channels_last memory format"))
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("auto = cuda when available"))
+    num_workers: int = field(default=8, metadata=_h("loader worker processes", "N"))
+    seed: int = field(default=0, metadata=_h("seed of the new head, data order and augmentation", "N"))
+    resume: str | None = field(
+        default=None, metadata=_h("auto (newest checkpoint in RUN_DIR, if any) or a checkpoint file", "auto|PATH")
+    )
+    keep_last: int = field(default=3, metadata=_h("checkpoints kept (one per epoch)", "K"))
+    log_every: int = field(default=50, metadata=_h("train metrics line every N steps", "N"))
+    max_steps_per_epoch: int | None = field(default=None, metadata=_h("cap on steps per epoch (smoke runs)", "N"))
+    val_max_batches: int | None = field(default=None, metadata=_h("cap on validation batches", "N"))
+
+    def validate(self) -> None:
+        for name, what in (("checkpoint", "the 21K model"), ("data", "the dataset"), ("out", "the run directory")):
+            if not getattr(self, name):
+                raise ValueError(f"--{name} is required: {what}")
+        for name in ("epochs", "batch_size", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs < 0 or self.num_workers < 0:
+            raise ValueError("--warmup-epochs and --num-workers must be >= 0")

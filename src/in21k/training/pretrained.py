@@ -1,0 +1,198 @@
+"""Trained 21K models from a file: our ``model.pt`` and ``checkpoints/ckpt-*.pt``, and the original's published format.
+
+One reader for everything that consumes a trained semantic-softmax model (the KD teacher, ``in21k predict``,
+``in21k finetune``). Every file is read with ``torch.load(weights_only=True)``.
+
+- **Ours, final** (``RUN_DIR/model.pt``): ``{"model", "ema", "model_name", "image_size", "mean", "std",
+  "tree", "config"}``: architecture, tree and preprocessing all come from the file.
+- **Ours, checkpoint** (``RUN_DIR/checkpoints/ckpt-<step>.pt``, schema ``in21k.train-checkpoint/1``): the
+  architecture and config come from the file; the tree from ``config["tree"]`` or ``config["data"]/tree.json``
+  when that path still exists, else it must be given.
+- **The original's published weights** (e.g. ``resnet50_miil_21k.pth``): a plain state dict, possibly under
+  ``state_dict`` (or ``model``); the architecture name and the tree must be given (``fall11`` is built in).
+  Preprocessing is the original's: squash, no mean/std normalisation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from in21k.tree import SemanticTree
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SCHEMA = "in21k.train-checkpoint/1"
+
+
+@dataclass
+class TrainedModel:
+    """A loaded model (eval mode, on the CPU) and what is needed to feed it and read its output."""
+
+    model: nn.Module
+    model_name: str
+    tree: SemanticTree
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    transform: str  # the loader transform whose eval variant matches the model's validation preprocessing
+    kind: str  # "model.pt", "checkpoint" or "state_dict" (the original's format)
+    weights: str  # "model" or "ema"
+
+
+def _tensors(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return None
+
+
+def _load_tree(tree: SemanticTree | str | None) -> SemanticTree | None:
+    if tree is None or not isinstance(tree, str):
+        return tree
+    from in21k.tree import SemanticTree
+
+    return SemanticTree.load(tree)
+
+
+def _checkpoint_tree(obj: dict[str, Any], path: Path) -> SemanticTree:
+    from in21k.tree import SemanticTree
+
+    if isinstance(obj.get("tree"), dict):
+        return SemanticTree.from_dict(obj["tree"])
+    cfg = obj.get("config") or {}
+    candidates = [cfg.get("tree")] + ([str(Path(cfg["data"]) / "tree.json")] if cfg.get("data") else [])
+    for candidate in candidates:
+        if candidate and (candidate in ("fall11", "winter21") or Path(candidate).exists()):
+            return SemanticTree.load(candidate)
+    raise ValueError(
+        f"{path} does not carry its tree and the run's tree ({' or '.join(c for c in candidates if c) or 'unknown'}) "
+        "is not here; give --tree (the prepared dataset's tree.json)"
+    )
+
+
+def read_trained_model(
+    path: str | Path,
+    *,
+    model_name: str | None = None,
+    tree: SemanticTree | str | None = None,
+    image_size: int | None = None,
+    weights: str = "model",
+) -> TrainedModel:
+    """Load a trained 21K model from ``path`` (any of the three formats of the module docstring).
+
+    ``model_name``, ``tree`` and ``image_size`` override what the file says (and are required for the
+    original's format, ``image_size`` defaulting to 224). ``weights="ema"`` takes the EMA weights of one of
+    our files (an error when it has none).
+    """
+    from in21k.loaders.transforms import MIIL_MEAN, MIIL_STD, build_transform
+    from in21k.training.model import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    if weights not in ("model", "ema"):
+        raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path} cannot be loaded with weights_only=True ({exc}); re-save it as a plain state dict of tensors"
+        ) from None
+    if isinstance(obj, dict) and obj.get("task") == "single-label":
+        raise ValueError(
+            f"{path} is a fine-tuned single-label model (in21k finetune): it has no semantic 21K head to read"
+        )
+    tree = _load_tree(tree)
+    ours = isinstance(obj, dict) and isinstance(obj.get("model_name"), str) and _tensors(obj.get("model")) is not None
+    if ours:
+        kind = "checkpoint" if obj.get("schema") == CHECKPOINT_SCHEMA else "model.pt"
+        cfg = obj.get("config") or {}
+        if model_name and model_name != obj["model_name"]:
+            raise ValueError(f"{path} holds a {obj['model_name']} model, not {model_name}; drop --model or fix it")
+        model_name = obj["model_name"]
+        if tree is None:
+            tree = _checkpoint_tree(obj, path)
+        elif isinstance(obj.get("tree"), dict):
+            from in21k.tree import SemanticTree
+
+            own = SemanticTree.from_dict(obj["tree"])
+            if own.wnids != tree.wnids:
+                raise ValueError(
+                    f"{path} was trained on another class list ({own.num_classes} classes) than the tree given "
+                    f"({tree.num_classes}); its head's rows would be read as the wrong classes"
+                )
+        state = _tensors(obj.get(weights))
+        if state is None:
+            raise ValueError(f"{path} has no {weights!r} weights (was the run trained with --ema?)")
+        image_size = image_size or int(obj.get("image_size") or cfg.get("image_size") or 224)
+        transform = str(cfg.get("transform") or "miil")
+        if "mean" in obj and "std" in obj:
+            mean, std = tuple(obj["mean"]), tuple(obj["std"])
+        else:
+            tf = build_transform(transform, image_size=image_size, train=False)
+            mean, std = tf.mean, tf.std
+    else:
+        kind = "state_dict"
+        state = None
+        if isinstance(obj, dict):
+            for key in (None, "state_dict", "model"):
+                state = _tensors(obj if key is None else obj.get(key))
+                if state is not None:
+                    break
+        if state is None:
+            raise ValueError(f"{path} is neither one of our checkpoints nor a state dict (top level or 'state_dict')")
+        if weights == "ema":
+            raise ValueError(f"{path} is a plain state dict: it has no separate EMA weights; drop --weights ema")
+        if not model_name or tree is None:
+            raise ValueError(
+                f"{path} is a plain state dict (the original's published format): give the architecture and the "
+                "tree, e.g. --model resnet50 --tree fall11"
+            )
+        image_size = image_size or 224
+        transform, mean, std = "miil", MIIL_MEAN, MIIL_STD
+    model = build_model(name=model_name, num_classes=tree.num_classes, image_size=image_size)
+    _load_strict(model, state, path, tree.num_classes)
+    model.eval()
+    log.info("loaded %s (%s, %s weights): %d classes, %d px", path, model_name, weights, tree.num_classes, image_size)
+    return TrainedModel(
+        model=model, model_name=model_name, tree=tree, image_size=int(image_size), mean=tuple(mean),
+        std=tuple(std), transform=transform, kind=kind, weights=weights,
+    )  # fmt: skip
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, num_classes: int) -> None:
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong = [k for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or wrong:
+        detail = []
+        if wrong:
+            k = wrong[0]
+            detail.append(f"shape of {k}: file {list(state[k].shape)} vs model {list(target[k].shape)}")
+        if missing:
+            detail.append(f"{len(missing)} model tensors missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unknown tensors (e.g. {unexpected[0]})")
+        raise ValueError(
+            f"{path} does not fit this architecture with a {num_classes}-class head: {'; '.join(detail)}. "
+            "Check --model (and --tree: the head must have one output per tree class)"
+        )
+    model.load_state_dict(state)
+
+
+def classifier_layer(model: nn.Module) -> nn.Linear:
+    """The model's final ``nn.Linear`` (timm's ``get_classifier()``), for head surgery."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear):
+        raise ValueError(
+            f"{type(model).__name__}'s classifier is {type(head).__name__}, not a Linear layer; "
+            "head mapping supports models whose classifier is one Linear layer"
+        )
+    return head

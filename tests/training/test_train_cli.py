@@ -1,0 +1,98 @@
+"""``in21k train`` in one process: the alternative recipe (GPU-decode path on CPU, EMA, accumulation,
+AdamW + cosine, single-label), its outputs, config handling and environment errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from in21k.cli import main
+from tests.loaders.prepared_data import make_prepared_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prepared1")
+    return make_prepared_dataset(root, num_classes=6, shard_lengths_train=[12, 12], shard_lengths_val=[6],
+                                 image_size=(40, 28), seed=1)  # fmt: skip
+
+
+def test_alternative_recipe_with_gpu_decode_path_on_cpu(data, tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({"optimizer": "adamw", "schedule": "cosine", "warmup_steps": 1, "ema": True,
+                                   "ema_decay": 0.9, "accum_steps": 2, "loss": "single-label"}))  # fmt: skip
+    from in21k.training.model import build_model
+
+    in1k = tmp_path / "in1k.pth"  # an ImageNet-1K-shaped checkpoint of the same architecture
+    torch.save({"state_dict": build_model(name="mobilenetv3_small_050", num_classes=1000).state_dict()}, in1k)
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--out", str(run), "--config", str(cfg), "--init", str(in1k),
+               "--resume", "auto",
+               "--model", "mobilenetv3_small_050", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+               "--num-workers", "0", "--gpu-decode", "--amp", "bf16", "--channels-last", "--log-every", "1",
+               "--val-max-batches", "1"])  # fmt: skip
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 3  # 24 samples / batch 4 = 6 batches, 2 per optimizer step
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["optimizer"] == "adamw" and saved["gpu_decode"] is True and saved["epochs"] == 1  # file < flags
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    lrs = [r["lr"] for r in train]
+    assert lrs[0] == pytest.approx(3e-4) and lrs[-1] < lrs[0]  # warmup 1 step, then cosine down
+    val = [r for r in records if r["kind"] == "val"][0]
+    assert "ema" in val and 0 <= val["ema"]["semantic_top1"] <= 1 and val["samples"] > 0
+    assert (run / "curves.png").stat().st_size > 1000
+    final = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    assert final["model_name"] == "mobilenetv3_small_050" and final["ema"] is not None
+    assert len(final["tree"]["classes"]) == 6
+    log = (run / "logs" / "rank-0.log").read_text()
+    assert log.count("val semantic top-1") == 1
+    assert "skipped classifier.weight" in log and "--init" in log  # applied: --resume auto found nothing
+
+
+def test_print_config_and_unknown_key(tmp_path, capsys):
+    assert main(["train", "--data", "D", "--out", "R", "--config", "configs/train/demo.yaml", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"] == "D" and printed["model"] == "resnet10t"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 0.1\n")
+    assert main(["train", "--data", "D", "--out", "R", "--config", str(bad)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_half_set_distributed_environment_fails_clearly(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for k in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--model", "resnet10t"]) == 2
+    assert "LOCAL_RANK, MASTER_ADDR, MASTER_PORT missing" in capsys.readouterr().err
+
+
+def test_resume_from_mid_run_checkpoint_is_exact_with_ema_accum_and_gpu_decode(data, tmp_path):
+    """A copy of a mid-epoch checkpoint resumed in a fresh run dir ends bit-identical (model and EMA)."""
+    import shutil
+
+    args = ["--data", str(data), "--model", "resnet10t", "--image-size", "32", "--epochs", "2", "--batch-size", "2",
+            "--num-workers", "1", "--gpu-decode", "--ema", "--ema-decay", "0.5", "--accum-steps", "2",
+            "--save-every", "1", "--keep-last", "20", "--amp", "none", "--no-plot",
+            "--val-max-batches", "1"]  # fmt: skip
+    full = tmp_path / "full"
+    assert main(["train", "--out", str(full), *args]) == 0
+    mid = full / "checkpoints" / "ckpt-000000004.pt"  # step 4 of 6 per epoch: mid-epoch 0
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(mid, part / "checkpoints" / mid.name)
+    assert main(["train", "--out", str(part), "--resume", "auto", *args]) == 0
+    assert "resumed from" in (part / "logs" / "rank-0.log").read_text()
+    a = torch.load(full / "model.pt", map_location="cpu", weights_only=True)
+    b = torch.load(part / "model.pt", map_location="cpu", weights_only=True)
+    for which in ("model", "ema"):
+        for key in a[which]:
+            assert torch.equal(a[which][key], b[which][key]), (which, key)

@@ -78,10 +78,7 @@ test-quick: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not ray and not slow and not s3 and not dist"
 
 demo: install
-	$(VENV)/bin/in21k synth $(DEMO_OUT)/raw --config configs/synth/demo.yaml
-	$(VENV)/bin/in21k prepare --raw $(DEMO_OUT)/raw --out $(DEMO_OUT)/prepared --config configs/prepare/demo.yaml
-	$(VENV)/bin/in21k tree info $(DEMO_OUT)/prepared/tree.json
-	@echo "demo outputs are in $(DEMO_OUT)/"
+	$(VENV)/bin/in21k demo --out $(DEMO_OUT)
 
 lint: install
 	$(VENV)/bin/ruff check src tests && $(VENV)/bin/ruff format --check src tests

@@ -31,8 +31,18 @@ def test_synth_then_tree_build_with_config_and_overrides(tmp_path):
     assert "seed: 8" in saved and "classes: 8" in saved
     out = tmp_path / "tree.json"
     pth = tmp_path / "imagenet21k_miil_tree.pth"
-    built = json.loads(run("tree", "build", "--synsets", str(tmp_path / "raw" / "synsets.txt"), "--out", str(out),
-                           "--miil-pth", str(pth)).stdout)
+    built = json.loads(
+        run(
+            "tree",
+            "build",
+            "--synsets",
+            str(tmp_path / "raw" / "synsets.txt"),
+            "--out",
+            str(out),
+            "--miil-pth",
+            str(pth),
+        ).stdout
+    )
     tree = SemanticTree.load(out)
     assert built["num_classes"] == tree.num_classes == 7
     assert SemanticTree.load(pth).to_dict() == tree.to_dict()

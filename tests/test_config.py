@@ -40,8 +40,12 @@ def test_unknown_keys_are_named_with_a_suggestion(tmp_path):
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [({"size": "big"}, "integer"), ({"resize": "crop"}, "not one of"), ({"flag": "yes"}, "true or false"),
-     ({"ratio": True}, "number")],
+    [
+        ({"size": "big"}, "integer"),
+        ({"resize": "crop"}, "not one of"),
+        ({"flag": "yes"}, "true or false"),
+        ({"ratio": True}, "number"),
+    ],
 )
 def test_types_are_checked(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from in21k import __version__
 
@@ -19,7 +19,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "in21k.synth.cli",
     "in21k.tree.cli",
     "in21k.pipeline.cli",
+    "in21k.loaders.cli",
+    "in21k.training.cli",
     "in21k.predict.cli",
+    "in21k.demo",
 )
 
 
@@ -47,7 +50,8 @@ class Commands:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="in21k", description="ImageNet-21K pretraining toolkit: semantic tree, Ray preprocessing, loaders, training."
+        prog="in21k",
+        description="ImageNet-21K pretraining toolkit: semantic tree, Ray preprocessing, loaders, training.",
     )
     parser.add_argument("--version", action="version", version=f"in21k {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

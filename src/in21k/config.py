@@ -19,6 +19,7 @@ import yaml
 
 T = TypeVar("T")
 
+
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -98,7 +99,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve_config(cls: type[T], *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+def resolve_config(
+    cls: type[T], *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> T:
     """Merge defaults < ``config_file`` < ``overrides`` into a validated ``cls`` instance.
 
     ``overrides`` holds only the flags the user typed (``None`` means "not given").
@@ -200,3 +203,11 @@ def overrides_from_args(args: Any, cls: type) -> dict[str, Any]:
 def config_from_args(args: Any, cls: type[T]) -> T:
     """``resolve_config`` for an argparse namespace built by ``add_config_args``."""
     return resolve_config(cls, config_file=args.config, overrides=overrides_from_args(args, cls))
+
+
+def print_config_requested(args: Any, cfg: Any, *, as_dict: typing.Callable[[Any], dict] = config_to_dict) -> bool:
+    """For ``--print-config``: print the merged config as YAML and return True (the command then exits 0)."""
+    if not getattr(args, "print_config", False):
+        return False
+    print(yaml.safe_dump(as_dict(cfg), sort_keys=False), end="")
+    return True

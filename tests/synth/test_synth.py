@@ -16,8 +16,9 @@ from in21k.tree.wordnet import noun_synset
 
 
 def _cfg(out, **kw) -> SynthConfig:
-    base = dict(out=str(out), classes=12, images="6:20", seed=3, bad_share=0.2, odd_share=0.2,
-                small_share=0.2, large_share=0.05)
+    base = dict(
+        out=str(out), classes=12, images="6:20", seed=3, bad_share=0.2, odd_share=0.2, small_share=0.2, large_share=0.05
+    )
     base.update(kw)
     return SynthConfig(**base)
 
@@ -78,8 +79,18 @@ def test_classes_form_real_wordnet_chains(tmp_path):
 
 
 def test_sizes_and_class_spread(tmp_path):
-    report = write_synthetic_release(_cfg(tmp_path, classes=6, images="10:60", bad_share=0, odd_share=0,
-                                          small_share=0.3, large_share=0.2, non_noun_classes=0))
+    report = write_synthetic_release(
+        _cfg(
+            tmp_path,
+            classes=6,
+            images="10:60",
+            bad_share=0,
+            odd_share=0,
+            small_share=0.3,
+            large_share=0.2,
+            non_noun_classes=0,
+        )
+    )
     counts = sorted(c["members"] for c in report["classes"])
     assert counts[0] == 10 and counts[-1] == 60
     sizes = []
@@ -97,8 +108,9 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     write_synthetic_release(_cfg(tmp_path / "c", seed=4))
     for name in a["files"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) != sorted(p.name for p in (tmp_path / "c").iterdir()) \
-        or any((tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes() for n in a["files"])
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) != sorted(
+        p.name for p in (tmp_path / "c").iterdir()
+    ) or any((tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes() for n in a["files"])
 
 
 @pytest.mark.parametrize("whole_name", ["fall11_whole.tar", "winter21_whole.tar.gz"])

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from in21k.config import add_config_args, config_from_args, config_to_dict
+from in21k.config import add_config_args, config_from_args, config_to_dict, print_config_requested
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from in21k.pipeline.writer import Store
 
     cfg = config_from_args(args, PrepareConfig)
-    if args.print_config:
-        print(yaml.safe_dump(_redacted(cfg), sort_keys=False), end="")
+    if print_config_requested(args, cfg, as_dict=_redacted):
         return 0
     summary = prepare(cfg)
     Store(cfg.out, cfg.storage_options).write_bytes(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import posixpath
 import time
 from typing import Any
@@ -45,6 +46,9 @@ def check_output(store: Store, cfg: PrepareConfig) -> None:
         )
 
 
+LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def _connect(cfg: PrepareConfig) -> bool:
     """Connect to Ray; returns whether we started it (only then do we shut it down)."""
     import ray
@@ -54,6 +58,10 @@ def _connect(cfg: PrepareConfig) -> bool:
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True)
     else:
+        # A Ray started for this one job: no auth token, loopback only, no usage reporting. Set before the
+        # node processes start (they read these from the environment); a user's own values win.
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False)
     return True
 

@@ -7,6 +7,7 @@ from in21k.synth.generator import (
     SYNSETS_NAME,
     UNREADABLE_KINDS,
     SynthConfig,
+    drawing_paths,
     render,
     write_synthetic_release,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "SYNSETS_NAME",
     "UNREADABLE_KINDS",
     "SynthConfig",
+    "drawing_paths",
     "render",
     "write_synthetic_release",
 ]

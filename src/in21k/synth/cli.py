@@ -6,17 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from in21k.config import add_config_args, config_from_args, config_to_dict, save_config
+from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
 
 
 def _run(args: argparse.Namespace) -> int:
     from in21k.synth import SynthConfig, write_synthetic_release
 
     cfg = config_from_args(args, SynthConfig)
-    if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    if print_config_requested(args, cfg):
         return 0
     report = write_synthetic_release(cfg)
     save_config(cfg, Path(cfg.out) / "synth_config.yaml")

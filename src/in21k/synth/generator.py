@@ -44,14 +44,16 @@ class SynthConfig:
     out: str = field(default="synth_raw", metadata={"help": "output folder", "metavar": "OUT"})
     classes: int = field(default=24, metadata={"help": "number of classes (WordNet nouns plus non-noun ones)"})
     images: str = field(
-        default="20:120", metadata={"help": "members per class, MIN:MAX (spread so some fall below --min-images)",
-                                   "metavar": "MIN:MAX"}
+        default="20:120",
+        metadata={"help": "members per class, MIN:MAX (spread so some fall below --min-images)", "metavar": "MIN:MAX"},
     )
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same bytes"})
     layout: Literal["class-tars", "whole-tar", "folders"] = field(
         default="class-tars",
-        metadata={"help": "class-tars: OUT/nXXXXXXXX.tar; whole-tar: OUT/<whole-name> holding the class tars; "
-                  "folders: OUT/nXXXXXXXX/*.JPEG"},
+        metadata={
+            "help": "class-tars: OUT/nXXXXXXXX.tar; whole-tar: OUT/<whole-name> holding the class tars; "
+            "folders: OUT/nXXXXXXXX/*.JPEG"
+        },
     )
     whole_name: str = field(
         default="fall11_whole.tar", metadata={"help": "outer archive name for --layout whole-tar (.tar.gz: gzipped)"}
@@ -266,6 +268,26 @@ def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
+def drawing_paths(wnids: list[str]) -> dict[str, list[str]]:
+    """Root-first chains used to draw each class: its fall11 chain restricted to ``wnids``.
+
+    A wnid outside fall11 (the non-noun classes) is drawn as a root of its own. Rendering more images
+    of a class later (held-out images, say) with the same set gives the same look.
+    """
+    from in21k.tree import SemanticTree
+
+    fall11 = SemanticTree.builtin("fall11")
+    chosen = set(wnids)
+    paths = {}
+    for wnid in wnids:
+        if wnid in fall11.wnid_to_index:
+            chain = [fall11.wnids[i] for i in fall11.path(fall11.wnid_to_index[wnid])]
+            paths[wnid] = [w for w in chain if w in chosen]
+        else:
+            paths[wnid] = [wnid]
+    return paths
+
+
 def write_synthetic_release(cfg: SynthConfig) -> dict:
     """Write the release described by ``cfg`` and return its report (also saved as ``synth_report.json``)."""
     from in21k.tree import SemanticTree
@@ -278,14 +300,8 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
     nouns = choose_classes(cfg.classes - cfg.non_noun_classes, rng)
     fake = non_noun_wnids(cfg.non_noun_classes)
     fall11 = SemanticTree.builtin("fall11")
-    # Drawing follows the shipped fall11 chain restricted to the chosen classes (the real hierarchy).
     chosen = set(nouns)
-    paths = {}
-    for wnid in nouns:
-        chain = [fall11.wnids[i] for i in fall11.path(fall11.wnid_to_index[wnid])]
-        paths[wnid] = [w for w in chain if w in chosen]
-    for wnid in fake:
-        paths[wnid] = [wnid]
+    paths = drawing_paths(nouns + fake)
     names = {w: fall11.names[fall11.wnid_to_index[w]] for w in nouns}
     # Class sizes spread evenly over MIN..MAX (shuffled), so a threshold inside the range drops some.
     all_wnids = sorted(nouns + fake)
@@ -296,7 +312,7 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
     class_blobs: list[tuple[str, bytes]] = []
     from tqdm import tqdm
 
-    for wnid, n in tqdm(list(zip(all_wnids, sizes)), desc="synth classes", unit="class", disable=None):
+    for wnid, n in tqdm(list(zip(all_wnids, sizes, strict=True)), desc="synth classes", unit="class", disable=None):
         numbers = rng.choice(np.arange(1, 10 * hi + 100), size=int(n), replace=False)
         kinds: Counter = Counter()
         members: list[tuple[str, bytes]] = []

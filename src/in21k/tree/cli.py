@@ -7,9 +7,8 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from in21k.config import add_config_args, config_from_args, save_config
+from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +17,10 @@ log = logging.getLogger(__name__)
 class TreeBuildConfig:
     synsets: str = field(
         default="fall11",
-        metadata={"help": "class list: a file of wnids (one per line), or fall11 / winter21 (timm's lists)",
-                  "metavar": "FILE|fall11|winter21"},
+        metadata={
+            "help": "class list: a file of wnids (one per line), or fall11 / winter21 (timm's lists)",
+            "metavar": "FILE|fall11|winter21",
+        },
     )
     out: str = field(default="tree.json", metadata={"help": "where to write tree.json", "metavar": "PATH"})
     miil_pth: str | None = field(
@@ -39,10 +40,7 @@ def _build(args: argparse.Namespace) -> int:
     from in21k.tree import SemanticTree
 
     cfg = config_from_args(args, TreeBuildConfig)
-    if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(vars(cfg), sort_keys=False), end="")
+    if print_config_requested(args, cfg):
         return 0
     wnids = load_class_list(cfg.synsets)
     start = time.perf_counter()

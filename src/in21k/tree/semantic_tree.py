@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class SemanticTree:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, wnids: Iterable[str]) -> "SemanticTree":
+    def build(cls, wnids: Iterable[str]) -> SemanticTree:
         """Build the tree of ``wnids`` from WordNet 3.0 (raises ``NotWordNetNounError`` for bad ids)."""
         from in21k.tree.wordnet import noun_synset, wnid_of
 
@@ -131,7 +132,7 @@ class SemanticTree:
         return cls(classes)
 
     @classmethod
-    def builtin(cls, name: str) -> "SemanticTree":
+    def builtin(cls, name: str) -> SemanticTree:
         """The shipped tree of ``fall11`` (11,221 classes) or ``winter21`` (10,450): no WordNet needed."""
         if name not in BUILTIN_TREES:
             raise ValueError(f"unknown built-in tree {name!r}; choose one of {', '.join(BUILTIN_TREES)}")
@@ -248,16 +249,20 @@ class SemanticTree:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SemanticTree":
+    def from_dict(cls, data: dict[str, Any]) -> SemanticTree:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"not a semantic tree of schema {SCHEMA!r} (found {data.get('schema')!r})")
         known = {"schema", "wordnet", "num_classes", "num_levels", "classes", "levels", "class_tree"}
         try:
-            classes = [TreeClass(int(c["index"]), str(c["wnid"]), str(c["name"]), int(c["depth"]), int(c["parent"]))
-                       for c in data["classes"]]
+            classes = [
+                TreeClass(int(c["index"]), str(c["wnid"]), str(c["name"]), int(c["depth"]), int(c["parent"]))
+                for c in data["classes"]
+            ]
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed tree.json class entry: {exc}") from None
-        tree = cls(classes, wordnet=str(data.get("wordnet", "3.0")), extra={k: v for k, v in data.items() if k not in known})
+        tree = cls(
+            classes, wordnet=str(data.get("wordnet", "3.0")), extra={k: v for k, v in data.items() if k not in known}
+        )
         # levels and class_tree are derived; a file whose copies disagree was edited by hand or is corrupt.
         if "levels" in data and data["levels"] != tree.levels:
             raise ValueError("tree.json: 'levels' disagrees with the classes' depths")
@@ -278,7 +283,7 @@ class SemanticTree:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "SemanticTree":
+    def load(cls, path: str | Path) -> SemanticTree:
         """Read a ``tree.json`` (or ``.json.gz``), a MIIL ``.pth``, or a built-in name (``fall11``, ``winter21``)."""
         if str(path) in BUILTIN_TREES:
             return cls.builtin(str(path))
@@ -318,7 +323,7 @@ class SemanticTree:
         return path
 
     @classmethod
-    def from_miil_dict(cls, data: dict[str, Any]) -> "SemanticTree":
+    def from_miil_dict(cls, data: dict[str, Any]) -> SemanticTree:
         missing = [k for k in ("class_list", "class_tree_list") if k not in data]
         if missing:
             raise ValueError(f"not a MIIL semantic tree: missing key(s) {', '.join(missing)}")
@@ -328,7 +333,7 @@ class SemanticTree:
         if len(trees) != len(class_list):
             raise ValueError("MIIL tree: class_tree_list and class_list differ in length")
         classes = []
-        for i, (wnid, chain) in enumerate(zip(class_list, trees)):
+        for i, (wnid, chain) in enumerate(zip(class_list, trees, strict=True)):
             chain = [int(x) for x in chain]
             if not chain or chain[0] != i:
                 raise ValueError(f"MIIL tree: class_tree_list[{i}] must start with {i}, got {chain[:3]}")
@@ -337,7 +342,7 @@ class SemanticTree:
         return cls(classes)
 
     @classmethod
-    def from_miil_pth(cls, path: str | Path) -> "SemanticTree":
+    def from_miil_pth(cls, path: str | Path) -> SemanticTree:
         """Load an ``imagenet21k_miil_tree.pth`` safely (``weights_only=True``: plain data only)."""
         import torch
 

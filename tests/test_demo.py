@@ -1,0 +1,40 @@
+"""``in21k demo`` end to end, as ``make demo`` runs it (one training epoch to keep the suite short)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_demo_runs_every_stage_and_reports(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "in21k", "demo", "--out", str(out), "--epochs", "2"],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    t = summary["totals"]
+    synth = json.loads((out / "raw" / "synth_report.json").read_text())["totals"]
+    assert t["raw_members"] == synth["members"] == t["written"] + t["rejected"] + t["dropped_class"]
+    assert t["classes_dropped"] >= 1 and t["rejected"] >= 1  # the demo data exercises pruning and rejection
+    # well above chance: at least three times uniform guessing on every level
+    assert summary["semantic_top1"] > 3 * summary["chance_semantic_top1"]
+    report = out / "report"
+    for name in (
+        "report.md",
+        "class_sizes.png",
+        "rejections.png",
+        "training_curves.png",
+        "per_level_accuracy.png",
+        "predictions.png",
+    ):
+        assert (report / name).stat().st_size > 0, name
+    text = (report / "report.md").read_text()
+    assert "semantic top-1" in text and "Held-out predictions" in text
+    right, total = map(int, summary["heldout_path_levels_correct"].split("/"))
+    assert total > 0 and right / total > 0.5
+    assert str(report / "report.md") in proc.stderr  # tells the user where everything is

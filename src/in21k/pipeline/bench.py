@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -147,16 +146,6 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict[str, Any]:
     }
 
 
-def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _warm_worker() -> int:
     """First-use costs of a worker (imports, PIL plugin registry, parquet writer set-up), paid once."""
     import time as _time
@@ -181,6 +170,7 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
     from in21k.pipeline import PrepareConfig
     from in21k.pipeline.imaging import process_image
     from in21k.pipeline.job import prepare
+    from in21k.synth.generator import tar_bytes
     from in21k.tree import SemanticTree
     from in21k.tree.wordnet import load_wordnet
 
@@ -199,7 +189,7 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
                 members.append((f"{wnid}_{j}.JPEG", pool[k % len(pool)]))
                 k += 1
             with open(os.path.join(raw, f"{wnid}.tar"), "wb") as f:
-                f.write(_tar_bytes(members))
+                f.write(tar_bytes(members))
         total = per_class * len(wnids)
         # Single-core rate over the same member sequence (one pass over the pool covers the mix).
         seq = [pool[i % len(pool)] for i in range(min(total, 2 * len(pool)))]

@@ -254,7 +254,7 @@ def _pick_kind(rng: np.random.Generator, cfg: SynthConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     """An uncompressed tar with fixed headers, so the same seed gives the same bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -341,14 +341,14 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
             for name, data in members:
                 (folder / name).write_bytes(data)
         else:
-            blob = _tar_bytes(members)
+            blob = tar_bytes(members)
             if cfg.layout == "class-tars":
                 (out / f"{wnid}.tar").write_bytes(blob)
             else:
                 class_blobs.append((f"{wnid}.tar", blob))
     files = sorted(p.name for p in out.iterdir() if p.name not in (REPORT_NAME, SYNSETS_NAME))
     if cfg.layout == "whole-tar":
-        outer = _tar_bytes(class_blobs)
+        outer = tar_bytes(class_blobs)
         if cfg.whole_name.endswith(".gz"):
             outer = gzip.compress(outer, compresslevel=1, mtime=0)
         (out / cfg.whole_name).write_bytes(outer)

@@ -88,32 +88,18 @@ examples:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from in21k.training.config import BenchTrainConfig
+    """``in21k bench train`` and ``in21k bench infer``: the table row (unless --json), then one JSON line."""
+    from in21k.training import config
 
-    cfg = config_from_args(args, BenchTrainConfig)
+    cfg = config_from_args(args, config.BenchTrainConfig if args.bench_command == "train" else config.BenchInferConfig)
     if print_config_requested(args, cfg):
         return 0
-    from in21k.training.bench import bench_train, format_row
+    from in21k.training.bench import bench_infer, bench_train, format_row
 
-    result = bench_train(cfg)
+    result = (bench_train if args.bench_command == "train" else bench_infer)(cfg)
     if not cfg.json:
         print(format_row(result))
     print(json.dumps(result))  # always the last line
-    return 0
-
-
-def _bench_infer(args: argparse.Namespace) -> int:
-    from in21k.training.config import BenchInferConfig
-
-    cfg = config_from_args(args, BenchInferConfig)
-    if print_config_requested(args, cfg):
-        return 0
-    from in21k.training.bench import bench_infer, format_row
-
-    result = bench_infer(cfg)
-    if not cfg.json:
-        print(format_row(result))
-    print(json.dumps(result))
     return 0
 
 
@@ -145,4 +131,4 @@ def register_bench(commands) -> None:
         "one JSON line (--json: the JSON line only).",
     )
     add_config_args(parser, BenchInferConfig)
-    parser.set_defaults(func=_bench_infer)
+    parser.set_defaults(func=_bench)

@@ -13,6 +13,8 @@ from in21k.s3local import LocalS3, start_local_s3
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# torch.distributed (gloo) tests talk over loopback only, whatever the host name resolves to.
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ from in21k.training.optim import (
     set_lr,
 )
 from in21k.training.pretrained import classifier_layer, read_trained_model
-from in21k.training.train import MetricsWriter, setup_logging
+from in21k.training.train import MetricsWriter, eval_logits, setup_logging
 
 if TYPE_CHECKING:
     from in21k.tree import SemanticTree
@@ -267,24 +267,14 @@ def build_optimizer_for(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Op
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, feed, autocast, *, max_batches: int | None) -> dict[str, Any]:
-    was_training = model.training
-    model.eval()
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
-    loader.set_epoch(0)
-    for i, (images, labels) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = feed(images, labels)
-        with autocast():
-            logits = model(x)
-        logits = logits.float()
+    for logits, y in eval_logits(model, loader, feed, autocast, max_batches=max_batches):
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += int((top[:, 0] == y).sum())
         correct5 += int((top == y.unsqueeze(1)).any(dim=1).sum())
         seen += len(y)
-    model.train(was_training)
     counts = torch.tensor([correct1, correct5, loss_sum, seen], dtype=torch.float64, device=feed.device)
     if du.is_enabled():  # each rank saw its own files: sum the counts
         torch.distributed.all_reduce(counts)

@@ -43,17 +43,22 @@ class InitReport:
     missing: list[str] = field(default_factory=list)  # model keys the checkpoint did not provide
 
 
+def load_weights_file(path: Path) -> Any:
+    """``torch.load`` restricted to plain data (``weights_only=True``), with an error that says what to do."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path} cannot be loaded with weights_only=True ({exc}); re-save it as a plain state dict of tensors"
+        ) from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a file: top level, or under ``state_dict`` / ``model``; ``module.`` prefixes removed."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"--init checkpoint {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} cannot be loaded with weights_only=True ({exc}); re-save it as a plain state dict of tensors"
-        ) from None
+    obj = load_weights_file(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -91,19 +91,14 @@ def read_trained_model(
     our files (an error when it has none).
     """
     from in21k.loaders.transforms import MIIL_MEAN, MIIL_STD, build_transform
-    from in21k.training.model import build_model
+    from in21k.training.model import build_model, load_weights_file
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
     if weights not in ("model", "ema"):
         raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} cannot be loaded with weights_only=True ({exc}); re-save it as a plain state dict of tensors"
-        ) from None
+    obj = load_weights_file(path)
     if isinstance(obj, dict) and obj.get("task") == "single-label":
         raise ValueError(
             f"{path} is a fine-tuned single-label model (in21k finetune): it has no semantic 21K head to read"

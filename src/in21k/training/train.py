@@ -161,20 +161,33 @@ class MetricsWriter:
 
 
 # ----------------------------------------------------------------------------------------- loops
-@torch.no_grad()
-def evaluate(model, loader, feed, levels: SemanticLevels, loss_fn, autocast, *, max_batches: int | None) -> dict:
+def eval_logits(model, loader, feed, autocast, *, max_batches: int | None):
+    """``(float32 logits, labels)`` of the validation batches, the model in eval mode.
+
+    Shared by the semantic validation here and the single-label one of ``finetune``; callers run it under
+    ``torch.no_grad()`` (a grad-mode switch inside a generator would leak into the caller between yields).
+    The model's training mode is restored when the loop ends.
+    """
     was_training = model.training
     model.eval()
+    loader.set_epoch(0)
+    try:
+        for i, (images, labels) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = feed(images, labels)
+            with autocast():
+                logits = model(x)
+            yield logits.float(), y
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(model, loader, feed, levels: SemanticLevels, loss_fn, autocast, *, max_batches: int | None) -> dict:
     acc: SemanticAccuracy | None = None
     sums = torch.zeros(3, dtype=torch.float64, device=levels.targets.device)  # loss sum, top1 correct, samples
-    loader.set_epoch(0)
-    for i, (images, labels) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = feed(images, labels)
-        with autocast():
-            logits = model(x)
-        logits = logits.float()
+    for logits, y in eval_logits(model, loader, feed, autocast, max_batches=max_batches):
         batch_acc = semantic_accuracy(logits, y, levels)
         acc = batch_acc if acc is None else acc + batch_acc
         sums += torch.stack([loss_fn(logits, y).double() * len(y), (logits.argmax(1) == y).sum().double(),
@@ -186,7 +199,6 @@ def evaluate(model, loader, feed, levels: SemanticLevels, loss_fn, autocast, *, 
     if du.is_enabled():
         torch.distributed.all_reduce(sums)
     n = max(float(sums[2]), 1.0)
-    model.train(was_training)
     return {**acc.to_dict(), "loss": float(sums[0]) / n, "top1": float(sums[1]) / n, "samples": int(sums[2])}
 
 

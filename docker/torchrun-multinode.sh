@@ -14,4 +14,4 @@ RUN_DIR=${RUN_DIR:-/shared/runs/resnet50-21k}  # must be visible to every node (
 torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE" \
   --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
   -m in21k train --data "$DATA" --out "$RUN_DIR" --config configs/train/default.yaml \
-  --model resnet50 --batch-size 64 --num-workers 8 --gpu-decode --channels-last --amp bf16 --resume auto
+  --model resnet50 --batch-size 64 --loader.num-workers 8 --gpu-decode --channels-last --amp bf16 --resume auto

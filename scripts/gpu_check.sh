@@ -5,7 +5,7 @@
 #   bash scripts/gpu_check.sh            (results: $OUT/gpu_check.jsonl and the summary on stdout)
 # It needs only python3 with torch, torchvision, timm, numpy, pillow, pyyaml (the device image has them):
 # the code runs from src/ through PYTHONPATH, and the shards are written on that machine by
-# in21k.training.bench.make_bench_data (224 px JPEGs at quality 95, the real 11,221-class tree), so
+# in21k.benchmarks.data.make_bench_data (224 px JPEGs at quality 95, the real 11,221-class tree), so
 # neither WordNet, Ray nor the raw release is needed there.
 #
 # Targets (issue 5): loader-fed >= 0.9 of synthetic for resnet50, >= 0.7 for mobilenetv3_large_100.
@@ -29,15 +29,15 @@ timeout 120 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/training/te
 
 # 1. Shards, written here (16,384 train images in 64 shards: enough for 64 readers and several epochs).
 if [ ! -f "$DATA/_info.json" ]; then
-  time $PY -c "from in21k.training.bench import make_bench_data as m; m('$DATA', images=16384, shards=64, workers=16)"
+  time $PY -c "from in21k.benchmarks.data import make_bench_data as m; m('$DATA', images=16384, shards=64, workers=16)"
 fi
 
 # 2. One model at a time, each under its own time limit so a slow one cannot eat the others' time.
 bench() {  # model batch steps limit_s [extra args]
   local model=$1 batch=$2 steps=$3 limit=$4; shift 4
   echo "== $model batch $batch, $steps steps"
-  timeout "$limit" $PY -m in21k.training.bench --data "$DATA" --model "$model" --batch-size "$batch" \
-    --steps "$steps" --warmup 15 --amp bf16 --channels-last --gpu-decode --num-workers "$WORKERS" "$@" \
+  timeout "$limit" $PY -m in21k.benchmarks.train --data "$DATA" --model "$model" --batch-size "$batch" \
+    --steps "$steps" --warmup 15 --amp bf16 --channels-last --gpu-decode --loader.num-workers "$WORKERS" "$@" \
     | tee -a "$RESULTS" || echo "   ($model did not finish within ${limit}s)"
 }
 bench resnet50 256 200 170 --cpu-decode-too

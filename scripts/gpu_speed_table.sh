@@ -29,7 +29,7 @@ row() {  # model limit_s
     echo "== $model: not in this timm, skipped"; return
   fi
   echo "== $model"
-  timeout "$limit" $PY -m in21k.training.bench --model "$model" --search-start 32 --steps "$STEPS" --warmup 10 \
+  timeout "$limit" $PY -m in21k.benchmarks.train --model "$model" --search-start 32 --steps "$STEPS" --warmup 10 \
     --amp fp16 --channels-last --tree fall11 | tee -a "$RESULTS" || echo "   ($model did not finish within ${limit}s)"
 }
 row mobilenetv3_large_100 130

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from in21k.s3local import LocalS3, start_local_s3
+from in21k.benchmarks.s3local import LocalS3, start_local_s3
 
 # The embedded Ray must bind and talk on 127.0.0.1 only, without an auth token or usage reporting.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -13,15 +13,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from in21k import __version__
+from in21k.errors import In21kError
 
 # Feature modules in the order their commands appear in --help. A command is listed only once it works.
 COMMAND_MODULES: tuple[str, ...] = (
     "in21k.synth.cli",
     "in21k.tree.cli",
     "in21k.pipeline.cli",
-    "in21k.loaders.cli",
     "in21k.training.cli",
     "in21k.predict.cli",
+    "in21k.benchmarks.cli",
     "in21k.demo",
 )
 
@@ -73,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
         return int(func(args) or 0)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        # Bad input and environment problems end with the message alone; bugs keep their traceback.
+    except In21kError as exc:
+        # Problems the user can fix end with the message alone (it says what to do); everything else, bugs
+        # and errors inside torch included, keeps its traceback. -v shows the traceback of these too.
         if args.verbose:
             raise
         print(f"in21k {args.command}: error: {exc}", file=sys.stderr)

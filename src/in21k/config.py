@@ -4,6 +4,11 @@ Every command describes its options as a dataclass. ``resolve_config`` merges, i
 dataclass defaults, the YAML file given with ``--config`` and the flags the user actually typed,
 rejects unknown keys by name, checks types, and ``save_config`` writes the merged result next to the
 command's outputs so a run can be repeated exactly.
+
+A field whose type is itself a dataclass is a *section*, owned by the module that defines it (e.g.
+``loader:``, ``in21k.loaders.options.LoaderOptions``). In YAML it is a nested mapping; on the command line
+its keys are ``--SECTION.KEY`` (``--loader.num-workers 4``); a YAML section and flags merge key by key.
+Errors are ``ConfigError``s that name the key (``loader.shard_errors``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from in21k.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -25,8 +32,18 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a simple type hint, converting where YAML or argparse is lossy."""
+    if _is_section(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r}: a section of keys (a YAML mapping), got {value!r}")
+        return _build(hint, value, where=f"section {name!r}", prefix=f"{name}.")
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -40,16 +57,16 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 return _coerce(name, value, arg)
             except ValueError as exc:
                 errors.append(str(exc))
-        raise ValueError(errors[0] if errors else f"config key {name!r}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"config key {name!r}: bad value {value!r}")
     if origin is typing.Literal:
         if value not in args:
-            raise ValueError(f"config key {name!r}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"config key {name!r}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {name!r}: expected a list, got {value!r}")
+            raise ConfigError(f"config key {name!r}: expected a list, got {value!r}")
         item = args[0] if args else Any
         out = [_coerce(name, v, item) for v in value]
         return tuple(out) if origin is tuple else out
@@ -58,24 +75,24 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"config key {name!r}: expected true or false, got {value!r}")
+        raise ConfigError(f"config key {name!r}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key {name!r}: expected an integer, got {value!r}")
+            raise ConfigError(f"config key {name!r}: expected an integer, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key {name!r}: expected a number, got {value!r}")
+            raise ConfigError(f"config key {name!r}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"config key {name!r}: expected a string, got {value!r}")
+            raise ConfigError(f"config key {name!r}: expected a string, got {value!r}")
         return value
     return value
 
 
 def check_keys(cls: type, keys: typing.Iterable[str], where: str) -> None:
-    """Raise a ``ValueError`` naming every key of ``keys`` that ``cls`` does not define."""
+    """Raise a ``ConfigError`` naming every key of ``keys`` that ``cls`` does not define."""
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in keys if k not in known]
     if not unknown:
@@ -84,18 +101,18 @@ def check_keys(cls: type, keys: typing.Iterable[str], where: str) -> None:
     for key in unknown:
         close = difflib.get_close_matches(key, known, n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise ValueError(f"unknown config key(s) in {where}: {', '.join(hints)}. Known keys: {', '.join(sorted(known))}")
+    raise ConfigError(f"unknown config key(s) in {where}: {', '.join(hints)}. Known keys: {', '.join(sorted(known))}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of config keys."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist")
     with path.open() as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping of key: value, not {type(data).__name__}")
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of key: value, not {type(data).__name__}")
     return data
 
 
@@ -109,28 +126,66 @@ def resolve_config(
     values: dict[str, Any] = {}
     if config_file is not None:
         data = load_yaml(config_file)
-        check_keys(cls, data, f"config file {str(config_file)!r}")
-        values.update(data)
+        _check_tree(cls, data, f"config file {str(config_file)!r}")
+        _merge(values, data)
     if overrides:
         given = {k: v for k, v in overrides.items() if v is not None}
-        check_keys(cls, given, "command-line overrides")
-        values.update(given)
+        _check_tree(cls, given, "command-line overrides")
+        _merge(values, given)
+    return _build(cls, values, where=cls.__name__)
+
+
+def _build(cls: type[T], values: dict[str, Any], *, where: str, prefix: str = "") -> T:
+    check_keys(cls, values, where)
     hints = _field_types(cls)
-    checked = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    checked = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
     try:
         cfg = cls(**checked)
     except TypeError as exc:  # a required field was not given
-        raise ValueError(f"incomplete config for {cls.__name__}: {exc}") from None
+        raise ConfigError(f"incomplete config for {cls.__name__}: {exc}") from None
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         validate()
     return cfg
 
 
+def _check_tree(cls: type, data: dict[str, Any], where: str) -> None:
+    check_keys(cls, data, where)
+    hints = _field_types(cls)
+    for k, v in data.items():
+        if _is_section(hints[k]) and isinstance(v, dict):
+            _check_tree(hints[k], v, f"{where}, section {k!r}")
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    """Merge ``new`` into ``into``; sections (nested mappings) merge key by key."""
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def json_option(name: str, value: Any, *, kind: type = dict) -> Any:
+    """A mapping option given as YAML (already a dict) or on the command line as JSON text; ``None`` stays."""
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f'{name} must be a JSON object, e.g. \'{{"key": "value"}}\': {exc}') from None
+    if value is not None and not isinstance(value, kind):
+        raise ConfigError(f"{name} must be a mapping of options, got {type(value).__name__}")
+    return value
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = config_to_dict(value)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -151,15 +206,24 @@ def add_config_args(parser: Any, cls: type, *, positional: typing.Sequence[str] 
     Help text comes from ``field(metadata={"help": ...})``. Every flag defaults to ``None`` so
     ``overrides_from_args`` can tell "not given" from "given"; the real default is shown in the help.
     """
-    import argparse
-
     parser.add_argument("--config", metavar="FILE", default=None, help="YAML file of config keys (see configs/)")
     parser.add_argument(
         "--print-config", action="store_true", help="print the merged config as YAML and exit without running"
     )
+    _add_field_args(parser, cls, positional=positional)
+
+
+def _add_field_args(parser: Any, cls: type, *, positional: typing.Sequence[str] = (), prefix: str = "") -> None:
+    import argparse
+
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
+        if _is_section(hint):
+            title = f.metadata.get("help", f"{f.name} options")
+            group = parser.add_argument_group(f"{f.name} section", f"{title} (YAML: a '{f.name}:' mapping)")
+            _add_field_args(group, hint, prefix=f"{prefix}{f.name}.")
+            continue
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -175,11 +239,20 @@ def add_config_args(parser: Any, cls: type, *, positional: typing.Sequence[str] 
         if origin in (typing.Union, types.UnionType):
             base = next(a for a in typing.get_args(hint) if a is not type(None))
             origin = typing.get_origin(base)
-        if f.name in positional:
+        if f.name in positional and not prefix:
             kwargs.pop("default")
             parser.add_argument(f.name, nargs="?", **kwargs)
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + prefix + f.name.replace("_", "-")
+        if prefix:
+            kwargs["dest"] = prefix + f.name
+        if base is bool and prefix:  # --section.key / --section.no-key (argparse would make --no-section.key)
+            kwargs.update(action="store_const", const=True)
+            parser.add_argument(flag, **kwargs)
+            negative = "--" + prefix + "no-" + f.name.replace("_", "-")
+            parser.add_argument(negative, dest=kwargs["dest"], action="store_const", const=False, default=None,
+                                help=argparse.SUPPRESS)  # fmt: skip
+            continue
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin in (list, tuple):
@@ -194,10 +267,18 @@ def add_config_args(parser: Any, cls: type, *, positional: typing.Sequence[str] 
         parser.add_argument(flag, **kwargs)
 
 
-def overrides_from_args(args: Any, cls: type) -> dict[str, Any]:
-    """The fields of ``cls`` that were given on the command line."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+def overrides_from_args(args: Any, cls: type, prefix: str = "") -> dict[str, Any]:
+    """The fields of ``cls`` that were given on the command line (sections as nested dicts)."""
+    given = vars(args)
+    out: dict[str, Any] = {}
+    for name, hint in _field_types(cls).items():
+        if _is_section(hint):
+            nested = overrides_from_args(args, hint, prefix=f"{prefix}{name}.")
+            if nested:
+                out[name] = nested
+        elif given.get(prefix + name) is not None:
+            out[name] = given[prefix + name]
+    return out
 
 
 def config_from_args(args: Any, cls: type[T]) -> T:

@@ -66,13 +66,14 @@ def _heldout_images(cfg: DemoConfig, prepared: Path, out: Path) -> list[dict[str
     """Fresh images of kept classes, drawn with a seed the training data never used."""
     import numpy as np
 
+    from in21k.dataset import PreparedDataset
     from in21k.synth import drawing_paths, render
     from in21k.tree import SemanticTree
 
     raw_report = json.loads((Path(cfg.out) / "raw" / "synth_report.json").read_text())
     all_wnids = [c["wnid"] for c in raw_report["classes"]]
     paths = drawing_paths(all_wnids)
-    tree = SemanticTree.load(prepared / "tree.json")
+    tree = SemanticTree.from_dict(PreparedDataset.open(str(prepared)).tree_data())
     rng = np.random.default_rng(cfg.seed)
     # Prefer the deepest classes: their predicted path has the most levels to get right.
     order = sorted(range(tree.num_classes), key=lambda i: (-tree.classes[i].depth, rng.random()))
@@ -161,6 +162,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage and write ``OUT/report/``; returns the summary printed at the end."""
     import yaml
 
+    from in21k.dataset import PreparedDataset
     from in21k.tree import SemanticTree
 
     out = Path(cfg.out)
@@ -189,7 +191,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         timings,
     )  # fmt: skip
     predictions = [json.loads(line) for line in predict_out.splitlines() if line.strip().startswith("{")]
-    tree = SemanticTree.load(prepared / "tree.json")
+    tree = SemanticTree.from_dict(PreparedDataset.open(str(prepared)).tree_data())
     by_file = {p["input"]: p for p in predictions}
     rows = []
     correct_levels = total_levels = 0

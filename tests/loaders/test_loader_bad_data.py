@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from in21k.errors import DataError
 from in21k.loaders import create_loader
 from tests.loaders.loader_helpers import batch_keys, key_by_digest
 from tests.loaders.prepared_data import all_keys, make_prepared_dataset
@@ -36,7 +37,7 @@ def test_corrupt_sample_is_counted_and_replaced(corrupt_root: tuple[Path, str]) 
 def test_corrupt_sample_raises_under_raise_policy(corrupt_root: tuple[Path, str]) -> None:
     root, bad_key = corrupt_root
     loader = create_loader(data=str(root), split="train", batch_size=4, num_workers=0, image_size=16, corrupt="raise")
-    with pytest.raises(RuntimeError, match=f"corrupt sample '{bad_key}' of .*in21k-train-00000"):
+    with pytest.raises(DataError, match=f"corrupt sample '{bad_key}' of .*in21k-train-00000"):
         list(loader)
 
 
@@ -46,7 +47,7 @@ def test_missing_shard_raises_naming_the_url(prepared: Path, tmp_path: Path) -> 
     gone = root / "validation" / "in21k-validation-000002.tar"
     gone.unlink()
     loader = create_loader(data=str(root), split="validation", batch_size=2, num_workers=2)  # raises by default
-    with pytest.raises(RuntimeError, match=f"cannot read shard {gone}"):
+    with pytest.raises(DataError, match=f"cannot read shard {gone}"):
         list(loader)
 
 
@@ -81,7 +82,7 @@ def test_truncated_shard(prepared: Path, tmp_path: Path) -> None:
     shard = root / "validation" / "in21k-validation-000000.tar"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     loader = create_loader(data=str(root), split="validation", batch_size=2, num_workers=0)
-    with pytest.raises(RuntimeError, match=f"shard {shard}"):
+    with pytest.raises(DataError, match=f"shard {shard}"):
         list(loader)
     skip = create_loader(data=str(root), split="validation", batch_size=2, num_workers=0, shard_errors="skip")
     assert len(list(skip)) == len(skip)

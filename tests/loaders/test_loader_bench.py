@@ -13,7 +13,8 @@ from in21k.cli import main
 @pytest.mark.slow
 def test_bench_loader_json(prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "loader", "--data", str(prepared), "--batch-size", "4", "--max-samples", "40", "--image-size",
-            "32", "--epochs", "1", "--rounds", "1", "--warmup-epochs", "0", "--num-workers", "2", "--json"]  # fmt: skip
+            "32", "--epochs", "1", "--rounds", "1", "--warmup-epochs", "0", "--loader.num-workers", "2",
+            "--json"]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     rates = result["img_per_s"]

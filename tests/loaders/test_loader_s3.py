@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from in21k.errors import DataError
 from in21k.loaders import create_loader
 from tests.loaders.loader_helpers import batch_keys, key_by_digest
 
@@ -40,5 +41,5 @@ def test_missing_object_names_the_url(prepared: Path, s3_server) -> None:
     s3_server.client().delete_object(Bucket=bucket, Key="p/validation/in21k-validation-000001.tar")
     loader = create_loader(data=f"s3://{bucket}/p", split="validation", batch_size=2, num_workers=0,
                            storage_options=s3_server.storage_options)  # fmt: skip
-    with pytest.raises(RuntimeError, match=f"cannot read shard s3://{bucket}/p/validation/in21k-validation-000001.tar"):
+    with pytest.raises(DataError, match=f"cannot read shard s3://{bucket}/p/validation/in21k-validation-000001.tar"):
         list(loader)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from in21k.pipeline.plan import make_plan, num_train_shards, sample_key
+from in21k.dataset import sample_key
+from in21k.pipeline.plan import make_plan, num_train_shards
 from in21k.pipeline.sources import Container, describe, index_container, list_nested_tars, open_source
 from tests.pipeline.conftest import prep_config
 
@@ -159,7 +160,7 @@ def test_shard_count_defaults_fit_the_cluster() -> None:
 
 
 def test_shard_tar_bytes_match_tarfile(tmp_path: Path) -> None:
-    from in21k.pipeline.writer import TAR_OWNER, ShardTarWriter
+    from in21k.dataset import TAR_OWNER, ShardTarWriter
 
     samples = [("n01440764_1", b"\xff\xd8jpeg" * 100, 3, {"wnid": "n01440764"}), ("n01440764_22", b"x", 0, {})]
     path = tmp_path / "ours.tar"

@@ -28,8 +28,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
                                  image_size=32, seed=5)  # fmt: skip
     run = root / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--model", "resnet10t", "--image-size", "32",
-                 "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--amp", "none", "--no-plot",
-                 "--val-max-batches", "1", "--transform", "eval"]) == 0  # fmt: skip
+                 "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
+                 "--val-max-batches", "1", "--loader.transform", "eval"]) == 0  # fmt: skip
     return data, run
 
 

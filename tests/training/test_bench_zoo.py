@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from in21k.benchmarks.train import find_max_batch, is_oom
 from in21k.cli import main
-from in21k.training.bench import find_max_batch, is_oom
 
 COLUMNS = "| Backbone | Maximal batch size | Maximal training speed (img/sec) | Maximal inference speed (img/sec) |"
 

@@ -26,7 +26,7 @@ def pretrained(tmp_path_factory) -> Path:
     data = make_prepared_dataset(root / "data", num_classes=8, shard_lengths_train=[16, 16], shard_lengths_val=[8],
                                  image_size=32, seed=7)  # fmt: skip
     assert main(["train", "--data", str(data), "--out", str(root / "run"), "--model", "resnet10t", "--image-size",
-                 "32", "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--amp", "none", "--no-plot",
+                 "32", "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
                  "--val-max-batches", "1"]) == 0  # fmt: skip
     return root / "run" / "model.pt"
 
@@ -65,7 +65,7 @@ def test_head_map_initialises_exactly_the_overlapping_rows(pretrained):
     assert init_head(trained.model, tree=trained.tree, class_names=classes, mode="random").mapped == {}
 
 
-FT = ["--epochs", "2", "--batch-size", "8", "--num-workers", "0", "--amp", "none", "--log-every", "1",
+FT = ["--epochs", "2", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--log-every", "1",
       "--warmup-epochs", "0.5", "--lr", "0.003"]  # fmt: skip
 
 
@@ -113,7 +113,7 @@ def test_finetune_prepared_shards_from_original_format_with_sgd(pretrained, tmp_
     tree21k.write_text(json.dumps(state["tree"]))
     rc = main(["finetune", "--checkpoint", str(original), "--model", "resnet10t", "--tree", str(tree21k),
                "--image-size", "32", "--data", str(data), "--out", str(tmp_path / "run"), "--head-init", "map",
-               "--optimizer", "sgd", "--no-ema", "--epochs", "1", "--batch-size", "8", "--num-workers", "0",
+               "--optimizer", "sgd", "--no-ema", "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0",
                "--amp", "none", "--config", "configs/finetune/sgd.yaml"])  # fmt: skip
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -138,7 +138,7 @@ def test_finetune_under_two_process_torchrun(pretrained, folders, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(port), "-m", "in21k", "finetune", "--checkpoint", str(pretrained), "--data",
            str(folders), "--out", str(out), "--head-init", "map", "--epochs", "1", "--batch-size", "4",
-           "--num-workers", "1", "--amp", "none", "--log-every", "1"]  # fmt: skip
+           "--loader.num-workers", "1", "--amp", "none", "--log-every", "1"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -75,9 +75,9 @@ def data(tmp_path_factory) -> Path:
                                  image_size=32, seed=3)  # fmt: skip
 
 
-# No augmentation (--transform eval): on 64 images at 32 px the loss trend is then a clean signal.
-COMMON = ["--image-size", "32", "--batch-size", "8", "--num-workers", "0", "--amp", "none", "--no-plot",
-          "--val-max-batches", "1", "--log-every", "1", "--transform", "eval"]  # fmt: skip
+# No augmentation (--loader.transform eval): on 64 images at 32 px the loss trend is then a clean signal.
+COMMON = ["--image-size", "32", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
+          "--val-max-batches", "1", "--log-every", "1", "--loader.transform", "eval"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def test_alternative_recipe_with_gpu_decode_path_on_cpu(data, tmp_path, capsys):
     rc = main(["train", "--data", str(data), "--out", str(run), "--config", str(cfg), "--init", str(in1k),
                "--resume", "auto",
                "--model", "mobilenetv3_small_050", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
-               "--num-workers", "0", "--gpu-decode", "--amp", "bf16", "--channels-last", "--log-every", "1",
+               "--loader.num-workers", "0", "--gpu-decode", "--amp", "bf16", "--channels-last", "--log-every", "1",
                "--val-max-batches", "1"])  # fmt: skip
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -80,7 +80,7 @@ def test_resume_from_mid_run_checkpoint_is_exact_with_ema_accum_and_gpu_decode(d
     import shutil
 
     args = ["--data", str(data), "--model", "resnet10t", "--image-size", "32", "--epochs", "2", "--batch-size", "2",
-            "--num-workers", "1", "--gpu-decode", "--ema", "--ema-decay", "0.5", "--accum-steps", "2",
+            "--loader.num-workers", "1", "--gpu-decode", "--ema", "--ema-decay", "0.5", "--accum-steps", "2",
             "--save-every", "1", "--keep-last", "20", "--amp", "none", "--no-plot",
             "--val-max-batches", "1"]  # fmt: skip
     full = tmp_path / "full"

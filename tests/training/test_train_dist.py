@@ -46,8 +46,8 @@ def launch(data: Path, out: Path, *extra: str, log: Path | None = None) -> subpr
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
         "--master-port", str(free_port()), "-m", "in21k", "train", "--data", str(data), "--out", str(out),
         "--model", "resnet10t", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "4",
-        "--num-workers", "1", "--transform", "eval", "--lr", "3e-3", "--save-every", "3", "--log-every", "2",
-        "--keep-last", "2", "--amp", "none", "--no-plot", *extra,
+        "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--save-every", "3",
+        "--log-every", "2", "--keep-last", "2", "--amp", "none", "--no-plot", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # A new session: the whole torchrun process group (agent, ranks, loader workers) can be killed at once.

@@ -11,15 +11,17 @@ from typing import Any
 
 _EXPORTS = {
     "create_loader": "in21k.loaders.loader",
-    "read_split": "in21k.loaders.loader",
     "LoaderSpec": "in21k.loaders.loader",
     "StreamingLoader": "in21k.loaders.loader",
+    "LoaderOptions": "in21k.loaders.options",
+    "FolderLoader": "in21k.loaders.folders",
+    "scan_class_folders": "in21k.loaders.folders",
     "EpochPlan": "in21k.loaders.splitting",
     "NotEnoughShardsError": "in21k.loaders.splitting",
-    "Shard": "in21k.loaders.splitting",
+    "Shard": "in21k.dataset",
     "WorkerPlan": "in21k.loaders.splitting",
     "plan_epoch": "in21k.loaders.splitting",
-    "TRANSFORMS": "in21k.loaders.transforms",
+    "TRANSFORMS": "in21k.loaders.options",
     "build_transform": "in21k.loaders.transforms",
 }
 

@@ -25,6 +25,7 @@ epoch, provided the dataset, ``batch_size``, ``num_workers``, world size and see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mmap
 import multiprocessing
@@ -37,17 +38,12 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from in21k.loaders.pipeline import (
-    IMAGE_EXTS,
-    POLICIES,
-    RawSample,
-    ReadOptions,
-    StreamStats,
-    WorkerStream,
-    chunked,
-)
-from in21k.loaders.sources import is_pipe, join_url, read_json
-from in21k.loaders.splitting import EpochPlan, Shard, batches_done, check_enough_shards, plan_epoch
+from in21k.config import check_keys
+from in21k.dataset import PreparedDataset, Shard
+from in21k.errors import ConfigError, DataError
+from in21k.loaders.options import LoaderOptions
+from in21k.loaders.pipeline import IMAGE_EXTS, RawSample, ReadOptions, StreamStats, WorkerStream, chunked
+from in21k.loaders.splitting import EpochPlan, batches_done, check_enough_shards, plan_epoch
 from in21k.loaders.transforms import (
     MIIL_MEAN,
     MIIL_STD,
@@ -62,7 +58,7 @@ log = logging.getLogger(__name__)
 DECODES = ("cpu", "none")
 
 
-class CorruptSampleError(ValueError):
+class CorruptSampleError(DataError):
     """A sample lacks its image or label, or they cannot be used."""
 
 
@@ -190,7 +186,7 @@ class _BatchBuilder:
     def _bad(self, raw: RawSample, reason: str) -> None:
         where = f"sample {raw.key!r} of {raw.url}" if raw.key else f"a sample of {raw.url}"
         if self.spec.corrupt == "raise":
-            raise RuntimeError(f"corrupt {where}: {reason} (corrupt='skip' counts and skips such samples)")
+            raise DataError(f"corrupt {where}: {reason} (loader.corrupt='skip' counts and skips such samples)")
         log.debug("skipping corrupt %s: %s", where, reason)
         self.stats.corrupt += 1
 
@@ -265,7 +261,7 @@ class _BatchBuilder:
         elif self.last_good is not None:
             sources = [self.last_good] * len(bad)
         else:
-            raise RuntimeError(
+            raise DataError(
                 f"all {n} samples of a batch were unreadable and no earlier good sample exists to stand in for them; "
                 "the shards named in the warnings above are missing or corrupt"
             )
@@ -384,9 +380,9 @@ class StreamingLoader:
         """Select the epoch (shard order, shuffle) and the step to start it at (resume)."""
         steps = len(self)
         if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+            raise ConfigError(f"epoch must be >= 0, got {epoch}")
         if not 0 <= start_step <= steps:
-            raise ValueError(f"start_step must be in 0..{steps} (batches per epoch), got {start_step}")
+            raise ConfigError(f"start_step must be in 0..{steps} (batches per epoch), got {start_step}")
         self._epoch.value = int(epoch)
         self._start_step.value = int(start_step)
 
@@ -455,92 +451,58 @@ def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None and world_size is None and not initialized:
         return 0, 1
     if not initialized:
-        raise ValueError("give both rank and world_size, or neither (then torch.distributed decides)")
+        raise ConfigError("give both rank and world_size, or neither (then torch.distributed decides)")
     return (dist.get_rank() if rank is None else rank), (dist.get_world_size() if world_size is None else world_size)
-
-
-def read_split(
-    data: str, split: str, *, storage_options: dict[str, Any] | None = None, allow_pipe: bool = False
-) -> tuple[dict[str, Any], list[Shard]]:
-    """``_info.json`` of the prepared dataset at ``data`` and the shards of ``split``."""
-    info = read_json(join_url(data, "_info.json"), storage_options=storage_options)
-    splits = info.get("splits") if isinstance(info, dict) else None
-    if not isinstance(splits, dict) or split not in splits:
-        have = ", ".join(sorted(splits)) if isinstance(splits, dict) else "none"
-        raise ValueError(f"{data}/_info.json has no split {split!r} (splits: {have})")
-    entry = splits[split]
-    names, lengths = entry.get("filenames"), entry.get("shard_lengths")
-    if not isinstance(names, list) or not isinstance(lengths, list) or len(names) != len(lengths):
-        raise ValueError(
-            f"{data}/_info.json split {split!r}: 'filenames' and 'shard_lengths' must be lists of equal length"
-        )
-    shards = []
-    for i, (name, length) in enumerate(zip(names, lengths, strict=True)):
-        url = join_url(data, str(name))
-        if is_pipe(url) and not allow_pipe:
-            raise ValueError(
-                f"{data}/_info.json lists the shard {url!r}, a shell command; refusing to run it. Pass allow_pipe=True "
-                "(--allow-pipe) only if you trust this _info.json"
-            )
-        if not isinstance(length, int) or length < 0:
-            raise ValueError(f"{data}/_info.json split {split!r}: shard_lengths[{i}] = {length!r} is not a count")
-        if length > 0:
-            shards.append(Shard(i, url, length))
-    return info, shards
 
 
 def create_loader(
     *,
-    data: str,
+    data: str | PreparedDataset,
     split: str,
     batch_size: int,
-    num_workers: int,
+    options: LoaderOptions | None = None,
     seed: int = 0,
     train: bool | None = None,
-    transform: str = "miil",
     image_size: int = 224,
     decode: str = "cpu",
     rank: int | None = None,
     world_size: int | None = None,
-    corrupt: str = "skip",
-    shard_errors: str = "raise",
-    storage_options: dict[str, Any] | None = None,
-    allow_pipe: bool = False,
-    interleave: int = 4,
-    shuffle_block: int = 2048,
-    prefetch_factor: int = 2,
-    pin_memory: bool = False,
-    timm_args: dict[str, Any] | None = None,
+    **option_overrides: Any,
 ) -> StreamingLoader:
-    """A loader of ``(images, labels)`` batches for this rank; see docs/loader.md for every option."""
+    """A loader of ``(images, labels)`` batches of ``split`` for this rank; see docs/loader.md.
+
+    ``data``: a prepared dataset URL (or an opened ``PreparedDataset``). ``options``: the ``LoaderOptions``
+    (the ``loader:`` section of the commands); keyword arguments named like its fields override it, so
+    ``create_loader(data=..., split="train", batch_size=64, num_workers=8)`` works too.
+    """
+    if option_overrides:
+        check_keys(LoaderOptions, option_overrides, "create_loader keyword arguments")
+        options = dataclasses.replace(options or LoaderOptions(), **option_overrides)
+    options = options or LoaderOptions()
+    options.validate()
     if decode not in DECODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
-    if corrupt not in POLICIES:
-        raise ValueError(f"corrupt must be one of {', '.join(POLICIES)}, got {corrupt!r}")
-    if shard_errors not in POLICIES:
-        raise ValueError(f"shard_errors must be one of {', '.join(POLICIES)}, got {shard_errors!r}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if interleave < 1 or shuffle_block < 1:
-        raise ValueError("interleave and shuffle_block must be >= 1")
+        raise ConfigError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
     rank, world_size = _dist_defaults(rank, world_size)
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        raise ConfigError(f"rank {rank} is not in 0..{world_size - 1}")
     train = (split == "train") if train is None else bool(train)
-    info, shards = read_split(data, split, storage_options=storage_options, allow_pipe=allow_pipe)
-    num_classes = info.get("num_classes")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{data}/_info.json: 'num_classes' must be a positive integer, got {num_classes!r}")
-    check_enough_shards(len(shards), world_size=world_size, num_workers=num_workers, split=split)
-    tf = build_transform(transform, image_size=image_size, train=train, timm_args=timm_args)
+    ds = (
+        data
+        if isinstance(data, PreparedDataset)
+        else PreparedDataset.open(data, storage_options=options.storage_options)
+    )
+    shards = ds.shards(split, allow_pipe=options.allow_pipe)
+    check_enough_shards(len(shards), world_size=world_size, num_workers=options.num_workers, split=split)
+    tf = build_transform(options.transform, image_size=image_size, train=train, timm_args=options.timm_args)
     spec = LoaderSpec(
-        shards=tuple(shards), split=split, num_classes=num_classes, batch_size=batch_size, num_workers=num_workers,
-        seed=seed, train=train, rank=rank, world_size=world_size, decode=decode, corrupt=corrupt,
-        image_size=image_size, read=ReadOptions(storage_options, allow_pipe, shard_errors),
-        interleave=interleave, shuffle_block=shuffle_block,
+        shards=tuple(shards), split=split, num_classes=ds.num_classes, batch_size=batch_size,
+        num_workers=options.num_workers, seed=seed, train=train, rank=rank, world_size=world_size, decode=decode,
+        corrupt=options.corrupt, image_size=image_size,
+        read=ReadOptions(options.storage_options, options.allow_pipe, options.shard_errors),
+        interleave=options.interleave, shuffle_block=options.shuffle_block,
     )  # fmt: skip
     loader = StreamingLoader(
-        spec, tf if decode == "cpu" else None, prefetch_factor=prefetch_factor, pin_memory=pin_memory
+        spec, tf if decode == "cpu" else None, prefetch_factor=options.prefetch_factor, pin_memory=options.pin_memory
     )
     if decode == "none":
         loader.mean, loader.std = tf.mean, tf.std

@@ -23,7 +23,6 @@ it does not yield.
 from __future__ import annotations
 
 import logging
-import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,17 +30,17 @@ from typing import IO, Any
 
 import numpy as np
 
-from in21k.loaders.sources import open_stream
-from in21k.loaders.splitting import Shard, WorkerPlan, lane_consumed
+from in21k.dataset import Shard, split_member
+from in21k.errors import DataError
+from in21k.loaders.splitting import WorkerPlan, lane_consumed
+from in21k.storage import open_stream
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("skip", "raise")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's rule: the key ends at the first dot
 
 
-class ShardReadError(RuntimeError):
+class ShardReadError(DataError):
     """A shard could not be opened or read to its stated length."""
 
 
@@ -78,7 +77,7 @@ class ReadOptions:
     policy: str = "skip"
 
 
-class TarFormatError(ValueError):
+class TarFormatError(DataError):
     """The bytes are not a (complete) tar archive."""
 
 
@@ -166,10 +165,10 @@ def tar_samples(shard: Shard, *, skip: int, opts: ReadOptions, stats: StreamStat
             current: RawSample | None = None
             index = -1
             for name, data in tar_members(stream):
-                m = _KEY_RE.match(name)
-                if m is None:
+                parts = split_member(name)
+                if parts is None:
                     continue
-                key, ext = m.group(1), m.group(2).lower()
+                key, ext = parts
                 if current is None or key != current.key:
                     if current is not None and index >= skip:
                         yield current

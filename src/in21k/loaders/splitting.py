@@ -28,16 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from in21k.dataset import Shard
+from in21k.errors import ConfigError
 
-class NotEnoughShardsError(ValueError):
+
+class NotEnoughShardsError(ConfigError):
     """Fewer shards than ranks x workers: some worker would have nothing to read."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int  # position in _info.json's filenames
-    url: str
-    length: int
 
 
 @dataclass(frozen=True)
@@ -139,7 +135,7 @@ def plan_epoch(
 ) -> EpochPlan:
     """Split ``shards`` over ranks then workers and fix the common step count (see the module docstring)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     nw = max(1, num_workers)
     check_enough_shards(len(shards), world_size=world_size, num_workers=num_workers, split=split)
     order = [shards[i] for i in shard_order(len(shards), seed=seed, epoch=epoch, shuffle=shuffle)]
@@ -154,7 +150,7 @@ def plan_epoch(
     if train:
         steps = total // (world_size * batch_size)
         if steps == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"split {split!r} has {total} samples, fewer than world_size x batch_size = "
                 f"{world_size} x {batch_size}: lower the batch size"
             )

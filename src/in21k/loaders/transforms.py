@@ -34,13 +34,15 @@ from typing import Any
 
 import numpy as np
 
-TRANSFORMS = ("miil", "timm", "eval")
+from in21k.errors import ConfigError, DataError
+from in21k.loaders.options import TRANSFORMS
+
 MIIL_MEAN = (0.0, 0.0, 0.0)
 MIIL_STD = (1.0, 1.0, 1.0)
 _STRIPPED = ("ToTensor", "MaybeToTensor", "Normalize", "RandomErasing", "ToNumpy", "MaybePILToTensor", "PILToTensor")
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(DataError):
     """The bytes of a sample do not decode to an image."""
 
 
@@ -156,9 +158,9 @@ def build_transform(
 ) -> ImageTransform:
     """The named transform (``miil``, ``timm`` or ``eval``) for training or evaluation."""
     if name not in TRANSFORMS:
-        raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
+        raise ConfigError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
     if image_size < 8:
-        raise ValueError(f"image_size must be at least 8, got {image_size}")
+        raise ConfigError(f"image_size must be at least 8, got {image_size}")
     if name == "timm":
         return _timm_transform(image_size=image_size, train=train, timm_args=timm_args)
     if name == "miil" and train:

@@ -1,4 +1,4 @@
-"""``in21k prepare`` and ``in21k bench decode|prepare``."""
+"""``in21k prepare``."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _prepare(args: argparse.Namespace) -> int:
     import yaml
 
     from in21k.pipeline import PrepareConfig, prepare
-    from in21k.pipeline.writer import Store
+    from in21k.storage import Store
 
     cfg = config_from_args(args, PrepareConfig)
     if print_config_requested(args, cfg, as_dict=_redacted):
@@ -41,22 +41,7 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_decode(args: argparse.Namespace) -> int:
-    from in21k.pipeline.bench import DecodeBenchConfig, print_result, run_decode_bench
-
-    cfg = config_from_args(args, DecodeBenchConfig)
-    return print_result(run_decode_bench(cfg), as_json=args.json)
-
-
-def _bench_prepare(args: argparse.Namespace) -> int:
-    from in21k.pipeline.bench import PrepareBenchConfig, print_result, run_prepare_bench
-
-    cfg = config_from_args(args, PrepareBenchConfig)
-    return print_result(run_prepare_bench(cfg), as_json=args.json)
-
-
 def register(commands) -> None:
-    from in21k.pipeline.bench import DecodeBenchConfig, PrepareBenchConfig
     from in21k.pipeline.options import PrepareConfig
 
     parser = commands.add(
@@ -69,24 +54,3 @@ def register(commands) -> None:
     )
     add_config_args(parser, PrepareConfig)
     parser.set_defaults(func=_prepare)
-
-    decode = commands.add_bench(
-        "decode",
-        help="images/s per core of prepare's decode+resize+encode path vs the original's way",
-        description="Decode, resize to 224 and encode at quality 95 a generated corpus with the real size mix, "
-        "once with prepare's path (JPEG draft) and once the original's way (full decode; PIL BILINEAR stands in "
-        "for cv2, which is not installed), in this one process. ratio = ours / baseline.",
-    )
-    add_config_args(decode, DecodeBenchConfig)
-    decode.add_argument("--json", action="store_true", help="print one JSON object")
-    decode.set_defaults(func=_bench_decode)
-
-    bench_prepare = commands.add_bench(
-        "prepare",
-        help="end-to-end images/s of the Ray prepare job on N cores vs N x the single-core decode rate",
-        description="Write a raw release of the bench corpus, measure the single-core decode rate on it, run "
-        "prepare on a local Ray with N CPUs, and report ratio = job images/s / (N x single-core rate).",
-    )
-    add_config_args(bench_prepare, PrepareBenchConfig)
-    bench_prepare.add_argument("--json", action="store_true", help="print one JSON object")
-    bench_prepare.set_defaults(func=_bench_prepare)

@@ -17,12 +17,15 @@ import posixpath
 import time
 from typing import Any
 
+from in21k import storage
+from in21k.dataset import stats_name
+from in21k.errors import ConfigError, DataError, StorageError
 from in21k.pipeline import sources
 from in21k.pipeline.options import PrepareConfig
-from in21k.pipeline.plan import Plan, make_plan, stats_name
+from in21k.pipeline.plan import Plan, make_plan
 from in21k.pipeline.report import finalize, write_unsharded_manifest
 from in21k.pipeline.shard import ShardSettings, write_shard
-from in21k.pipeline.writer import Store
+from in21k.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ def check_output(store: Store, cfg: PrepareConfig) -> None:
     diff = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
     if diff:
         changes = ", ".join(f"{k}: {previous.get(k)!r} -> {mine.get(k)!r}" for k in diff)
-        raise ValueError(
+        raise ConfigError(
             f"{cfg.out} holds a job prepared with other options ({changes}). Rerun with the same options to "
             "finish it, or choose a new --out (or delete the old one)."
         )
@@ -133,7 +136,7 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
         quality=cfg.quality,
         max_image_pixels=cfg.max_image_pixels,
     )
-    store.fs.invalidate_cache()  # object-store listings are cached by fsspec; we need the current one
+    store.invalidate_cache()  # object-store listings are cached by fsspec; we need the current one
     finished = store.listdir("stats")  # one listing, not one request per shard (10^4 shards on S3)
     todo = [s for s in plan.shards if posixpath.basename(stats_name(s.split, s.shard)) not in finished]
     done_samples = sum(len(s.rows) for s in plan.shards) - sum(len(s.rows) for s in todo)
@@ -191,7 +194,7 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
 
         unknown = [w for w in cfg.exclude_subtree if noun_synset(w) is None]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"--exclude-subtree: not WordNet 3.0 noun synsets: {', '.join(unknown)} (a typo would "
                 "exclude nothing); e.g. n00007846 is person.n.01"
             )
@@ -199,12 +202,12 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
     store = Store(cfg.out, cfg.storage_options)
     try:
         check_output(store, cfg)
-    except ValueError:
+    except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - unreachable bucket, bad credentials, ...
-        raise ValueError(f"cannot use the output {cfg.out!r}: {type(exc).__name__}: {exc}") from None
+        raise StorageError(f"cannot use the output {cfg.out!r}: {type(exc).__name__}: {exc}") from None
     if layout == "whole-tar-gz" and cfg.staging is None:
-        cfg.staging = sources.join_url(cfg.out, "_staging")
+        cfg.staging = storage.join(cfg.out, "_staging")
     return store, layout
 
 
@@ -241,7 +244,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         plan = make_plan(columns, cfg)
         if not plan.kept_wnids:
             reasons = sorted({c.reason for c in plan.classes})
-            raise ValueError(
+            raise DataError(
                 f"no class is left after pruning ({len(plan.classes)} seen; reasons: {', '.join(reasons)}). "
                 f"Lower --min-images (now {cfg.min_images}) or check --exclude-subtree."
             )

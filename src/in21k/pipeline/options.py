@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from in21k.config import json_option
+from in21k.errors import ConfigError
 
 # 64 nodes x 8 GPUs x 8 loader workers read disjoint shards; a shard count that is a multiple of this
 # gives every worker the same number of shards (no worker idles at the end of an epoch).
@@ -103,16 +105,10 @@ class PrepareConfig:
 
     def validate(self) -> None:
         if not self.raw:
-            raise ValueError("--raw is required: the raw release to prepare (folder, archive or URL)")
+            raise ConfigError("--raw is required: the raw release to prepare (folder, archive or URL)")
         if not self.out:
-            raise ValueError("--out is required: where the prepared dataset goes")
-        if isinstance(self.storage_options, str):
-            try:
-                self.storage_options = json.loads(self.storage_options)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"--storage-options must be a JSON object: {exc}") from None
-        if self.storage_options is not None and not isinstance(self.storage_options, dict):
-            raise ValueError("storage_options must be a mapping of fsspec options")
+            raise ConfigError("--out is required: where the prepared dataset goes")
+        self.storage_options = json_option("--storage-options", self.storage_options)
         for name, low in (
             ("min_images", 1),
             ("size", 8),
@@ -121,25 +117,25 @@ class PrepareConfig:
             ("max_image_pixels", 1),
         ):
             if getattr(self, name) < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}")
         if self.val_per_class < 0:
-            raise ValueError("--val-per-class must be >= 0")
+            raise ConfigError("--val-per-class must be >= 0")
         if self.val_per_class >= self.min_images:
-            raise ValueError(
+            raise ConfigError(
                 f"--val-per-class ({self.val_per_class}) must be smaller than --min-images "
                 f"({self.min_images}), or kept classes could have no train images"
             )
         if not 1 <= self.quality <= 100:
-            raise ValueError("--quality must be within 1..100")
+            raise ConfigError("--quality must be within 1..100")
         if self.num_train_shards is not None and self.num_train_shards < 1:
-            raise ValueError("--num-train-shards must be at least 1")
+            raise ConfigError("--num-train-shards must be at least 1")
         if self.num_cpus is not None and self.num_cpus < 1:
-            raise ValueError("--num-cpus must be at least 1")
+            raise ConfigError("--num-cpus must be at least 1")
         if self.max_retries < 0:
-            raise ValueError("--max-retries must be >= 0")
+            raise ConfigError("--max-retries must be >= 0")
         bad = [w for w in self.exclude_subtree if len(w) != 9 or w[0] != "n" or not w[1:].isdigit()]
         if bad:
-            raise ValueError(f"--exclude-subtree takes wnids like n00007846; not wnids: {', '.join(bad)}")
+            raise ConfigError(f"--exclude-subtree takes wnids like n00007846; not wnids: {', '.join(bad)}")
 
     def output_fingerprint(self) -> dict[str, Any]:
         """The options that decide the output bytes (a resumed run must match them)."""

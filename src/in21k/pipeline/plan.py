@@ -18,26 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import posixpath
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from in21k.dataset import sample_key, shard_name
 from in21k.pipeline.options import PrepareConfig
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
-SPLITS = ("train", "validation")
-
-
-def sample_key(wnid: str, member: str) -> str:
-    """The WebDataset key: the file stem with no dots (webdataset splits names at the first dot)."""
-    stem = posixpath.basename(member).split(".", 1)[0]
-    stem = _KEY_BAD.sub("_", stem) or "x"
-    return stem if stem.startswith(wnid + "_") else f"{wnid}_{stem}"
 
 
 def readable_looking(member: str, size: int) -> bool:
@@ -46,18 +36,6 @@ def readable_looking(member: str, size: int) -> bool:
 
 def seeded_hash(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest(), "big")
-
-
-def shard_name(split: str, shard: int) -> str:
-    return f"{split}/in21k-{split}-{shard:06d}.tar"
-
-
-def stats_name(split: str, shard: int) -> str:
-    return f"stats/{split}-{shard:06d}.json"
-
-
-def manifest_name(split: str, shard: int) -> str:
-    return f"manifest/{split}-{shard:06d}.parquet"
 
 
 @dataclass

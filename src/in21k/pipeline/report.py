@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections import Counter, defaultdict
 from typing import Any
 
+from in21k.dataset import SCHEMA, SPLITS, UNSHARDED_MANIFEST, DatasetWriter, manifest_name, stats_name
 from in21k.pipeline.options import PrepareConfig
-from in21k.pipeline.plan import SPLITS, Plan, manifest_name, stats_name
+from in21k.pipeline.plan import Plan
 from in21k.pipeline.shard import manifest_parquet
-from in21k.pipeline.writer import Store
-
-SCHEMA = "in21k.prepared/1"
-UNSHARDED_MANIFEST = "manifest/unsharded.parquet"
+from in21k.storage import Store
 
 
 def write_unsharded_manifest(store: Store, plan: Plan) -> None:
@@ -42,19 +38,6 @@ def _counts(table: Any, keys: list[str]) -> dict[tuple, int]:
     """Row counts per distinct ``keys`` tuple, computed in Arrow (the manifest has ~14 M rows for fall11)."""
     grouped = table.group_by(keys).aggregate([([], "count_all")]).to_pydict()
     return {tuple(grouped[k][i] for k in keys): n for i, n in enumerate(grouped["count_all"])}
-
-
-def _save_local(store: Store, rel: str, save: Any) -> None:
-    """Run ``save(path)`` on a local temp path and move the result to ``rel`` in the store."""
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix="in21k-")
-    os.close(fd)
-    try:
-        save(tmp)
-        with open(tmp, "rb") as f:
-            store.write_bytes(rel, f.read())
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def finalize(
@@ -83,38 +66,18 @@ def finalize(
         if st == "written":
             per_class[wnid][split] += n
 
-    splits: dict[str, Any] = {}
-    for split in SPLITS:
-        shards = [s for s in plan.shards if s.split == split]
-        if not shards:
-            continue
-        lengths = [int(stats[(split, s.shard)]["num_samples"]) for s in shards]
-        splits[split] = {
-            "name": split,
-            "filenames": [s.filename for s in shards],
-            "shard_lengths": lengths,
-            "num_samples": sum(lengths),
-        }
-    info = {
-        "name": "imagenet-21k-p",
-        "num_classes": tree.num_classes,
-        "splits": splits,
-        "schema": SCHEMA,
-        "config": cfg.output_fingerprint(),
-        "tree": "tree.json",
-    }
-    store.write_json("_info.json", info)
-
-    lines = ["index\twnid\tname\tlevel\ttrain_count\tval_count"]
-    depths = tree.depths
-    for c in tree.classes:
-        counts = per_class[c.wnid]
-        lines.append(
-            f"{c.index}\t{c.wnid}\t{c.name}\t{int(depths[c.index])}\t{counts['train']}\t{counts['validation']}"
-        )
-    store.write_bytes("classes.tsv", ("\n".join(lines) + "\n").encode())
-    _save_local(store, "tree.json", tree.save)
-    _save_local(store, "imagenet21k_miil_tree.pth", tree.to_miil_pth)
+    writer = DatasetWriter(store)
+    info = writer.write_info(
+        num_classes=tree.num_classes,
+        splits={
+            split: [(s.filename, int(stats[(split, s.shard)]["num_samples"])) for s in plan.shards if s.split == split]
+            for split in SPLITS
+        },
+        config=cfg.output_fingerprint(),
+    )
+    splits = info["splits"]
+    writer.write_classes(tree, per_class)
+    writer.write_tree(tree)
 
     dropped = [
         {"wnid": c.wnid, "reason": c.reason, "members": c.members, "readable_looking": c.readable}

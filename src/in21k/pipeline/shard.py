@@ -17,10 +17,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from in21k.dataset import ShardTarWriter, manifest_name, stats_name
 from in21k.pipeline.imaging import ImageResult, ResizeMode, process_image
-from in21k.pipeline.plan import ShardSpec, manifest_name, stats_name
-from in21k.pipeline.sources import url_to_fs
-from in21k.pipeline.writer import ShardTarWriter, Store
+from in21k.pipeline.plan import ShardSpec
+from in21k.storage import RangeReader, Store
 
 MAX_ERRORS_KEPT = 20
 MANIFEST_FIELDS = (
@@ -71,46 +71,11 @@ class ShardSettings:
     read_batch: int = 32
 
 
-class _Reader:
-    """Reads members by byte range; one fsspec filesystem per protocol, opened lazily in this process."""
-
-    def __init__(self, storage_options: dict[str, Any] | None) -> None:
-        self._so = storage_options
-        self._fs: dict[str, Any] = {}
-
-    def _fs_path(self, url: str) -> tuple[Any, str]:
-        protocol = url.split("://", 1)[0] if "://" in url else "file"
-        if protocol not in self._fs:
-            self._fs[protocol] = url_to_fs(url, self._so)[0]
-        fs = self._fs[protocol]
-        return fs, fs._strip_protocol(url)
-
-    def fetch(self, rows: list[dict[str, Any]]) -> list[bytes | Exception]:
-        """The bytes of each row (``Exception`` where a read failed), in the order of ``rows``."""
-        out: list[bytes | Exception] = [b""] * len(rows)
-        wanted = sorted(
-            (i for i, r in enumerate(rows) if r["size"] > 0), key=lambda i: (rows[i]["source"], rows[i]["offset"])
-        )
-        by_fs: dict[int, tuple[Any, list[int], list[str]]] = {}
-        for i in wanted:
-            fs, path = self._fs_path(rows[i]["source"])
-            entry = by_fs.setdefault(id(fs), (fs, [], []))
-            entry[1].append(i)
-            entry[2].append(path)
-        for fs, idx, paths in by_fs.values():
-            starts = [rows[i]["offset"] for i in idx]
-            ends = [rows[i]["offset"] + rows[i]["size"] for i in idx]
-            results = fs.cat_ranges(paths, starts, ends, on_error="return")
-            for i, data in zip(idx, results, strict=True):
-                out[i] = data
-        return out
-
-
 def write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
     """Write ``spec``'s tar, manifest part and stats; returns the stats. Raises only for I/O failures."""
     start, cpu_start = time.perf_counter(), time.process_time()
     store = Store(settings.out, settings.storage_options)
-    reader = _Reader(settings.storage_options)
+    reader = RangeReader(settings.storage_options)
     tmp = store.temp_file(spec.filename)
     writer = ShardTarWriter(tmp)
     manifest: list[dict[str, Any]] = []
@@ -120,7 +85,8 @@ def write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
     try:
         for b in range(0, len(spec.rows), settings.read_batch):
             batch = spec.rows[b : b + settings.read_batch]
-            for row, data in zip(batch, reader.fetch(batch), strict=True):
+            ranges = [(r["source"], r["offset"], r["size"]) for r in batch]
+            for row, data in zip(batch, reader.fetch(ranges), strict=True):
                 if isinstance(data, Exception):
                     # A member the storage would not give back: an infrastructure failure, so the shard
                     # fails and Ray retries it rather than recording good data as bad.

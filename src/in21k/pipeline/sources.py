@@ -12,8 +12,7 @@ Three raw layouts (DESIGN, "Raw inputs"), on a local path or any fsspec URL (``s
 
 A ``Container`` is one class's tar (or folder). ``index_container`` lists a tar's members from their
 headers alone (name, absolute byte offset, size) without reading member data; it is the unit of
-work that the job runs in parallel. Credentials and endpoints come from the environment (``AWS_*``,
-``AWS_ENDPOINT_URL``, ...) or from ``storage_options``, both handed to fsspec unchanged.
+work that the job runs in parallel. URLs, credentials and endpoints follow ``in21k.storage``.
 """
 
 from __future__ import annotations
@@ -25,6 +24,9 @@ import re
 import tarfile
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from in21k.errors import DataError, StorageError
+from in21k.storage import filesystem, fs_is_local, full_url
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +41,6 @@ Layout = Literal["class-tars", "whole-tar", "whole-tar-gz", "folders"]
 
 # The index's columns, one row per raw member (regular file) found.
 INDEX_COLUMNS = ("wnid", "member", "source", "offset", "size")
-
-
-def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
-    """fsspec filesystem and path for ``url`` (a local path or ``proto://...``)."""
-    import fsspec
-
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
-
-
-def join_url(base: str, *parts: str) -> str:
-    """Join path parts onto a local path or URL without touching the protocol prefix."""
-    out = base.rstrip("/")
-    for p in parts:
-        out = out + "/" + p.strip("/")
-    return out
-
-
-def full_url(fs: Any, path: str) -> str:
-    """A URL that ``url_to_fs`` maps back to ``path`` on ``fs`` (keeps ``s3://`` for remote files)."""
-    return fs.unstrip_protocol(path) if not _is_local(fs) else path
-
-
-def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
 
 
 @dataclass(frozen=True)
@@ -139,7 +116,7 @@ def index_container(container: Container, storage_options: dict[str, Any] | None
             rows["offset"].append(0)
             rows["size"].append(int(size))
         return {**rows, "error": error}
-    fs, path = url_to_fs(container.url, storage_options)
+    fs, path = filesystem(container.url, storage_options)
     found: list[tuple[str, int, int]] = []
     try:
         with fs.open(path, "rb", block_size=INDEX_BLOCK_SIZE, cache_type="readahead") as f:
@@ -191,13 +168,13 @@ def _wnid_of_tar(name: str) -> str | None:
 
 
 def describe(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Layout, Any, str]:
-    """Detect the layout of ``url``; raises ``ValueError`` with what to do when it is not a raw release."""
+    """Detect the layout of ``url``; a ``DataError``/``StorageError`` says what to do if it is not a raw release."""
     try:
-        fs, path = url_to_fs(url, storage_options)
+        fs, path = filesystem(url, storage_options)
         is_file = fs.isfile(path)
         is_dir = not is_file and fs.isdir(path)
     except Exception as exc:  # noqa: BLE001 - credentials, endpoint, bucket: all surface here
-        raise ValueError(
+        raise StorageError(
             f"cannot read the raw source {url!r}: {type(exc).__name__}: {exc}. Check the path and, "
             "for object storage, the credentials/endpoint (AWS_* variables or storage_options)."
         ) from None
@@ -207,11 +184,11 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> tuple[L
             return "whole-tar-gz", fs, path
         if name.endswith(".tar"):
             if _wnid_of_tar(name):
-                raise ValueError(f"{url!r} is a single class tar; give the folder that holds the class tars")
+                raise DataError(f"{url!r} is a single class tar; give the folder that holds the class tars")
             return "whole-tar", fs, path
-        raise ValueError(f"raw source {url!r} is a file but not a .tar or .tar.gz release archive")
+        raise DataError(f"raw source {url!r} is a file but not a .tar or .tar.gz release archive")
     if not is_dir:
-        raise ValueError(f"raw source {url!r} does not exist (or is not readable with the given credentials)")
+        raise DataError(f"raw source {url!r} does not exist (or is not readable with the given credentials)")
     names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
     if any(CLASS_TAR_RE.match(n) for n in names):
         return "class-tars", fs, path
@@ -233,7 +210,7 @@ def list_nested_tars(fs: Any, path: str) -> list[Container]:
     with fs.open(path, "rb", block_size=INDEX_BLOCK_SIZE, cache_type="readahead") as f:
         members, error = _tar_members_tolerant(f)
     if error and not members:
-        raise ValueError(f"{url!r} is not a readable tar archive ({error})")
+        raise DataError(f"{url!r} is not a readable tar archive ({error})")
     if error:
         log.warning("outer archive %s: %s; using the %d class tars before the damage", url, error, len(members))
     out = []
@@ -269,7 +246,7 @@ def stage_gz(fs: Any, path: str, staging: str, storage_options: dict[str, Any] |
 
     from tqdm import tqdm
 
-    sfs, spath = url_to_fs(staging, storage_options)
+    sfs, spath = filesystem(staging, storage_options)
     marker = posixpath.join(spath, STAGING_DONE)
     if sfs.exists(marker):
         log.info("reusing staged class tars at %s", staging)
@@ -298,7 +275,7 @@ def stage_gz(fs: Any, path: str, staging: str, storage_options: dict[str, Any] |
                 src = tar.extractfile(info)
                 dest = posixpath.join(spath, f"{wnid}.tar")
                 tmp = dest + ".tmp"
-                target = tmp if _is_local(sfs) else dest
+                target = tmp if fs_is_local(sfs) else dest
                 with sfs.open(target, "wb") as out:
                     while chunk := src.read(8 << 20):
                         out.write(chunk)
@@ -339,15 +316,15 @@ def open_source(url: str, *, staging: str | None, storage_options: dict[str, Any
         containers = list_nested_tars(fs, path)
     elif layout == "whole-tar-gz":
         if not staging:
-            raise ValueError("a .tar.gz release needs --staging (a folder or prefix for the per-class tars)")
+            raise DataError("a .tar.gz release needs --staging (a folder or prefix for the per-class tars)")
         stage_gz(fs, path, staging, storage_options)
-        sfs, spath = url_to_fs(staging, storage_options)
+        sfs, spath = filesystem(staging, storage_options)
         containers = list_class_tars(sfs, spath)
         note = f"streamed once from {url} into class tars at {staging}"
     else:
         containers = list_class_folders(fs, path)
     if not containers:
-        raise ValueError(
+        raise DataError(
             f"no classes found in {url!r}: expected nXXXXXXXX.tar files, an outer .tar/.tar.gz of them, "
             "or class folders nXXXXXXXX/ of images"
         )

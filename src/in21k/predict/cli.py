@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from in21k.config import add_config_args, config_from_args, print_config_requested
+from in21k.errors import ConfigError
 
 EPILOG = """\
 examples:
@@ -46,11 +47,11 @@ class PredictConfig:
 
     def validate(self) -> None:
         if not self.checkpoint:
-            raise ValueError("--checkpoint is required")
+            raise ConfigError("--checkpoint is required")
         if not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
+            raise ConfigError(f"--threshold must be in [0, 1), got {self.threshold}")
         if self.top_k < 1 or self.batch_size < 1:
-            raise ValueError("--top-k and --batch-size must be >= 1")
+            raise ConfigError("--top-k and --batch-size must be >= 1")
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from in21k.errors import ConfigError
 from in21k.predict.inputs import InputImage
 from in21k.predict.predictor import ImagePrediction
 
@@ -25,7 +26,7 @@ def plot_predictions(
 
     rows = [(img, pred) for img, pred in zip(images, predictions, strict=True)][:MAX_ROWS]
     if not rows:
-        raise ValueError("nothing to plot")
+        raise ConfigError("nothing to plot")
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.2 * len(rows)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.6]})  # fmt: skip
     for (img, pred), (ax_img, ax_txt) in zip(rows, axes, strict=True):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from in21k.errors import ConfigError
 from in21k.predict.inputs import InputImage
 from in21k.training.pretrained import TrainedModel
 
@@ -76,9 +77,9 @@ class Predictor:
         from in21k.training.feed import DecodedFeed
 
         if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+            raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
         if top_k < 1 or batch_size < 1:
-            raise ValueError("top_k and batch_size must be >= 1")
+            raise ConfigError("top_k and batch_size must be >= 1")
         self.trained = trained
         self.device = torch.device(device)
         self.model = trained.model.to(self.device).eval()

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from in21k.errors import ConfigError, DataError
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -28,7 +30,7 @@ class CheckpointManager:
 
     def __init__(self, run_dir: str | Path, *, keep_last: int = 3) -> None:
         if keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+            raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
 
@@ -59,7 +61,7 @@ class CheckpointManager:
             return self.latest()
         path = Path(resume)
         if not path.is_file():
-            raise ValueError(f"--resume {resume!r}: no such checkpoint file (use --resume auto to pick the newest)")
+            raise ConfigError(f"--resume {resume!r}: no such checkpoint file (use --resume auto to pick the newest)")
         return path
 
 
@@ -83,7 +85,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"checkpoint {path} cannot be loaded with weights_only=True: {exc}") from None
+        raise DataError(f"checkpoint {path} cannot be loaded with weights_only=True: {exc}") from None
 
 
 def rng_state() -> dict[str, Any]:

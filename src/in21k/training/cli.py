@@ -45,7 +45,6 @@ def register(commands) -> None:
     add_config_args(parser, TrainConfig)
     parser.set_defaults(func=_train)
     register_finetune(commands)
-    register_bench(commands)
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -85,50 +84,3 @@ examples:
 """
     add_config_args(parser, FinetuneConfig)
     parser.set_defaults(func=_finetune)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    """``in21k bench train`` and ``in21k bench infer``: the table row (unless --json), then one JSON line."""
-    from in21k.training import config
-
-    cfg = config_from_args(args, config.BenchTrainConfig if args.bench_command == "train" else config.BenchInferConfig)
-    if print_config_requested(args, cfg):
-        return 0
-    from in21k.training.bench import bench_infer, bench_train, format_row
-
-    result = (bench_train if args.bench_command == "train" else bench_infer)(cfg)
-    if not cfg.json:
-        print(format_row(result))
-    print(json.dumps(result))  # always the last line
-    return 0
-
-
-def register_bench(commands) -> None:
-    from in21k.training.config import BenchTrainConfig
-
-    parser = commands.add_bench(
-        "train",
-        help="model-zoo row (maximal batch, train/infer img/s) and loader-fed vs synthetic training img/s",
-        description="Without --batch-size, find the maximal training batch by search (doubling, then bisection on "
-        "out-of-memory; on CPU --max-batch caps it) and time at 90% of it, as the original's model-zoo table did. "
-        "Train a timm model for --steps steps on synthetic device tensors and time inference on the same batch; "
-        "with --data/--make-data also train fed by create_loader (--gpu-decode: JPEG bytes decoded and augmented "
-        "on the device) and report the loader-fed/synthetic ratio. Prints the row with the original table's "
-        "columns and its ratio against the original's V100 figure for the model (a cross-machine reference), "
-        "then one JSON line (--json: the JSON line only). --make-data first writes a synthetic prepared dataset.",
-    )
-    add_config_args(parser, BenchTrainConfig)
-    parser.set_defaults(func=_bench)
-    from in21k.training.config import BenchInferConfig
-
-    parser = commands.add_bench(
-        "infer",
-        help="maximal inference batch and inference img/s at 90%% of it (model-zoo row)",
-        description="Find the maximal inference batch by search (doubling, then bisection on out-of-memory; on CPU "
-        "--max-batch caps it), then time inference (eval mode, no grad, autocast) on synthetic device tensors at "
-        "90% of it. Prints the row with the original table's columns (the training column is left to bench "
-        "train) and the ratio against the original's V100 inference figure (a cross-machine reference), then "
-        "one JSON line (--json: the JSON line only).",
-    )
-    add_config_args(parser, BenchInferConfig)
-    parser.set_defaults(func=_bench)

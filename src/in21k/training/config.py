@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from in21k.errors import ConfigError
+from in21k.loaders.options import LoaderOptions
+
+LOADER_HELP = (
+    "the streaming loader: workers, transform, storage options, error policies... (in21k.loaders.LoaderOptions; "
+    "the trainer itself sets the dataset, split, batch size, image size, seed, decode device and rank)"
+)
+
 
 def _h(text: str, metavar: str | None = None) -> dict:
     return {"help": text, **({"metavar": metavar} if metavar else {})}
@@ -65,9 +73,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto", metadata=_h("auto = cuda:LOCAL_RANK when CUDA is available")
     )
-    num_workers: int = field(default=8, metadata=_h("loader worker processes per rank", "N"))
-    transform: str = field(default="miil", metadata=_h("loader transform name (CPU decode path)", "NAME"))
     gpu_decode: bool = field(default=False, metadata=_h("workers batch JPEG bytes; decode + augment on the device"))
+    loader: LoaderOptions = field(default_factory=LoaderOptions, metadata=_h(LOADER_HELP))
     prefetch: int = field(
         default=2, metadata=_h("batches fed to the device ahead in a thread (0: off; needs workers)", "N")
     )
@@ -90,100 +97,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         if not self.data:
-            raise ValueError("--data is required: the prepared dataset directory (output of in21k prepare)")
+            raise ConfigError("--data is required: the prepared dataset directory (output of in21k prepare)")
         if not self.out:
-            raise ValueError("--out is required: the run directory")
+            raise ConfigError("--out is required: the run directory")
         for name in ("epochs", "batch_size", "accum_steps", "image_size", "save_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.kd_weight < 0:
-            raise ValueError(f"--kd-weight must be >= 0, got {self.kd_weight}")
+            raise ConfigError(f"--kd-weight must be >= 0, got {self.kd_weight}")
         if self.teacher_model and not self.teacher:
-            raise ValueError("--teacher-model without --teacher: give the teacher checkpoint too")
-
-
-@dataclass
-class BenchTrainConfig:
-    data: str | None = field(
-        default=None, metadata=_h("prepared dataset for the loader-fed run (none: synthetic only)", "DST")
-    )
-    make_data: str | None = field(
-        default=None, metadata=_h("first write a synthetic prepared dataset here (and use it)", "DIR")
-    )
-    make_images: int = field(default=16384, metadata=_h("--make-data: number of 224 px JPEGs (quality 95)", "N"))
-    make_shards: int = field(default=64, metadata=_h("--make-data: number of shards", "N"))
-    make_workers: int = field(default=0, metadata=_h("--make-data: processes (0 = all cores)", "N"))
-    model: str = field(default="resnet50", metadata=_h("timm model name", "NAME"))
-    batch_size: int | None = field(
-        default=None, metadata=_h("batch size (default: 90%% of the maximal batch, found by search)", "B")
-    )
-    max_batch: int | None = field(
-        default=None, metadata=_h("cap of the maximal-batch search (required on CPU: no OOM error there)", "B")
-    )
-    search_start: int = field(default=8, metadata=_h("first batch size of the search (then doubling)", "B"))
-    json: bool = field(default=False, metadata=_h("print only the JSON line (not the table row)"))
-    steps: int = field(default=200, metadata=_h("timed training steps per run", "N"))
-    warmup: int = field(default=20, metadata=_h("untimed steps first (cudnn autotune, allocator, loader start)", "N"))
-    image_size: int = field(default=224, metadata=_h("image size", "PX"))
-    amp: Literal["auto", "none", "bf16", "fp16"] = field(default="bf16", metadata=_h("autocast dtype"))
-    channels_last: bool = field(default=True, metadata=_h("channels_last model and input"))
-    compile: bool = field(default=False, metadata=_h("torch.compile the model"))
-    gpu_decode: bool = field(
-        default=True, metadata=_h("loader-fed run: decode + augment on the device (else CPU workers)")
-    )
-    cpu_decode_too: bool = field(default=False, metadata=_h("also time the CPU-decode loader path, for reference"))
-    num_workers: int = field(default=8, metadata=_h("loader workers", "N"))
-    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("device"))
-    tree: str = field(
-        default="fall11", metadata=_h("head/loss tree when there is no DST/tree.json", "PATH|fall11|winter21")
-    )
-    seed: int = field(default=0, metadata=_h("seed", "N"))
-
-    def validate(self) -> None:
-        for name in ("steps", "image_size", "make_images", "make_shards", "search_start"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.num_workers < 0 or self.make_workers < 0:
-            raise ValueError("--warmup, --num-workers and --make-workers must be >= 0")
-        if self.data and self.make_data:
-            raise ValueError("give --data (an existing dataset) or --make-data (write one), not both")
-        for name in ("batch_size", "max_batch"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-
-
-@dataclass
-class BenchInferConfig:
-    model: str = field(default="resnet50", metadata=_h("timm model name", "NAME"))
-    batch_size: int | None = field(
-        default=None, metadata=_h("batch size (default: 90%% of the maximal inference batch, found by search)", "B")
-    )
-    max_batch: int | None = field(
-        default=None, metadata=_h("cap of the maximal-batch search (required on CPU: no OOM error there)", "B")
-    )
-    search_start: int = field(default=8, metadata=_h("first batch size of the search (then doubling)", "B"))
-    json: bool = field(default=False, metadata=_h("print only the JSON line (not the table row)"))
-    steps: int = field(default=100, metadata=_h("timed forward passes", "N"))
-    warmup: int = field(default=10, metadata=_h("untimed forward passes first", "N"))
-    image_size: int = field(default=224, metadata=_h("image size", "PX"))
-    amp: Literal["auto", "none", "bf16", "fp16"] = field(default="bf16", metadata=_h("autocast dtype"))
-    channels_last: bool = field(default=True, metadata=_h("channels_last model and input"))
-    compile: bool = field(default=False, metadata=_h("torch.compile the model"))
-    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("device"))
-    tree: str = field(default="fall11", metadata=_h("tree that sizes the head", "PATH|fall11|winter21"))
-    seed: int = field(default=0, metadata=_h("seed", "N"))
-
-    def validate(self) -> None:
-        for name in ("steps", "image_size", "search_start"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise ValueError("--warmup must be >= 0")
-        for name in ("batch_size", "max_batch"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            raise ConfigError("--teacher-model without --teacher: give the teacher checkpoint too")
 
 
 @dataclass
@@ -212,9 +135,6 @@ class FinetuneConfig:
         metadata=_h("new head: random, or map (rows of classes whose wnid is in the 21K tree copied from its head)"),
     )
     image_size: int | None = field(default=None, metadata=_h("image size (default: the checkpoint's, else 224)", "PX"))
-    transform: str = field(
-        default="miil", metadata=_h("loader transform (miil: squash + Cutout + RandAugment)", "NAME")
-    )
     epochs: int = field(default=50, metadata=_h("epochs", "N"))
     batch_size: int = field(default=128, metadata=_h("batch size", "B"))
     optimizer: Literal["adam", "adamw", "sgd"] = field(default="adam", metadata=_h("adam, adamw or sgd (momentum)"))
@@ -231,13 +151,19 @@ class FinetuneConfig:
         default="auto", metadata=_h("autocast: auto = fp16 on CUDA, none on CPU")
     )
     channels_last: bool = field(default=False, metadata=_h("channels_last memory format"))
+    loader: LoaderOptions = field(
+        default_factory=LoaderOptions,
+        metadata=_h(LOADER_HELP + "; class folders use num_workers and transform"),
+    )
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("auto = cuda when available"))
-    num_workers: int = field(default=8, metadata=_h("loader worker processes", "N"))
     seed: int = field(default=0, metadata=_h("seed of the new head, data order and augmentation", "N"))
     resume: str | None = field(
         default=None, metadata=_h("auto (newest checkpoint in RUN_DIR, if any) or a checkpoint file", "auto|PATH")
     )
-    keep_last: int = field(default=3, metadata=_h("checkpoints kept (one per epoch)", "K"))
+    save_every: int = field(
+        default=1000, metadata=_h("checkpoint every N optimizer steps (and at each epoch end)", "N")
+    )
+    keep_last: int = field(default=3, metadata=_h("checkpoints kept", "K"))
     log_every: int = field(default=50, metadata=_h("train metrics line every N steps", "N"))
     max_steps_per_epoch: int | None = field(default=None, metadata=_h("cap on steps per epoch (smoke runs)", "N"))
     val_max_batches: int | None = field(default=None, metadata=_h("cap on validation batches", "N"))
@@ -245,11 +171,11 @@ class FinetuneConfig:
     def validate(self) -> None:
         for name, what in (("checkpoint", "the 21K model"), ("data", "the dataset"), ("out", "the run directory")):
             if not getattr(self, name):
-                raise ValueError(f"--{name} is required: {what}")
-        for name in ("epochs", "batch_size", "keep_last", "log_every"):
+                raise ConfigError(f"--{name} is required: {what}")
+        for name in ("epochs", "batch_size", "save_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.warmup_epochs < 0 or self.num_workers < 0:
-            raise ValueError("--warmup-epochs and --num-workers must be >= 0")
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs < 0:
+            raise ConfigError("--warmup-epochs must be >= 0")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from in21k.errors import SetupError
+
 log = logging.getLogger(__name__)
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -40,16 +42,16 @@ def read_env(environ: dict[str, str] | None = None) -> dict[str, str] | None:
         return None
     missing = [k for k in ENV_VARS if k not in present]
     if missing:
-        raise RuntimeError(
+        raise SetupError(
             f"half-set distributed environment: {', '.join(present)} set but {', '.join(missing)} missing. "
             "Launch with torchrun (python -m torch.distributed.run --nproc-per-node N -m in21k train ...), "
             "or unset the variables to train in a single process."
         )
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         if not present[k].isdigit():
-            raise RuntimeError(f"distributed environment: {k}={present[k]!r} is not a non-negative integer")
+            raise SetupError(f"distributed environment: {k}={present[k]!r} is not a non-negative integer")
     if int(present["RANK"]) >= int(present["WORLD_SIZE"]):
-        raise RuntimeError(
+        raise SetupError(
             f"distributed environment: RANK={present['RANK']} is not below WORLD_SIZE={present['WORLD_SIZE']}"
         )
     return present

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from in21k.errors import ConfigError, DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +110,7 @@ class GpuDecodeFeed:
                 except RuntimeError:
                     self.dropped += 1
             if not images:
-                raise RuntimeError("no image of the batch decoded; are these JPEG bytes (decode='none')?") from None
+                raise DataError("no image of the batch decoded; are these JPEG bytes (decode='none')?") from None
             labels = labels[keep]
         out = torch.empty((len(images), 3, self.size, self.size), dtype=torch.float32, device=self.device)
         by_shape: dict[tuple[int, int], list[int]] = {}
@@ -219,7 +221,7 @@ class DevicePrefetcher:
     def __init__(self, source: Iterable, feed: Callable, *, device: torch.device, depth: int = 2, start: int = 0,
                  seed_of: Callable[[int], int] | None = None) -> None:  # fmt: skip
         if depth < 1:
-            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+            raise ConfigError(f"prefetch depth must be >= 1, got {depth}")
         self.source, self.feed, self.device, self.depth, self.start = source, feed, device, depth, start
         self.seed_of = seed_of or (lambda i: i)
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from in21k.errors import ConfigError, DataError
 from in21k.training.levels import SemanticLevels
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class SemanticKDLoss(nn.Module):
     def __init__(self, tree: SemanticTree | SemanticLevels, *, top_fraction: float = 0.05) -> None:
         super().__init__()
         if not 0.0 < top_fraction <= 1.0:
-            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+            raise ConfigError(f"top_fraction must be in (0, 1], got {top_fraction}")
         self.levels = tree if isinstance(tree, SemanticLevels) else SemanticLevels(tree)
         # ceil(n / 20) for the default 5%; the small epsilon keeps e.g. 0.05 * 40 = 2.0000000000000004 at 2.
         self.top_k = [max(1, math.ceil(n * top_fraction - 1e-9)) for n in self.levels.level_sizes]
@@ -47,7 +48,7 @@ class SemanticKDLoss(nn.Module):
         """``[num_levels]``: each level's confidence-weighted squared distance, averaged over the batch."""
         n = self.levels.num_classes
         if student.ndim != 2 or student.shape[1] != n or teacher.shape != student.shape:
-            raise ValueError(
+            raise DataError(
                 f"student and teacher logits must both be [batch, {n}], got {list(student.shape)} and "
                 f"{list(teacher.shape)}; the teacher's head must cover the same tree"
             )

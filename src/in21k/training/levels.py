@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from in21k.errors import ConfigError
+
 if TYPE_CHECKING:
     from in21k.tree import SemanticTree
 
@@ -22,13 +24,13 @@ class SemanticLevels(nn.Module):
     def __init__(self, tree: SemanticTree, *, max_level_weight: float = 20.0, min_level_classes: int = 2) -> None:
         super().__init__()
         if min_level_classes < 1:
-            raise ValueError(f"min_level_classes must be >= 1, got {min_level_classes}")
+            raise ConfigError(f"min_level_classes must be >= 1, got {min_level_classes}")
         sizes = [len(level) for level in tree.levels]
         n = tree.num_classes
         # Every level with enough classes, deepest included (the original dropped the deepest; DESIGN).
         self.level_ids: list[int] = [k for k, size in enumerate(sizes) if size >= min_level_classes]
         if not self.level_ids:
-            raise ValueError(
+            raise ConfigError(
                 f"the tree has no level with >= {min_level_classes} classes; "
                 "use --loss single-label for this class list"
             )

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from in21k.errors import ConfigError
 from in21k.training.levels import SemanticLevels
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class SemanticSoftmaxLoss(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.levels = SemanticLevels(tree, max_level_weight=max_level_weight, min_level_classes=min_level_classes)
         self.label_smoothing = float(label_smoothing)
 
@@ -88,4 +89,4 @@ def build_loss(
         return SemanticSoftmaxLoss(tree, label_smoothing=label_smoothing, max_level_weight=max_level_weight)
     if name == "single-label":
         return SingleLabelLoss(label_smoothing=label_smoothing)
-    raise ValueError(f"unknown loss {name!r}; choose semantic or single-label")
+    raise ConfigError(f"unknown loss {name!r}; choose semantic or single-label")

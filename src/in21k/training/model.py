@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from in21k.errors import ConfigError, DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,7 @@ def build_model(*, name: str, num_classes: int, image_size: int | None = None, *
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ValueError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+        raise ConfigError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     if image_size is not None:
         try:  # fixed-size architectures (ViTs) need img_size; convolutional ones reject the argument
             return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size, **kwargs)
@@ -43,28 +45,33 @@ class InitReport:
     missing: list[str] = field(default_factory=list)  # model keys the checkpoint did not provide
 
 
-def load_weights_file(path: Path) -> Any:
-    """``torch.load`` restricted to plain data (``weights_only=True``), with an error that says what to do."""
+def load_weights_file(path: str | Path, *, what: str = "checkpoint") -> Any:
+    """``torch.load`` of a local file or storage URL, restricted to plain data (``weights_only=True``)."""
+    import io
+
+    from in21k import storage
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        raw = storage.read_bytes(str(path))
+    except storage.NotFoundError:
+        raise DataError(f"{what} {str(path)!r} does not exist") from None
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(
+        raise DataError(
             f"{path} cannot be loaded with weights_only=True ({exc}); re-save it as a plain state dict of tensors"
         ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a file: top level, or under ``state_dict`` / ``model``; ``module.`` prefixes removed."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"--init checkpoint {str(path)!r} does not exist")
-    obj = load_weights_file(path)
+    obj = load_weights_file(path, what="--init checkpoint")
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds no state dict (looked at the top level, 'state_dict' and 'model')")
+        raise DataError(f"{path} holds no state dict (looked at the top level, 'state_dict' and 'model')")
     out = {}
     for k, v in obj.items():
         if isinstance(v, torch.Tensor):
@@ -100,5 +107,5 @@ def load_init_checkpoint(model: nn.Module, path: str | Path) -> InitReport:
             ", ".join(report.missing[:20]) + (" ..." if len(report.missing) > 20 else ""),
         )
     if not report.loaded:
-        raise ValueError(f"--init {path}: no tensor matched the model by name and shape; is it the same architecture?")
+        raise DataError(f"--init {path}: no tensor matched the model by name and shape; is it the same architecture?")
     return report

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from in21k.errors import ConfigError
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weight decay on parameters with ndim > 1 (weights), none on biases and norm scales."""
@@ -32,7 +34,7 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: flo
         return torch.optim.Adam(groups, lr=lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose adam or adamw")
+    raise ConfigError(f"unknown optimizer {name!r}; choose adam or adamw")
 
 
 def onecycle_schedule(
@@ -72,7 +74,7 @@ def build_schedule(
 ) -> np.ndarray:  # fmt: skip
     """``onecycle`` (the original), ``cosine`` (with warmup) or ``constant``, as an lr-per-step array."""
     if total_steps < 1:
-        raise ValueError("the run has no optimizer step: more data, fewer ranks, or a smaller batch/accumulation")
+        raise ConfigError("the run has no optimizer step: more data, fewer ranks, or a smaller batch/accumulation")
     if name == "onecycle":
         return onecycle_schedule(
             total_steps, max_lr=lr, pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor
@@ -81,7 +83,7 @@ def build_schedule(
         return cosine_schedule(total_steps, lr=lr, warmup_steps=warmup_steps, min_lr=min_lr)
     if name == "constant":
         return np.full(total_steps, lr)
-    raise ValueError(f"unknown schedule {name!r}; choose onecycle, cosine or constant")
+    raise ConfigError(f"unknown schedule {name!r}; choose onecycle, cosine or constant")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -94,7 +96,7 @@ class ModelEma:
 
     def __init__(self, model: nn.Module, *, decay: float) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+            raise ConfigError(f"ema_decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
@@ -125,6 +127,6 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if amp == "fp16":
         if device.type != "cuda":
-            raise ValueError("fp16 AMP needs a CUDA device; use --amp bf16 or --amp none on CPU")
+            raise ConfigError("fp16 AMP needs a CUDA device; use --amp bf16 or --amp none on CPU")
         return torch.float16
-    raise ValueError(f"unknown amp {amp!r}; choose auto, none, bf16 or fp16")
+    raise ConfigError(f"unknown amp {amp!r}; choose auto, none, bf16 or fp16")

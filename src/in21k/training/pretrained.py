@@ -6,8 +6,8 @@ One reader for everything that consumes a trained semantic-softmax model (the KD
 - **Ours, final** (``RUN_DIR/model.pt``): ``{"model", "ema", "model_name", "image_size", "mean", "std",
   "tree", "config"}``: architecture, tree and preprocessing all come from the file.
 - **Ours, checkpoint** (``RUN_DIR/checkpoints/ckpt-<step>.pt``, schema ``in21k.train-checkpoint/1``): the
-  architecture and config come from the file; the tree from ``config["tree"]`` or ``config["data"]/tree.json``
-  when that path still exists, else it must be given.
+  architecture and config come from the file; the tree from the run's ``--tree`` or its prepared dataset
+  (``config["data"]``, any storage URL) when it can still be read, else it must be given.
 - **The original's published weights** (e.g. ``resnet50_miil_21k.pth``): a plain state dict, possibly under
   ``state_dict`` (or ``model``); the architecture name and the tree must be given (``fall11`` is built in).
   Preprocessing is the original's: squash, no mean/std normalisation.
@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from in21k import storage
+from in21k.errors import ConfigError, DataError, StorageError
 
 if TYPE_CHECKING:
     from in21k.tree import SemanticTree
@@ -61,18 +64,25 @@ def _load_tree(tree: SemanticTree | str | None) -> SemanticTree | None:
 
 
 def _checkpoint_tree(obj: dict[str, Any], path: Path) -> SemanticTree:
-    from in21k.tree import SemanticTree
+    """The tree of one of our files: carried in it (model.pt), or the run's ``--tree`` or dataset (checkpoints)."""
+    from in21k.dataset import PreparedDataset
+    from in21k.tree import BUILTIN_TREES, SemanticTree
 
     if isinstance(obj.get("tree"), dict):
         return SemanticTree.from_dict(obj["tree"])
     cfg = obj.get("config") or {}
-    candidates = [cfg.get("tree")] + ([str(Path(cfg["data"]) / "tree.json")] if cfg.get("data") else [])
-    for candidate in candidates:
-        if candidate and (candidate in ("fall11", "winter21") or Path(candidate).exists()):
-            return SemanticTree.load(candidate)
-    raise ValueError(
-        f"{path} does not carry its tree and the run's tree ({' or '.join(c for c in candidates if c) or 'unknown'}) "
-        "is not here; give --tree (the prepared dataset's tree.json)"
+    if cfg.get("tree"):
+        if cfg["tree"] in BUILTIN_TREES or storage.exists(cfg["tree"]):
+            return SemanticTree.load(cfg["tree"])
+    elif cfg.get("data"):
+        options = (cfg.get("loader") or {}).get("storage_options")
+        try:
+            return SemanticTree.from_dict(PreparedDataset.open(cfg["data"], storage_options=options).tree_data())
+        except (DataError, StorageError):
+            pass
+    raise DataError(
+        f"{path} does not carry its tree and the run's tree ({cfg.get('tree') or cfg.get('data') or 'unknown'}) "
+        "cannot be read from here; give --tree (the prepared dataset's tree.json)"
     )
 
 
@@ -93,14 +103,11 @@ def read_trained_model(
     from in21k.loaders.transforms import MIIL_MEAN, MIIL_STD, build_transform
     from in21k.training.model import build_model, load_weights_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
     if weights not in ("model", "ema"):
-        raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
+        raise ConfigError(f"weights must be 'model' or 'ema', got {weights!r}")
     obj = load_weights_file(path)
     if isinstance(obj, dict) and obj.get("task") == "single-label":
-        raise ValueError(
+        raise DataError(
             f"{path} is a fine-tuned single-label model (in21k finetune): it has no semantic 21K head to read"
         )
     tree = _load_tree(tree)
@@ -109,7 +116,7 @@ def read_trained_model(
         kind = "checkpoint" if obj.get("schema") == CHECKPOINT_SCHEMA else "model.pt"
         cfg = obj.get("config") or {}
         if model_name and model_name != obj["model_name"]:
-            raise ValueError(f"{path} holds a {obj['model_name']} model, not {model_name}; drop --model or fix it")
+            raise ConfigError(f"{path} holds a {obj['model_name']} model, not {model_name}; drop --model or fix it")
         model_name = obj["model_name"]
         if tree is None:
             tree = _checkpoint_tree(obj, path)
@@ -118,15 +125,15 @@ def read_trained_model(
 
             own = SemanticTree.from_dict(obj["tree"])
             if own.wnids != tree.wnids:
-                raise ValueError(
+                raise DataError(
                     f"{path} was trained on another class list ({own.num_classes} classes) than the tree given "
                     f"({tree.num_classes}); its head's rows would be read as the wrong classes"
                 )
         state = _tensors(obj.get(weights))
         if state is None:
-            raise ValueError(f"{path} has no {weights!r} weights (was the run trained with --ema?)")
+            raise DataError(f"{path} has no {weights!r} weights (was the run trained with --ema?)")
         image_size = image_size or int(obj.get("image_size") or cfg.get("image_size") or 224)
-        transform = str(cfg.get("transform") or "miil")
+        transform = str((cfg.get("loader") or {}).get("transform") or cfg.get("transform") or "miil")
         if "mean" in obj and "std" in obj:
             mean, std = tuple(obj["mean"]), tuple(obj["std"])
         else:
@@ -141,11 +148,11 @@ def read_trained_model(
                 if state is not None:
                     break
         if state is None:
-            raise ValueError(f"{path} is neither one of our checkpoints nor a state dict (top level or 'state_dict')")
+            raise DataError(f"{path} is neither one of our checkpoints nor a state dict (top level or 'state_dict')")
         if weights == "ema":
-            raise ValueError(f"{path} is a plain state dict: it has no separate EMA weights; drop --weights ema")
+            raise ConfigError(f"{path} is a plain state dict: it has no separate EMA weights; drop --weights ema")
         if not model_name or tree is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{path} is a plain state dict (the original's published format): give the architecture and the "
                 "tree, e.g. --model resnet50 --tree fall11"
             )
@@ -175,7 +182,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, n
             detail.append(f"{len(missing)} model tensors missing (e.g. {missing[0]})")
         if unexpected:
             detail.append(f"{len(unexpected)} unknown tensors (e.g. {unexpected[0]})")
-        raise ValueError(
+        raise DataError(
             f"{path} does not fit this architecture with a {num_classes}-class head: {'; '.join(detail)}. "
             "Check --model (and --tree: the head must have one output per tree class)"
         )
@@ -186,7 +193,7 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
     """The model's final ``nn.Linear`` (timm's ``get_classifier()``), for head surgery."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, nn.Linear):
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__}'s classifier is {type(head).__name__}, not a Linear layer; "
             "head mapping supports models whose classifier is one Linear layer"
         )

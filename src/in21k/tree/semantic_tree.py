@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from in21k import storage
+from in21k.errors import ConfigError, DataError
+
 SCHEMA = "in21k.semantic-tree/1"
 BUILTIN_TREES = ("fall11", "winter21")
 
@@ -42,7 +45,7 @@ class TreeClass:
     parent: int  # -1 for a root
 
 
-class NotWordNetNounError(ValueError):
+class NotWordNetNounError(DataError):
     """Some wnids are not WordNet 3.0 noun synsets; ``wnids`` lists them."""
 
     def __init__(self, wnids: Sequence[str]) -> None:
@@ -83,7 +86,7 @@ class SemanticTree:
 
         ordered = sorted(set(wnids))
         if not ordered:
-            raise ValueError("cannot build a semantic tree from an empty class list")
+            raise DataError("cannot build a semantic tree from an empty class list")
         synsets = {}
         bad = []
         for wnid in ordered:
@@ -135,7 +138,7 @@ class SemanticTree:
     def builtin(cls, name: str) -> SemanticTree:
         """The shipped tree of ``fall11`` (11,221 classes) or ``winter21`` (10,450): no WordNet needed."""
         if name not in BUILTIN_TREES:
-            raise ValueError(f"unknown built-in tree {name!r}; choose one of {', '.join(BUILTIN_TREES)}")
+            raise ConfigError(f"unknown built-in tree {name!r}; choose one of {', '.join(BUILTIN_TREES)}")
         ref = resources.files("in21k.tree") / "data" / f"{name}.tree.json.gz"
         with ref.open("rb") as f:
             return cls.from_dict(json.loads(gzip.decompress(f.read())))
@@ -145,14 +148,14 @@ class SemanticTree:
         n = len(self.classes)
         for i, c in enumerate(self.classes):
             if c.index != i:
-                raise ValueError(f"tree class {c.wnid}: index {c.index} is not its position {i}")
+                raise DataError(f"tree class {c.wnid}: index {c.index} is not its position {i}")
             if c.parent == -1:
                 if c.depth != 0:
-                    raise ValueError(f"tree class {c.wnid}: a root must have depth 0, has {c.depth}")
+                    raise DataError(f"tree class {c.wnid}: a root must have depth 0, has {c.depth}")
             elif not 0 <= c.parent < n or c.parent == i:
-                raise ValueError(f"tree class {c.wnid}: parent {c.parent} is not another class index")
+                raise DataError(f"tree class {c.wnid}: parent {c.parent} is not another class index")
             elif self.classes[c.parent].depth != c.depth - 1:
-                raise ValueError(f"tree class {c.wnid}: depth {c.depth} is not its parent's depth + 1")
+                raise DataError(f"tree class {c.wnid}: depth {c.depth} is not its parent's depth + 1")
 
     # ------------------------------------------------------------------ views
     @property
@@ -251,7 +254,7 @@ class SemanticTree:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SemanticTree:
         if data.get("schema") != SCHEMA:
-            raise ValueError(f"not a semantic tree of schema {SCHEMA!r} (found {data.get('schema')!r})")
+            raise DataError(f"not a semantic tree of schema {SCHEMA!r} (found {data.get('schema')!r})")
         known = {"schema", "wordnet", "num_classes", "num_levels", "classes", "levels", "class_tree"}
         try:
             classes = [
@@ -259,15 +262,15 @@ class SemanticTree:
                 for c in data["classes"]
             ]
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed tree.json class entry: {exc}") from None
+            raise DataError(f"malformed tree.json class entry: {exc}") from None
         tree = cls(
             classes, wordnet=str(data.get("wordnet", "3.0")), extra={k: v for k, v in data.items() if k not in known}
         )
         # levels and class_tree are derived; a file whose copies disagree was edited by hand or is corrupt.
         if "levels" in data and data["levels"] != tree.levels:
-            raise ValueError("tree.json: 'levels' disagrees with the classes' depths")
+            raise DataError("tree.json: 'levels' disagrees with the classes' depths")
         if "class_tree" in data and data["class_tree"] != tree.class_tree:
-            raise ValueError("tree.json: 'class_tree' disagrees with the classes' parents")
+            raise DataError("tree.json: 'class_tree' disagrees with the classes' parents")
         return tree
 
     def save(self, path: str | Path) -> Path:
@@ -283,22 +286,26 @@ class SemanticTree:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> SemanticTree:
-        """Read a ``tree.json`` (or ``.json.gz``), a MIIL ``.pth``, or a built-in name (``fall11``, ``winter21``)."""
+    def load(cls, path: str | Path, *, storage_options: dict[str, Any] | None = None) -> SemanticTree:
+        """Read a tree file (``tree.json``, ``.json.gz`` or a MIIL ``.pth``; local or any storage URL) or a
+        built-in tree by name (``fall11``, ``winter21``)."""
         if str(path) in BUILTIN_TREES:
             return cls.builtin(str(path))
-        path = Path(path)
-        if not path.exists():
-            raise ValueError(f"tree file {str(path)!r} does not exist")
-        if path.suffix == ".pth":
-            return cls.from_miil_pth(path)
-        raw = path.read_bytes()
+        url = str(path)
+        try:
+            raw = storage.read_bytes(url, storage_options=storage_options)
+        except storage.NotFoundError:
+            raise DataError(
+                f"tree file {url!r} does not exist (give a tree.json, an imagenet21k_miil_tree.pth, or fall11/winter21)"
+            ) from None
+        if url.endswith(".pth"):
+            return cls._from_miil_bytes(raw, url)
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         try:
             data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{url} is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
     # ------------------------------------------------------------------ the original's layout
@@ -312,13 +319,21 @@ class SemanticTree:
             "child_2_parent": child_2_parent,
         }
 
-    def to_miil_pth(self, path: str | Path) -> Path:
+    def to_miil_bytes(self) -> bytes:
+        """``imagenet21k_miil_tree.pth``'s bytes (``torch.save`` of ``to_miil_dict``)."""
+        import io
+
         import torch
 
+        buf = io.BytesIO()
+        torch.save(self.to_miil_dict(), buf)
+        return buf.getvalue()
+
+    def to_miil_pth(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_miil_dict(), tmp)
+        tmp.write_bytes(self.to_miil_bytes())
         tmp.replace(path)
         return path
 
@@ -326,32 +341,38 @@ class SemanticTree:
     def from_miil_dict(cls, data: dict[str, Any]) -> SemanticTree:
         missing = [k for k in ("class_list", "class_tree_list") if k not in data]
         if missing:
-            raise ValueError(f"not a MIIL semantic tree: missing key(s) {', '.join(missing)}")
+            raise DataError(f"not a MIIL semantic tree: missing key(s) {', '.join(missing)}")
         class_list = [str(w) for w in data["class_list"]]
         descriptions = data.get("class_description") or {}
         trees = data["class_tree_list"]
         if len(trees) != len(class_list):
-            raise ValueError("MIIL tree: class_tree_list and class_list differ in length")
+            raise DataError("MIIL tree: class_tree_list and class_list differ in length")
         classes = []
         for i, (wnid, chain) in enumerate(zip(class_list, trees, strict=True)):
             chain = [int(x) for x in chain]
             if not chain or chain[0] != i:
-                raise ValueError(f"MIIL tree: class_tree_list[{i}] must start with {i}, got {chain[:3]}")
+                raise DataError(f"MIIL tree: class_tree_list[{i}] must start with {i}, got {chain[:3]}")
             name = descriptions.get(wnid, wnid) if isinstance(descriptions, dict) else str(descriptions[i])
             classes.append(TreeClass(i, wnid, str(name), len(chain) - 1, chain[1] if len(chain) > 1 else -1))
         return cls(classes)
 
     @classmethod
     def from_miil_pth(cls, path: str | Path) -> SemanticTree:
-        """Load an ``imagenet21k_miil_tree.pth`` safely (``weights_only=True``: plain data only)."""
+        """Load an ``imagenet21k_miil_tree.pth`` (local or any storage URL) safely: plain data only."""
+        return cls._from_miil_bytes(storage.read_bytes(str(path)), str(path))
+
+    @classmethod
+    def _from_miil_bytes(cls, raw: bytes, where: str) -> SemanticTree:
+        import io
+
         import torch
 
         try:
-            data = torch.load(Path(path), map_location="cpu", weights_only=True)
+            data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"{path} is not a loadable MIIL tree .pth (plain data only): {exc}") from None
+            raise DataError(f"{where} is not a loadable MIIL tree .pth (plain data only): {exc}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a dict, found {type(data).__name__}")
+            raise DataError(f"{where}: expected a dict, found {type(data).__name__}")
         return cls.from_miil_dict(data)
 
     # ------------------------------------------------------------------ summaries
@@ -373,14 +394,14 @@ def read_synsets_file(path: str | Path) -> list[str]:
     """One wnid per line (blank lines and ``#`` comments ignored); extra columns after whitespace are ignored."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"synsets file {str(path)!r} does not exist")
+        raise DataError(f"synsets file {str(path)!r} does not exist")
     out = []
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             out.append(line.split()[0])
     if not out:
-        raise ValueError(f"synsets file {str(path)!r} lists no classes")
+        raise DataError(f"synsets file {str(path)!r} lists no classes")
     return out
 
 
@@ -390,7 +411,7 @@ TIMM_SYNSET_FILES = {"fall11": "imagenet21k_miil_synsets.txt", "winter21": "imag
 def timm_synsets(name: str) -> list[str]:
     """The class list timm ships for ``fall11`` or ``winter21`` ImageNet-21K-P."""
     if name not in TIMM_SYNSET_FILES:
-        raise ValueError(f"unknown class list {name!r}; choose one of {', '.join(TIMM_SYNSET_FILES)} or give a file")
+        raise ConfigError(f"unknown class list {name!r}; choose one of {', '.join(TIMM_SYNSET_FILES)} or give a file")
     try:
         ref = resources.files("timm.data") / "_info" / TIMM_SYNSET_FILES[name]
         text = ref.read_text()

@@ -6,7 +6,7 @@ This module is the only place that knows where WordNet lives. Search order:
 2. nltk's default folders, which include ``<venv>/nltk_data``: ``make wordnet`` builds that folder
    from Debian's ``wordnet-base`` + ``wordnet-sense-index`` (copied, not linked) and the ``lexnames``
    file committed under ``third_party/wordnet/``;
-3. nothing: a ``RuntimeError`` that names the command which fixes it.
+3. nothing: a ``SetupError`` that names the command which fixes it.
 
 On a machine with internet, ``python -m nltk.downloader wordnet`` gives the same data.
 """
@@ -17,6 +17,8 @@ import functools
 import os
 import warnings
 from typing import Any
+
+from in21k.errors import SetupError
 
 FIX_HINT = (
     "WordNet 3.0 was not found by nltk. Fix it with one of:\n"
@@ -39,22 +41,22 @@ def load_wordnet() -> Any:
         import nltk
         from nltk.corpus.reader.wordnet import WordNetCorpusReader
     except ImportError as exc:  # pragma: no cover - nltk is a core dependency
-        raise RuntimeError("nltk is not installed; run `make test` or `pip install nltk`") from exc
+        raise SetupError("nltk is not installed; run `make test` or `pip install nltk`") from exc
     try:
         root = nltk.data.find("corpora/wordnet")
     except LookupError:
         searched = "\n  ".join(nltk_search_path())
-        raise RuntimeError(f"{FIX_HINT}\nSearched:\n  {searched}") from None
+        raise SetupError(f"{FIX_HINT}\nSearched:\n  {searched}") from None
     try:
         with warnings.catch_warnings():
             # nltk warns that the Open Multilingual Wordnet is absent; we only use English WordNet 3.0.
             warnings.simplefilter("ignore", UserWarning)
             reader = WordNetCorpusReader(root, None)
     except (OSError, LookupError) as exc:
-        raise RuntimeError(f"WordNet at {root} is incomplete ({exc}).\n{FIX_HINT}") from None
+        raise SetupError(f"WordNet at {root} is incomplete ({exc}).\n{FIX_HINT}") from None
     version = reader.get_version()
     if version != "3.0":
-        raise RuntimeError(
+        raise SetupError(
             f"WordNet at {root} is version {version}, but ImageNet wnids are WordNet 3.0 offsets.\n{FIX_HINT}"
         )
     return reader

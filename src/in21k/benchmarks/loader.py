@@ -26,86 +26,44 @@ reported too: on a machine shared with other jobs they vary far less than wall-c
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import multiprocessing
 import os
-import platform
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from in21k.benchmarks.common import machine
+from in21k.benchmarks.options import LoaderBenchConfig
+from in21k.config import config_to_dict
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LoaderBenchConfig:
-    data: str = field(
-        default="", metadata={"help": "prepared dataset root (holds _info.json), local path", "metavar": "URL"}
-    )
-    split: str = field(default="train", metadata={"help": "split to read"})
-    batch_size: int = field(default=64, metadata={"help": "batch size"})
-    num_workers: int = field(default=0, metadata={"help": "loader workers; 0 means one per CPU core"})
-    transform: Literal["miil", "timm", "eval"] = field(default="miil", metadata={"help": "transform to time"})
-    image_size: int = field(default=224, metadata={"help": "output image side"})
-    max_samples: int = field(
-        default=4096, metadata={"help": "use the first shards of the split up to this many samples"}
-    )
-    epochs: int = field(default=2, metadata={"help": "measured epochs over the subset"})
-    warmup_epochs: int = field(default=1, metadata={"help": "unmeasured epochs first"})
-    rounds: int = field(default=3, metadata={"help": "interleaved measuring rounds; the median is reported"})
-    baselines: bool = field(default=True, metadata={"help": "also run the ImageFolder baselines and the limit"})
-    s3: bool = field(default=False, metadata={"help": "also stream from SeaweedFS started on 127.0.0.1 (weed binary)"})
-    s3_url: str | None = field(
-        default=None,
-        metadata={
-            "help": "also stream from this s3:// copy of the same dataset (credentials and endpoint from "
-            "AWS_* environment variables)",
-            "metavar": "URL",
-        },
-    )
-
-    def validate(self) -> None:
-        if not self.data:
-            raise ValueError("--data is required: a prepared dataset root (the folder that holds _info.json)")
-        if self.batch_size < 1 or self.max_samples < self.batch_size or self.epochs < 1 or self.rounds < 1:
-            raise ValueError("need batch_size >= 1, max_samples >= batch_size, epochs >= 1 and rounds >= 1")
-
-
-def machine() -> dict[str, Any]:
-    import PIL
-    import torch
-
-    model = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu": model, "pillow": PIL.__version__, "torch": torch.__version__,
-            "python": platform.python_version()}  # fmt: skip
-
-
 def subset_view(data: str, split: str, max_samples: int, out: Path) -> tuple[Path, list[str], int]:
     """A dataset root in ``out`` whose ``_info.json`` lists the first shards of ``split`` (absolute URLs)."""
-    from in21k.loaders.loader import read_split
+    from in21k.dataset import DatasetWriter, PreparedDataset
 
-    info, shards = read_split(data, split)
+    ds = PreparedDataset.open(data)
     chosen, total = [], 0
-    for s in shards:
+    for s in ds.shards(split):
         if total >= max_samples:
             break
         chosen.append(s)
         total += s.length
     urls = [s.url if "://" in s.url else str(Path(s.url).resolve()) for s in chosen]
-    view = {**info, "splits": {split: {"name": split, "filenames": urls, "shard_lengths": [s.length for s in chosen],
-                                       "num_samples": total}}}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "_info.json").write_text(json.dumps(view))
+    lengths = [s.length for s in chosen]
+    DatasetWriter(str(out)).write_info(
+        num_classes=ds.num_classes,
+        splits={split: list(zip(urls, lengths, strict=True))},
+        config={"subset_of": data},
+        name=ds.name,
+    )
     return out, urls, total
 
 
@@ -167,10 +125,11 @@ def make_ours(data: str, cfg: LoaderBenchConfig, workers: int, *, storage_option
     """A function that starts the next epoch of one persistent loader."""
     from in21k.loaders import create_loader
 
-    loader = create_loader(
-        data=data, split=cfg.split, batch_size=cfg.batch_size, num_workers=workers, transform=cfg.transform,
-        image_size=cfg.image_size, train=True, storage_options=storage_options, decode=decode,
-    )  # fmt: skip
+    options = dataclasses.replace(cfg.loader, num_workers=workers)
+    if storage_options is not None:
+        options = dataclasses.replace(options, storage_options=storage_options)
+    loader = create_loader(data=data, split=cfg.split, batch_size=cfg.batch_size, options=options,
+                           image_size=cfg.image_size, train=True, decode=decode)  # fmt: skip
     epochs = iter(range(1_000_000))
 
     def one_epoch() -> Iterator:
@@ -221,7 +180,7 @@ def make_imagefolder(folder: Path, cfg: LoaderBenchConfig, workers: int, *, orig
     if original:
         ds = ImageFolder(str(folder), transform=original_transform(cfg.image_size))
     else:
-        tf = build_transform(cfg.transform, image_size=cfg.image_size, train=True)
+        tf = build_transform(cfg.loader.transform, image_size=cfg.image_size, train=True)
         ds = ImageFolder(str(folder), transform=_BytesTransform(tf), loader=_read_bytes)
     dl = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True,
                     persistent_workers=workers > 0)  # fmt: skip
@@ -263,7 +222,7 @@ def limit_round(samples: list[bytes], cfg: LoaderBenchConfig, workers: int) -> t
     with ctx.Manager() as manager:
         barrier = manager.Barrier(workers)
         with ctx.Pool(workers) as pool:
-            args = [(i, workers, cfg.transform, cfg.image_size, barrier) for i in range(workers)]
+            args = [(i, workers, cfg.loader.transform, cfg.image_size, barrier) for i in range(workers)]
             times = pool.map(_limit_worker, args)
     n = len(_LIMIT_SAMPLES)
     _LIMIT_SAMPLES = []
@@ -280,8 +239,8 @@ def extract_to_folder(samples: list[tuple[str, bytes, int]], folder: Path) -> No
 
 @contextlib.contextmanager
 def seaweedfs(workdir: Path) -> Iterator[dict[str, Any]]:
-    """SeaweedFS on 127.0.0.1 (``in21k.s3local``); yields fsspec storage options and a boto3 client factory."""
-    from in21k.s3local import start_local_s3
+    """SeaweedFS on 127.0.0.1 (``in21k.benchmarks.s3local``); yields storage options and a boto3 client factory."""
+    from in21k.benchmarks.s3local import start_local_s3
 
     server = start_local_s3(workdir, key="in21k-bench", secret="in21k-bench-secret")
     try:
@@ -296,8 +255,10 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
 
     from tqdm import tqdm
 
-    workers = cfg.num_workers or os.cpu_count() or 1
-    result: dict[str, Any] = {"machine": machine(), "config": {**cfg.__dict__, "num_workers": workers}}
+    from in21k.dataset import DatasetWriter, PreparedDataset
+
+    workers = cfg.loader.num_workers or 1
+    result: dict[str, Any] = {"machine": machine(), "config": config_to_dict(cfg)}
     with tempfile.TemporaryDirectory(prefix="in21k-bench-loader-") as tmp, contextlib.ExitStack() as stack:
         tmp_path = Path(tmp)
         view, urls, total = subset_view(cfg.data, cfg.split, cfg.max_samples, tmp_path / "view")
@@ -306,7 +267,7 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
         if len(urls) < workers:
             raise ValueError(
                 f"the first {cfg.max_samples} samples span {len(urls)} shard(s), fewer than {workers} workers: "
-                "raise --max-samples or lower --num-workers"
+                "raise --max-samples or lower --loader.num-workers"
             )
         makers: dict[str, Contender] = {
             "ours": make_ours(str(view), cfg, workers),
@@ -325,11 +286,16 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
             (tmp_path / "weed").mkdir()
             s3 = stack.enter_context(seaweedfs(tmp_path / "weed"))
             client = s3["client"]()
-            for i, url in enumerate(urls):
-                client.upload_file(url, s3["bucket"], f"view/shard-{i:06d}.tar")
-            info = json.loads((view / "_info.json").read_text())
-            info["splits"][cfg.split]["filenames"] = [f"shard-{i:06d}.tar" for i in range(len(urls))]
-            client.put_object(Bucket=s3["bucket"], Key="view/_info.json", Body=json.dumps(info).encode())
+            names = [f"shard-{i:06d}.tar" for i in range(len(urls))]
+            for url, name in zip(urls, names, strict=True):
+                client.upload_file(url, s3["bucket"], f"view/{name}")
+            ds = PreparedDataset.open(str(view))
+            DatasetWriter(f"s3://{s3['bucket']}/view", s3["storage_options"]).write_info(
+                num_classes=ds.num_classes,
+                splits={cfg.split: list(zip(names, [s.length for s in ds.shards(cfg.split)], strict=True))},
+                config=ds.info.get("config"),
+                name=ds.name,
+            )
             makers["ours_s3"] = make_ours(f"s3://{s3['bucket']}/view", cfg, workers,
                                           storage_options=s3["storage_options"])  # fmt: skip
         if cfg.s3_url:
@@ -386,8 +352,8 @@ def format_result(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"machine: {m['nproc']} x {m['cpu']}, Pillow {m['pillow']}, torch {m['torch']}",
              f"subset: {result['samples_in_subset']} samples in {result['shards_in_subset']} shards, "
-             f"{result['config']['num_workers']} workers, batch {result['config']['batch_size']}, "
-             f"transform {result['config']['transform']} {result['config']['image_size']} px"]  # fmt: skip
+             f"{result['config']['loader']['num_workers']} workers, batch {result['config']['batch_size']}, "
+             f"transform {result['config']['loader']['transform']} {result['config']['image_size']} px"]  # fmt: skip
     for k, v in result["img_per_s"].items():
         lines.append(f"  {k:22s} {v:10.1f} img/s  {result['cpu_ms_per_img'][k]:8.3f} CPU ms/img")
     for k, v in result["ratios"].items():
@@ -397,9 +363,3 @@ def format_result(result: dict[str, Any]) -> str:
     for k, ok in result.get("targets", {}).items():
         lines.append(f"  target {k}: {'met' if ok else 'NOT met'}")
     return "\n".join(lines)
-
-
-def main_bench(cfg: LoaderBenchConfig, *, as_json: bool) -> int:
-    result = run_bench(cfg)
-    print(json.dumps(result) if as_json else format_result(result))
-    return 0

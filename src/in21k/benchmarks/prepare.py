@@ -1,98 +1,21 @@
 """``in21k bench decode`` and ``in21k bench prepare``: our image path and our job against baselines.
 (Heavy imports live inside the functions: the CLI imports this module to build ``--help``.)
 
-The corpus mimics the release's size mix: most images have a long side of 300-500 px (Flickr's
-"medium" size that dominates ImageNet) and a tail (``tail_share``, default 5%) has a long side of
-800-4000 px, log-uniform. With noise-textured content at JPEG quality 90, 5% of tail gives ~100 KB per
-image on average, close to the real release (fall11: 1.31 TB / 14.2 M images = 92 KB).
+The corpus (``in21k.benchmarks.data.make_corpus``) has the release's size mix.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
-import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class DecodeBenchConfig:
-    images: int = field(default=400, metadata={"help": "distinct images in the generated corpus"})
-    tail_share: float = field(default=0.05, metadata={"help": "share of large images (long side 800-4000 px)"})
-    rounds: int = field(default=2, metadata={"help": "passes over the corpus per path (interleaved)"})
-    seed: int = field(default=0, metadata={"help": "corpus seed"})
-
-
-@dataclass
-class PrepareBenchConfig:
-    images: int = field(default=8000, metadata={"help": "members in the generated raw release"})
-    distinct: int = field(default=300, metadata={"help": "distinct images (members reuse them)"})
-    classes: int = field(default=8, metadata={"help": "class tars in the raw release"})
-    tail_share: float = field(default=0.05, metadata={"help": "share of large images (long side 800-4000 px)"})
-    num_cpus: int | None = field(default=None, metadata={"help": "Ray CPUs, N (default: os.cpu_count())"})
-    shards_per_cpu: int = field(default=4, metadata={"help": "train shards per CPU"})
-    workdir: str | None = field(default=None, metadata={"help": "where to write the corpus (default: a temp dir)"})
-    seed: int = field(default=0, metadata={"help": "corpus seed"})
-
-
-def machine() -> dict[str, Any]:
-    import PIL
-
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "pillow": PIL.__version__,
-        "pillow_simd": ".post" in PIL.__version__,
-    }
-
-
-def _image_size(rng: Any, tail_share: float) -> tuple[int, int]:
-    import numpy as np
-
-    if rng.random() < tail_share:
-        long_side = int(np.exp(rng.uniform(np.log(800), np.log(4000))))
-    else:
-        long_side = int(rng.integers(300, 501))
-    short = int(long_side / rng.uniform(1.0, 1.5))
-    return (long_side, short) if rng.random() < 0.7 else (short, long_side)
-
-
-def make_corpus(n: int, *, tail_share: float, seed: int) -> list[bytes]:
-    """``n`` JPEGs (quality 90): a smooth random scene plus pixel noise, which gives photo-like file sizes."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    from PIL import Image
-
-    out = []
-    for _ in range(n):
-        w, h = _image_size(rng, tail_share)
-        scene = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-        arr = np.asarray(scene, dtype=np.int16) + rng.integers(-12, 13, (h, w, 3), dtype=np.int16)
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
-def _is_tail(data: bytes) -> bool:
-    from PIL import Image
-
-    return max(Image.open(io.BytesIO(data)).size) > 500
+from in21k.benchmarks.common import machine
+from in21k.benchmarks.data import is_tail, make_corpus
+from in21k.benchmarks.options import DecodeBenchConfig, PrepareBenchConfig
 
 
 def run_decode_bench(cfg: DecodeBenchConfig) -> dict[str, Any]:
@@ -100,7 +23,7 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict[str, Any]:
     from in21k.pipeline.imaging import baseline_process, process_image
 
     corpus = make_corpus(cfg.images, tail_share=cfg.tail_share, seed=cfg.seed)
-    tail = [_is_tail(d) for d in corpus]
+    tail = [is_tail(d) for d in corpus]
     ours = {"main": 0.0, "tail": 0.0}
     base = {"main": 0.0, "tail": 0.0}
     wall = {"ours": 0.0, "baseline": 0.0}
@@ -251,13 +174,3 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
         "with warm workers; WordNet and torch preloaded; wall-clock ratios are only meaningful on an idle machine",
         **machine(),
     }
-
-
-def print_result(result: dict[str, Any], *, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(result))
-    else:
-        width = max(map(len, result))
-        for k, v in result.items():
-            print(f"{k:<{width}}  {v}")
-    return 0

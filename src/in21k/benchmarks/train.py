@@ -20,77 +20,22 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import io
 import json
 import logging
 import os
-import tarfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from in21k.training.config import BenchInferConfig, BenchTrainConfig
+from in21k.benchmarks.data import make_bench_data
+from in21k.benchmarks.options import BenchInferConfig, BenchTrainConfig
+from in21k.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------------- data
-def _shard(args: tuple) -> tuple[str, int]:
-    from PIL import Image
-
-    path, labels, size, seed = args
-    rng = np.random.default_rng(seed)
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for j, label in enumerate(labels):
-            # Smooth colour fields plus noise: JPEG sizes close to natural 224 px photos at quality 95.
-            low = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
-            img = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC), dtype=np.int16)
-            img = np.clip(img + rng.integers(-12, 13, size=img.shape), 0, 255).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=95)
-            key = f"{Path(path).stem}_{j:05d}"
-            for ext, data in (("jpg", buf.getvalue()), ("cls", str(int(label)).encode())):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime = len(data), 1_600_000_000
-                tar.addfile(info, io.BytesIO(data))
-    return Path(path).name, len(labels)
-
-
-def make_bench_data(root: str | Path, *, images: int, shards: int, tree_name: str = "fall11", image_size: int = 224,
-                    workers: int = 0, seed: int = 0) -> Path:  # fmt: skip
-    """A prepared dataset (``_info.json``, ``tree.json``, train and validation shards) of random-label JPEGs."""
-    from multiprocessing import get_context
-
-    from in21k.tree import SemanticTree
-
-    root = Path(root)
-    tree = SemanticTree.load(tree_name)
-    tree.save(root / "tree.json")
-    rng = np.random.default_rng(seed)
-    splits = {}
-    for split, n_img, n_shards in (("train", images, shards), ("validation", max(images // 20, 64), 4)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        per = np.array_split(rng.integers(0, tree.num_classes, size=n_img), n_shards)
-        jobs = [(str(root / split / f"bench-{split}-{i:06d}.tar"), p.tolist(), image_size, seed * 7919 + i)
-                for i, p in enumerate(per)]  # fmt: skip
-        with get_context("fork").Pool(workers or os.cpu_count()) as pool:
-            done = pool.map(_shard, jobs)
-        splits[split] = {
-            "name": split,
-            "filenames": [f"{split}/{name}" for name, _ in done],
-            "shard_lengths": [n for _, n in done],
-            "num_samples": int(sum(n for _, n in done)),
-        }
-    info = {"name": "in21k-bench", "num_classes": tree.num_classes, "splits": splits, "tree": "tree.json",
-            "schema": "in21k.prepared/1", "config": {"bench": True, "image_size": image_size}}  # fmt: skip
-    (root / "_info.json").write_text(json.dumps(info))
-    return root
 
 
 # ----------------------------------------------------------------------------------------- timing
@@ -294,7 +239,7 @@ def _device(name: str) -> torch.device:
 
 def _check_search_possible(device: torch.device, batch_size: int | None, max_batch: int | None) -> None:
     if batch_size is None and max_batch is None and device.type != "cuda":
-        raise ValueError(
+        raise ConfigError(
             "finding the maximal batch on CPU needs --max-batch (running out of CPU memory ends the process "
             "instead of raising an error); or give --batch-size"
         )
@@ -349,8 +294,8 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def format_row(result: dict[str, Any]) -> str:
-    """The table header, the row, and a line saying what the ratio compares (for the human-readable output)."""
+def format_text(result: dict[str, Any]) -> str:
+    """The table header, the row, a line saying what the ratio compares, then the JSON line."""
     lines = [ROW_HEADER, result["row"]]
     what = f"[{result['device']}, {result['image_size']} px, amp {result['amp']}, batch {result['batch_size']}]"
     if result.get("reference_v100"):
@@ -360,6 +305,7 @@ def format_row(result: dict[str, Any]) -> str:
         lines.append(f"ratio vs {RATIO_BASELINE}: {', '.join(parts)} {what}")
     else:
         lines.append(f"ratio: none (the original's table has no {result['model']}) {what}")
+    lines.append(json.dumps(result))
     return "\n".join(lines)
 
 
@@ -367,9 +313,8 @@ def _loader_batches(cfg: BenchTrainConfig, data: str, *, gpu_decode: bool, devic
     from in21k.loaders import create_loader
     from in21k.training.feed import DevicePrefetcher, build_feed
 
-    loader = create_loader(data=data, split="train", batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                           seed=cfg.seed, train=True, image_size=cfg.image_size,
-                           decode="none" if gpu_decode else "cpu")  # fmt: skip
+    loader = create_loader(data=data, split="train", batch_size=cfg.batch_size, options=cfg.loader, seed=cfg.seed,
+                           train=True, image_size=cfg.image_size, decode="none" if gpu_decode else "cpu")  # fmt: skip
     feed = build_feed(gpu_decode=gpu_decode, device=device, image_size=cfg.image_size, train=True,
                       mean=loader.mean, std=loader.std, channels_last=cfg.channels_last)  # fmt: skip
     epoch = 0
@@ -383,6 +328,7 @@ def _loader_batches(cfg: BenchTrainConfig, data: str, *, gpu_decode: bool, devic
 
 
 def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
+    from in21k.dataset import PreparedDataset
     from in21k.tree import SemanticTree
 
     device = torch.device(
@@ -397,7 +343,12 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
                                    image_size=cfg.image_size, workers=cfg.make_workers, seed=cfg.seed))  # fmt: skip
         log.info("wrote %d images in %d shards to %s in %.1fs", cfg.make_images, cfg.make_shards, data,
                  time.perf_counter() - start)  # fmt: skip
-    tree = SemanticTree.load(str(Path(data) / "tree.json")) if data else SemanticTree.load(cfg.tree)
+    if data:
+        tree = SemanticTree.from_dict(
+            PreparedDataset.open(data, storage_options=cfg.loader.storage_options).tree_data()
+        )
+    else:
+        tree = SemanticTree.load(cfg.tree)
     _check_search_possible(device, cfg.batch_size, cfg.max_batch)
     trainer = _Trainer(cfg, tree, device)
     search = None
@@ -419,7 +370,7 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
         "bench": "train", "model": cfg.model, "device": _device_name(device),
         "cpus": os.cpu_count(), "batch_size": cfg.batch_size, "image_size": cfg.image_size, "amp": cfg.amp,
         "channels_last": cfg.channels_last, "compile": cfg.compile, "num_classes": tree.num_classes,
-        "steps": cfg.steps, "num_workers": cfg.num_workers,
+        "steps": cfg.steps, "num_workers": cfg.loader.num_workers,
     }  # fmt: skip
 
     def train_on(x, y):
@@ -467,13 +418,13 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m in21k.training.bench``: the same as ``in21k bench train`` without the other commands' imports
+    """``python -m in21k.benchmarks.train``: the same as ``in21k bench train`` without the other commands' imports
     (for machines that have torch, timm and torchvision but not the whole toolkit's dependencies)."""
     import argparse
 
     from in21k.config import add_config_args, config_from_args
 
-    parser = argparse.ArgumentParser(prog="python -m in21k.training.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m in21k.benchmarks.train", description=__doc__)
     add_config_args(parser, BenchTrainConfig)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -1,0 +1,150 @@
+"""The options of every ``in21k bench`` command (torch-free: ``in21k --help`` imports this module)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from in21k.errors import ConfigError
+from in21k.loaders.options import LoaderOptions
+
+
+def _h(text: str, metavar: str | None = None) -> dict:
+    return {"help": text, **({"metavar": metavar} if metavar else {})}
+
+
+@dataclass
+class DecodeBenchConfig:
+    images: int = field(default=400, metadata={"help": "distinct images in the generated corpus"})
+    tail_share: float = field(default=0.05, metadata={"help": "share of large images (long side 800-4000 px)"})
+    rounds: int = field(default=2, metadata={"help": "passes over the corpus per path (interleaved)"})
+    seed: int = field(default=0, metadata={"help": "corpus seed"})
+
+
+@dataclass
+class PrepareBenchConfig:
+    images: int = field(default=8000, metadata={"help": "members in the generated raw release"})
+    distinct: int = field(default=300, metadata={"help": "distinct images (members reuse them)"})
+    classes: int = field(default=8, metadata={"help": "class tars in the raw release"})
+    tail_share: float = field(default=0.05, metadata={"help": "share of large images (long side 800-4000 px)"})
+    num_cpus: int | None = field(default=None, metadata={"help": "Ray CPUs, N (default: os.cpu_count())"})
+    shards_per_cpu: int = field(default=4, metadata={"help": "train shards per CPU"})
+    workdir: str | None = field(default=None, metadata={"help": "where to write the corpus (default: a temp dir)"})
+    seed: int = field(default=0, metadata={"help": "corpus seed"})
+
+
+@dataclass
+class LoaderBenchConfig:
+    data: str = field(
+        default="", metadata={"help": "prepared dataset root (holds _info.json), local path", "metavar": "URL"}
+    )
+    split: str = field(default="train", metadata={"help": "split to read"})
+    batch_size: int = field(default=64, metadata={"help": "batch size"})
+    loader: LoaderOptions = field(
+        default_factory=lambda: LoaderOptions(num_workers=os.cpu_count() or 1),
+        metadata=_h("the loader under test and its peers (workers default: one per CPU core)"),
+    )
+    image_size: int = field(default=224, metadata={"help": "output image side"})
+    max_samples: int = field(
+        default=4096, metadata={"help": "use the first shards of the split up to this many samples"}
+    )
+    epochs: int = field(default=2, metadata={"help": "measured epochs over the subset"})
+    warmup_epochs: int = field(default=1, metadata={"help": "unmeasured epochs first"})
+    rounds: int = field(default=3, metadata={"help": "interleaved measuring rounds; the median is reported"})
+    baselines: bool = field(default=True, metadata={"help": "also run the ImageFolder baselines and the limit"})
+    s3: bool = field(default=False, metadata={"help": "also stream from SeaweedFS started on 127.0.0.1 (weed binary)"})
+    s3_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "also stream from this s3:// copy of the same dataset (credentials and endpoint from "
+            "AWS_* environment variables)",
+            "metavar": "URL",
+        },
+    )
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ConfigError("--data is required: a prepared dataset root (the folder that holds _info.json)")
+        if self.batch_size < 1 or self.max_samples < self.batch_size or self.epochs < 1 or self.rounds < 1:
+            raise ConfigError("need batch_size >= 1, max_samples >= batch_size, epochs >= 1 and rounds >= 1")
+
+
+@dataclass
+class BenchTrainConfig:
+    data: str | None = field(
+        default=None, metadata=_h("prepared dataset for the loader-fed run (none: synthetic only)", "DST")
+    )
+    make_data: str | None = field(
+        default=None, metadata=_h("first write a synthetic prepared dataset here (and use it)", "DIR")
+    )
+    make_images: int = field(default=16384, metadata=_h("--make-data: number of 224 px JPEGs (quality 95)", "N"))
+    make_shards: int = field(default=64, metadata=_h("--make-data: number of shards", "N"))
+    make_workers: int = field(default=0, metadata=_h("--make-data: processes (0 = all cores)", "N"))
+    model: str = field(default="resnet50", metadata=_h("timm model name", "NAME"))
+    batch_size: int | None = field(
+        default=None, metadata=_h("batch size (default: 90%% of the maximal batch, found by search)", "B")
+    )
+    max_batch: int | None = field(
+        default=None, metadata=_h("cap of the maximal-batch search (required on CPU: no OOM error there)", "B")
+    )
+    search_start: int = field(default=8, metadata=_h("first batch size of the search (then doubling)", "B"))
+    steps: int = field(default=200, metadata=_h("timed training steps per run", "N"))
+    warmup: int = field(default=20, metadata=_h("untimed steps first (cudnn autotune, allocator, loader start)", "N"))
+    image_size: int = field(default=224, metadata=_h("image size", "PX"))
+    amp: Literal["auto", "none", "bf16", "fp16"] = field(default="bf16", metadata=_h("autocast dtype"))
+    channels_last: bool = field(default=True, metadata=_h("channels_last model and input"))
+    compile: bool = field(default=False, metadata=_h("torch.compile the model"))
+    gpu_decode: bool = field(
+        default=True, metadata=_h("loader-fed run: decode + augment on the device (else CPU workers)")
+    )
+    cpu_decode_too: bool = field(default=False, metadata=_h("also time the CPU-decode loader path, for reference"))
+    loader: LoaderOptions = field(default_factory=LoaderOptions, metadata=_h("the loader of the loader-fed run"))
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("device"))
+    tree: str = field(
+        default="fall11", metadata=_h("head/loss tree when there is no DST/tree.json", "PATH|fall11|winter21")
+    )
+    seed: int = field(default=0, metadata=_h("seed", "N"))
+
+    def validate(self) -> None:
+        for name in ("steps", "image_size", "make_images", "make_shards", "search_start"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.make_workers < 0:
+            raise ConfigError("--warmup and --make-workers must be >= 0")
+        if self.data and self.make_data:
+            raise ConfigError("give --data (an existing dataset) or --make-data (write one), not both")
+        for name in ("batch_size", "max_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class BenchInferConfig:
+    model: str = field(default="resnet50", metadata=_h("timm model name", "NAME"))
+    batch_size: int | None = field(
+        default=None, metadata=_h("batch size (default: 90%% of the maximal inference batch, found by search)", "B")
+    )
+    max_batch: int | None = field(
+        default=None, metadata=_h("cap of the maximal-batch search (required on CPU: no OOM error there)", "B")
+    )
+    search_start: int = field(default=8, metadata=_h("first batch size of the search (then doubling)", "B"))
+    steps: int = field(default=100, metadata=_h("timed forward passes", "N"))
+    warmup: int = field(default=10, metadata=_h("untimed forward passes first", "N"))
+    image_size: int = field(default=224, metadata=_h("image size", "PX"))
+    amp: Literal["auto", "none", "bf16", "fp16"] = field(default="bf16", metadata=_h("autocast dtype"))
+    channels_last: bool = field(default=True, metadata=_h("channels_last model and input"))
+    compile: bool = field(default=False, metadata=_h("torch.compile the model"))
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("device"))
+    tree: str = field(default="fall11", metadata=_h("tree that sizes the head", "PATH|fall11|winter21"))
+    seed: int = field(default=0, metadata=_h("seed", "N"))
+
+    def validate(self) -> None:
+        for name in ("steps", "image_size", "search_start"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ConfigError("--warmup must be >= 0")
+        for name in ("batch_size", "max_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -1,0 +1,65 @@
+"""``LoaderOptions``: how the streaming loader reads, decodes and hands over batches (torch-free).
+
+The loader owns this section of every command that reads a prepared dataset (``in21k train``,
+``finetune``, ``bench loader``, ``bench train``): ``loader:`` in YAML, ``--loader.KEY`` on the command
+line, the ``options=`` (or keyword arguments) of ``create_loader``. What a trainer decides itself is
+not here: the dataset (``--data``), the split, the batch size, the image size, the seed, the decode
+device (``--gpu-decode``), rank and world size (torchrun).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from in21k.config import json_option
+from in21k.errors import ConfigError
+
+TRANSFORMS = ("miil", "timm", "eval")
+POLICIES = ("skip", "raise")
+
+
+def _h(text: str, metavar: str | None = None) -> dict:
+    return {"help": text, **({"metavar": metavar} if metavar else {})}
+
+
+@dataclass
+class LoaderOptions:
+    num_workers: int = field(
+        default=8, metadata=_h("loader worker processes per rank (0: read in the main process)", "N")
+    )
+    transform: Literal["miil", "timm", "eval"] = field(
+        default="miil", metadata=_h("miil: squash + Cutout + RandAugment (the original); timm: timm's preset; eval")
+    )
+    corrupt: Literal["skip", "raise"] = field(
+        default="skip", metadata=_h("a sample that does not decode: skip (counted, replaced in its batch) or raise")
+    )
+    shard_errors: Literal["skip", "raise"] = field(
+        default="raise", metadata=_h("a shard that cannot be read: raise, or skip its samples (counted)")
+    )
+    storage_options: Any = field(
+        default=None,
+        metadata=_h("fsspec options as JSON (default: credentials and endpoint from the environment)", "JSON"),
+    )
+    allow_pipe: bool = field(default=False, metadata=_h("allow pipe:COMMAND shard names (runs shell commands)"))
+    interleave: int = field(default=4, metadata=_h("shards each worker reads at once, sample by sample", "N"))
+    shuffle_block: int = field(default=2048, metadata=_h("samples per shuffle block (training)", "N"))
+    prefetch_factor: int = field(default=2, metadata=_h("batches each worker prepares ahead", "N"))
+    pin_memory: bool = field(default=False, metadata=_h("pin batches in page-locked memory (CUDA)"))
+    timm_args: Any = field(
+        default=None, metadata=_h("transform timm: keyword arguments of timm's create_transform, as JSON", "JSON")
+    )
+
+    def validate(self) -> None:
+        self.storage_options = json_option("loader.storage_options", self.storage_options)
+        self.timm_args = json_option("loader.timm_args", self.timm_args)
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(f"loader.transform: unknown transform {self.transform!r}; choose {', '.join(TRANSFORMS)}")
+        for name in ("corrupt", "shard_errors"):
+            if getattr(self, name) not in POLICIES:
+                raise ConfigError(f"loader.{name} must be one of {', '.join(POLICIES)}, got {getattr(self, name)!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"loader.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("interleave", "shuffle_block", "prefetch_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"loader.{name} must be >= 1, got {getattr(self, name)}")

@@ -1,0 +1,418 @@
+"""The training engine: one rank's training state, and the one way to step, checkpoint and resume it.
+
+``in21k train`` (semantic softmax, KD) and ``in21k finetune`` (single label) are compositions over this
+module: each builds its model, data, loss and schedule, wraps them in an ``Engine`` and runs
+``Engine.run_epoch`` / ``validate`` / ``save``. What the engine owns:
+
+- the state: the model (``model``, unwrapped: what is saved; ``wrapped``: DDP and/or ``torch.compile``,
+  what is called), optimizer, ``GradScaler``, EMA, the lr schedule (an array indexed by optimizer step)
+  and the ``Position`` (optimizer steps done, epoch, batch within the epoch);
+- one training batch (autocast forward, loss, scaled backward, gradient accumulation without all-reduce
+  until the last micro-batch) and one optimizer step (lr from the schedule, clipping, scaler, EMA);
+- checkpoints (``CheckpointManager``: atomic, keep-last-K) with every rank's RNG state; ``--resume``
+  resolution, decided by rank 0 and broadcast so every rank restores the same file;
+- buffer agreement: after an epoch, rank 0's buffers (BatchNorm statistics) go to every rank, so all ranks
+  validate, checkpoint and end with the same weights;
+- the metrics window (losses summed on the device, one host sync per metrics line) and ``metrics.jsonl``;
+- the per-rank session: process group, ``RUN_DIR/logs/rank-R.log``, console output from rank 0 only.
+
+Resume is exact: a run killed at any point and resumed from its newest checkpoint ends with weights
+bit-identical to an uninterrupted run (tests/training), because the loader restarts at the saved batch,
+augmentation is seeded per batch, and the RNG states continue where they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from in21k.errors import ConfigError, DataError, SetupError
+from in21k.training import distributed as du
+from in21k.training.checkpoint import CheckpointManager, atomic_save, load_checkpoint, rng_state, set_rng_state
+from in21k.training.optim import ModelEma, autocast_dtype, set_lr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Position:
+    """Where training stands: optimizer steps done, and the loader position within the current epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Position:
+        return cls(int(d["step"]), int(d["epoch"]), int(d.get("batch_in_epoch", 0)))
+
+
+# ----------------------------------------------------------------------------------------- session
+def build_device(choice: str, info: du.DistInfo) -> torch.device:
+    """``cpu``, ``cuda`` (this rank's GPU: ``cuda:LOCAL_RANK``) or ``auto`` (CUDA when available)."""
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SetupError("--device cuda but CUDA is not available; use --device cpu")
+    return torch.device("cuda", info.local_rank)
+
+
+def setup_logging(run_dir: Path, rank: int) -> logging.Handler:
+    """Every rank logs to ``RUN_DIR/logs/rank-R.log``; only rank 0 keeps console output (errors aside)."""
+    path = run_dir / "logs" / f"rank-{rank}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    if rank != 0:
+        for h in root.handlers:
+            if type(h) is logging.StreamHandler:
+                h.setLevel(logging.ERROR)
+    return handler
+
+
+@contextlib.contextmanager
+def rank_session(run_dir: Path, *, deterministic: bool = False) -> Iterator[du.DistInfo]:
+    """This process as one rank: joins torchrun's process group (if any), logs to its file, leaves cleanly."""
+    info = du.init_distributed()
+    handler = setup_logging(run_dir, info.rank)
+    try:
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
+        yield info
+    finally:
+        du.destroy()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+class MetricsWriter:
+    """JSON lines on rank 0 (appends, so a resumed run continues the same file)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class LossWindow:
+    """Loss sums and timing since the last metrics line (the sums stay on the device until then)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.batches, self.start = 0, time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            if name not in self.sums:
+                self.sums[name] = torch.zeros((), device=self.device, dtype=torch.float64)
+            self.sums[name] += value.detach().double()
+        self.batches += 1
+
+    def take(self, global_batch: int) -> tuple[dict[str, float], float]:
+        """Mean of each loss over the window and over ranks, and images/s of the whole job."""
+        means = {k: float(du.all_reduce_mean(v / max(self.batches, 1))) for k, v in self.sums.items()}
+        img_s = self.batches * global_batch / max(time.perf_counter() - self.start, 1e-9)
+        for v in self.sums.values():
+            v.zero_()
+        self.batches, self.start = 0, time.perf_counter()
+        return means, round(img_s, 1)
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """Augmentation seed of one batch of one rank (GPU-decode feed): resume-exact, independent of timing."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1009 + rank
+
+
+def feed_batches(loader: Any, feed: Callable, *, device: torch.device, start: int, seed_of: Callable[[int], int],
+                 prefetch: int, workers: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """``(batch index, x, y)`` on the device; with loader workers, the feed runs ahead in a thread."""
+    from in21k.training.feed import DevicePrefetcher
+
+    if prefetch > 0 and workers > 0:
+        # (Without workers the loader itself runs in the consuming thread and reseeds torch's global
+        # generator per batch, which must stay on the training thread.)
+        yield from DevicePrefetcher(loader, feed, device=device, depth=prefetch, start=start, seed_of=seed_of)
+        return
+    for i, (images, labels) in enumerate(loader, start=start):
+        x, y = feed(images, labels, seed=seed_of(i))
+        yield i, x, y
+
+
+# ----------------------------------------------------------------------------------------- engine
+@dataclass
+class EpochSettings:
+    """How ``run_epoch`` runs: batches per epoch (a multiple of ``accum_steps``), logging and saving cadence."""
+
+    batches_per_epoch: int
+    batch_size: int  # per rank
+    log_every: int
+    save_every: int
+    prefetch: int = 0
+    progress: bool = True
+
+
+class Engine:
+    """One rank's training state (module docstring). Collective methods must be called on every rank."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: np.ndarray,
+        *,
+        device: torch.device,
+        info: du.DistInfo,
+        checkpoints: CheckpointManager,
+        schema: str,
+        amp: str = "none",
+        ema_decay: float | None = None,
+        grad_clip: float | None = None,
+        accum_steps: int = 1,
+        compile: bool = False,  # noqa: A002 - the option's name
+        seed: int = 0,
+    ) -> None:
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.device, self.info, self.checkpoints, self.schema = device, info, checkpoints, schema
+        self.grad_clip, self.accum_steps, self.seed = grad_clip, accum_steps, seed
+        self.amp_dtype = autocast_dtype(amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.ema = ModelEma(model, decay=ema_decay) if ema_decay is not None else None
+        self.pos = Position()
+        self.extra: dict[str, Any] = {}  # what the composition adds to every checkpoint (model name, config...)
+        wrapped: nn.Module = model
+        if info.enabled:
+            wrapped = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.wrapped = torch.compile(wrapped) if compile else wrapped
+
+    @property
+    def main(self) -> bool:
+        return self.info.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def forward(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """Logits of ``x`` under autocast (``model``: another module, e.g. the EMA; default the wrapped model)."""
+        with self.autocast():
+            return (model or self.wrapped)(x)
+
+    # ------------------------------------------------------------------ one step
+    def train_batch(self, compute_loss: Callable[[], dict[str, torch.Tensor]], *, last_micro: bool) -> dict:
+        """Forward + backward of one (micro-)batch; ``compute_loss()`` returns ``{"loss": total, ...parts}``."""
+        # Gradient accumulation: no all-reduce until the last micro-batch.
+        sync = last_micro or not self.info.enabled
+        with contextlib.nullcontext() if sync else self.wrapped.no_sync():
+            losses = compute_loss()
+            self.scaler.scale(losses["loss"] / self.accum_steps).backward()
+        return losses
+
+    def optimizer_step(self) -> float:
+        """One optimizer step at the schedule's lr for the current step; returns that lr."""
+        if self.pos.step >= len(self.schedule):
+            raise RuntimeError(f"step {self.pos.step} is past the schedule's {len(self.schedule)} steps: a bug")
+        lr = float(self.schedule[self.pos.step])
+        set_lr(self.optimizer, lr)
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.pos.step += 1
+        return lr
+
+    def run_epoch(
+        self,
+        loader: Any,
+        feed: Callable,
+        compute_loss: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+        settings: EpochSettings,
+        metrics: MetricsWriter,
+        workers: int = 0,
+    ) -> None:
+        """The rest of epoch ``pos.epoch`` from batch ``pos.batch_in_epoch``; checkpoints every ``save_every``
+        optimizer steps (not at the epoch's end: the caller saves after validating)."""
+        pos, epoch = self.pos, self.pos.epoch
+        loader.set_epoch(epoch, start_step=pos.batch_in_epoch)
+        bar = self._progress(settings) if settings.progress else None
+        window = LossWindow(self.device)
+        global_batch = settings.batch_size * self.info.world_size  # images per (micro-)batch over all ranks
+
+        def seed_of(batch: int) -> int:
+            return batch_seed(self.seed, epoch, batch, self.info.rank)
+
+        batches = feed_batches(loader, feed, device=self.device, start=pos.batch_in_epoch, seed_of=seed_of,
+                               prefetch=settings.prefetch, workers=workers)  # fmt: skip
+        self.model.train()
+        with contextlib.closing(batches) as stream:
+            for batch_idx, x, y in stream:
+                if batch_idx >= settings.batches_per_epoch:
+                    break
+                last_micro = (batch_idx + 1) % self.accum_steps == 0
+                window.add(self.train_batch(lambda x=x, y=y: compute_loss(x, y), last_micro=last_micro))
+                if bar is not None:
+                    bar.update(1)
+                if not last_micro:
+                    continue
+                lr = self.optimizer_step()
+                pos.batch_in_epoch = batch_idx + 1
+                end = pos.batch_in_epoch == settings.batches_per_epoch
+                if pos.step % settings.log_every == 0 or end:
+                    means, img_s = window.take(global_batch)
+                    if not math.isfinite(means["loss"]):
+                        raise ConfigError(
+                            f"loss is {means['loss']} at step {pos.step}: lower --lr or use --amp bf16/none"
+                        )
+                    metrics.write({"kind": "train", "epoch": epoch, "step": pos.step, **means, "lr": lr,
+                                   "img_per_s": img_s})  # fmt: skip
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{img_s:.0f}")
+                if pos.step % settings.save_every == 0 and not end:
+                    self.save()
+        if bar is not None:
+            bar.close()
+
+    def _progress(self, settings: EpochSettings) -> Any:
+        if not self.main:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=settings.batches_per_epoch, initial=self.pos.batch_in_epoch, desc=f"epoch {self.pos.epoch}",
+                    unit="batch", dynamic_ncols=True)  # fmt: skip
+
+    def end_epoch(self) -> None:
+        """Rank 0's buffers to every rank, then move the position to the next epoch's start."""
+        self.sync_buffers()
+        self.pos.epoch, self.pos.batch_in_epoch = self.pos.epoch + 1, 0
+
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm statistics) to every rank, for the model and the EMA.
+
+        Each rank's forward updates its own statistics, so after an epoch the ranks differ in them (and in
+        the EMA built from them); broadcasting makes every rank validate and save the same weights.
+        """
+        if not du.is_enabled():
+            return
+        for module in (self.model, self.ema.module if self.ema is not None else None):
+            if module is not None:
+                for buf in module.buffers():
+                    torch.distributed.broadcast(buf, src=0)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, **extra: Any) -> dict[str, Any]:
+        """The checkpoint of this state (collective: gathers every rank's RNG state)."""
+        # Every rank's RNG state: dropout/drop-path draws differ per rank and must continue exactly.
+        rngs: list[Any] = [None] * du.get_world_size()
+        if du.is_enabled():
+            torch.distributed.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        return {
+            "schema": self.schema, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+            "position": self.pos.to_dict(), "rng": rngs, "world_size": du.get_world_size(), **extra,
+        }  # fmt: skip
+
+    def save(self) -> None:
+        """Checkpoint at the current position (collective: every rank calls it; rank 0 writes)."""
+        state = self.state_dict(**self.extra)
+        if self.main:
+            log.info("saved %s", self.checkpoints.save(state, self.pos.step))
+        du.barrier()
+
+    def restore(self, path: Path) -> dict[str, Any]:
+        """Load a checkpoint of this engine's schema into the state; returns the whole checkpoint."""
+        state = load_checkpoint(path)
+        if state.get("schema") != self.schema:
+            raise DataError(f"{path} is not a {self.schema} checkpoint (found {state.get('schema')!r})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                log.warning("checkpoint %s has no EMA state; the EMA restarts from the current weights", path)
+                self.ema.module.load_state_dict(self.model.state_dict())
+            else:
+                self.ema.load_state_dict(state["ema"])
+        rngs = state.get("rng") or []
+        if len(rngs) == du.get_world_size():
+            set_rng_state(rngs[du.get_rank()])
+        else:
+            log.warning("checkpoint from %s ranks, now %s: RNG states not restored", len(rngs), du.get_world_size())
+        self.pos = Position.from_dict(state["position"])
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.pos.step, self.pos.epoch,
+                 self.pos.batch_in_epoch)  # fmt: skip
+        return state
+
+    def start(self, resume_from: Path | None) -> None:
+        """Restore the checkpoint ``resume_from`` (``resolve_resume``), or seed this rank's own random streams."""
+        if resume_from is not None:
+            self.restore(resume_from)
+            return
+        # Rank-specific streams for the model's own randomness (dropout, drop-path) and for what draws from the
+        # global generators; a resume restores them instead.
+        s = self.seed * 1000 + self.info.rank + 1
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+
+    def save_final(self, payload: dict[str, Any], path: Path) -> None:
+        """Rank 0 writes the final model file (atomically)."""
+        if self.main:
+            atomic_save(payload, path)
+
+    def finish(self) -> str:
+        """Every rank's parameter digest; raises if the replicas diverged (a bug). Returns the digest."""
+        return du.check_replicas_agree(self.model)
+
+
+def resolve_resume(checkpoints: CheckpointManager, resume: str | None) -> Path | None:
+    """``--resume``: ``auto`` (the newest checkpoint, if any) or a file; rank 0 decides for every rank (collective)."""
+    path = checkpoints.resolve(resume)
+    if du.is_enabled():
+        box = [str(path) if path else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        path = Path(box[0]) if box[0] else None
+    if path is None and resume == "auto":
+        log.info("--resume auto: no checkpoint in %s yet, starting from scratch", checkpoints.dir)
+    return path
+
+
+def check_steps(steps_per_epoch: int, what: str) -> None:
+    if steps_per_epoch < 1:
+        raise ConfigError(f"{what} gives no full optimizer step per epoch: lower --batch-size (or --accum-steps)")

@@ -1,4 +1,4 @@
-"""Shared test setup: a local-only Ray environment and a real S3-compatible server on 127.0.0.1."""
+"""Shared test setup: a local-only Ray environment, and real S3-compatible and GCS servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from in21k.benchmarks.gcslocal import LocalGCS, start_local_gcs
 from in21k.benchmarks.s3local import LocalS3, start_local_s3
 
 # The embedded Ray must bind and talk on 127.0.0.1 only, without an auth token or usage reporting.
@@ -21,6 +22,16 @@ os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
     """SeaweedFS (``weed mini``) on 127.0.0.1 with S3 credentials, stopped at the end of the session."""
     server = start_local_s3(tmp_path_factory.mktemp("seaweedfs"), key="in21k-test", secret="in21k-test-secret")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGCS]:
+    """fake-gcs-server on 127.0.0.1 (``STORAGE_EMULATOR_HOST`` via ``.env``), stopped at the end of the session."""
+    server = start_local_gcs(tmp_path_factory.mktemp("fake-gcs"))
     try:
         yield server
     finally:

@@ -9,7 +9,7 @@ URL means the same thing everywhere:
 - Credentials and endpoints come from ``storage_options`` (fsspec options, given by the user) or else from
   the environment the cloud tools use: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` and
   ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` for S3-compatible servers; ``STORAGE_EMULATOR_HOST`` for a
-  GCS emulator (then anonymous access, as Google's own clients do). The endpoints are handed to the
+  GCS emulator (then anonymous access, as Google's own clients do, and gcsfs's JSON-API client only). The endpoints are handed to the
   client explicitly rather than left to each client library's own (version-dependent) reading of them.
 - Names inside a dataset are joined onto its root with ``join``; an absolute name (a URL, ``/path``)
   stays as it is, which lets an ``_info.json`` list shards that live elsewhere.
@@ -124,6 +124,13 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None, *, fresh
     if fresh:
         options["skip_instance_cache"] = True
     try:
+        if protocol(url) in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
+            # An emulator speaks GCS's JSON API only: gcsfs's default class first probes each bucket's type over
+            # gRPC (zonal/hierarchical buckets), which an emulator cannot answer (a 60 s timeout per bucket).
+            from gcsfs.core import GCSFileSystem
+
+            fs = GCSFileSystem(**options)
+            return fs, fs._strip_protocol(url)
         return fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         extra = {"gs": "gcs", "gcs": "gcs"}.get(protocol(url))

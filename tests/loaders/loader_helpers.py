@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import tarfile
 from pathlib import Path
@@ -25,11 +24,11 @@ def digest(data) -> str:
 
 def key_by_digest(root: str | Path, split: str) -> dict[str, str]:
     """sha1 of each stored ``.jpg`` -> its sample key."""
-    root = Path(root)
-    info = json.loads((root / "_info.json").read_text())
+    from in21k.dataset import PreparedDataset
+
     out = {}
-    for name in info["splits"][split]["filenames"]:
-        with tarfile.open(root / name) as tar:
+    for shard in PreparedDataset.open(str(root)).shards(split):
+        with tarfile.open(shard.url) as tar:
             for m in tar.getmembers():
                 if m.name.endswith(".jpg"):
                     out[digest(tar.extractfile(m).read())] = m.name[: -len(".jpg")]

@@ -2,7 +2,8 @@
 
 ``make_prepared_dataset`` writes real JPEG bytes into real WebDataset tars (``<key>.jpg``, ``<key>.cls``,
 ``<key>.json``), an ``_info.json`` in timm's wds-reader format, and a ``tree.json`` built from real
-WordNet 3.0 (``SemanticTree.build``). Each class has its own base colour so a tiny model can learn it.
+WordNet 3.0 (``SemanticTree.build``), all through ``in21k.dataset`` as ``prepare`` writes them. Each class
+has its own base colour so a tiny model can learn it.
 
 Import from any test folder with ``from tests.loaders.prepared_data import make_prepared_dataset``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,10 +41,6 @@ WNIDS: tuple[str, ...] = (
     "n02110185",  # Siberian husky
 )
 
-SCHEMA = "in21k.prepared/1"
-MTIME = 1_600_000_000  # fixed tar header time (DESIGN: byte-identical shards)
-
-
 def class_colour(index: int) -> tuple[int, int, int]:
     """A distinct, deterministic base colour per class index."""
     rng = np.random.default_rng(1000 + index)
@@ -64,23 +62,12 @@ def jpeg_bytes(rng: np.random.Generator, colour: Sequence[int], width: int, heig
     return buf.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = MTIME
-    info.uid = info.gid = 0
-    info.uname = info.gname = "in21k"
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(path: Path, samples: Sequence[dict]) -> None:
     """Write one WebDataset tar; ``samples`` are ``{"__key__", "jpg", "cls", "json"}`` with bytes values."""
+    from in21k.dataset import write_samples
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for s in samples:
-            for ext in ("jpg", "cls", "json"):
-                _add(tar, f"{s['__key__']}.{ext}", s[ext])
+    write_samples(str(path), ((s["__key__"], {k: v for k, v in s.items() if k != "__key__"}) for s in samples))
 
 
 def make_prepared_dataset(
@@ -99,7 +86,7 @@ def make_prepared_dataset(
     classes round-robin; keys are ``<wnid>_<NNNN>`` unique over both splits, in shard order.
     ``corrupt_keys``: samples whose ``.jpg`` is replaced by truncated bytes (for bad-data tests).
     """
-    import in21k  # noqa: F401  (fail early with a clear error when the package is not installed)
+    from in21k.dataset import DatasetWriter
     from in21k.tree import SemanticTree
 
     if not 1 <= num_classes <= len(WNIDS):
@@ -109,22 +96,23 @@ def make_prepared_dataset(
     width, height = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     wnids = sorted(WNIDS[:num_classes])
     tree = SemanticTree.build(wnids)
-    tree.save(root / "tree.json")
+    writer = DatasetWriter(str(root))
+    writer.write_tree(tree, miil=False)
     rng = np.random.default_rng(seed)
     corrupt = set(corrupt_keys)
     counters = [0] * num_classes
     next_class = 0
-    splits: dict[str, dict] = {}
-    counts: dict[str, list[int]] = {"train": [0] * num_classes, "validation": [0] * num_classes}
+    splits: dict[str, list[tuple[str, int]]] = {}
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for split, lengths in (("train", shard_lengths_train), ("validation", shard_lengths_val)):
-        filenames = []
+        splits[split] = []
         for shard_index, length in enumerate(lengths):
             samples = []
             for _ in range(int(length)):
                 c = next_class % num_classes
                 next_class += 1
                 counters[c] += 1
-                counts[split][c] += 1
+                counts[wnids[c]][split] += 1
                 key = f"{wnids[c]}_{counters[c]:04d}"
                 data = jpeg_bytes(rng, class_colour(c), width, height)
                 if key in corrupt:
@@ -138,37 +126,19 @@ def make_prepared_dataset(
                 samples.append({"__key__": key, "jpg": data, "cls": str(c).encode(), "json": json.dumps(meta).encode()})
             name = f"{split}/in21k-{split}-{shard_index:06d}.tar"
             write_shard(root / name, samples)
-            filenames.append(name)
-        splits[split] = {
-            "name": split,
-            "filenames": filenames,
-            "shard_lengths": [int(n) for n in lengths],
-            "num_samples": int(sum(lengths)),
-        }
-    info = {
-        "name": "imagenet-21k-p-test",
-        "num_classes": num_classes,
-        "splits": splits,
-        "schema": SCHEMA,
-        "tree": "tree.json",
-        "config": {"image_size": [width, height], "seed": seed},
-    }
-    (root / "_info.json").write_text(json.dumps(info, indent=1))
-    lines = ["index\twnid\tname\tlevel\ttrain_count\tval_count"]
-    for c in tree.classes:
-        lines.append(
-            f"{c.index}\t{c.wnid}\t{c.name}\t{c.depth}\t{counts['train'][c.index]}\t{counts['validation'][c.index]}"
-        )
-    (root / "classes.tsv").write_text("\n".join(lines) + "\n")
+            splits[split].append((name, int(length)))
+    writer.write_info(num_classes=num_classes, splits=splits, name="imagenet-21k-p-test",
+                      config={"image_size": [width, height], "seed": seed})  # fmt: skip
+    writer.write_classes(tree, counts)
     return root
 
 
 def all_keys(root: str | Path, split: str) -> list[str]:
-    """Every sample key of ``split`` in shard order (reads the tars, not ``_info.json``)."""
-    root = Path(root)
-    info = json.loads((root / "_info.json").read_text())
+    """Every sample key of ``split`` in shard order (reads the tars with ``tarfile``, not ``_info.json``'s lengths)."""
+    from in21k.dataset import PreparedDataset
+
     keys = []
-    for name in info["splits"][split]["filenames"]:
-        with tarfile.open(root / name) as tar:
+    for shard in PreparedDataset.open(str(root)).shards(split):
+        with tarfile.open(shard.url) as tar:
             keys.extend(m.name.rsplit(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".cls"))
     return keys

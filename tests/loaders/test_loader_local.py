@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from in21k.dataset import DatasetWriter, PreparedDataset
 from in21k.loaders import NotEnoughShardsError, create_loader
 from tests.loaders.loader_helpers import VAL_LENGTHS, batch_keys, digest, key_by_digest
 from tests.loaders.prepared_data import make_prepared_dataset
@@ -112,10 +113,10 @@ def test_bad_options(prepared: Path) -> None:
 def test_pipe_urls_need_opt_in(prepared: Path, tmp_path: Path) -> None:
     root = tmp_path / "piped"
     shutil.copytree(prepared, root)
-    info = json.loads((root / "_info.json").read_text())
-    val = info["splits"]["validation"]
-    val["filenames"] = [f"pipe:cat {root}/{name}" for name in val["filenames"]]
-    (root / "_info.json").write_text(json.dumps(info))
+    ds = PreparedDataset.open(str(root))
+    splits = {name: list(zip(e["filenames"], e["shard_lengths"], strict=True)) for name, e in ds.info["splits"].items()}
+    splits["validation"] = [(f"pipe:cat {root}/{name}", n) for name, n in splits["validation"]]
+    DatasetWriter(str(root)).write_info(num_classes=ds.num_classes, splits=splits)
     with pytest.raises(ValueError, match="refusing to run it.*allow_pipe=True"):
         create_loader(data=str(root), split="validation", batch_size=4, num_workers=0)
     piped = create_loader(

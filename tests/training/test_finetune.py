@@ -3,45 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from in21k.cli import main
 from in21k.training.finetune import init_head
 from in21k.training.pretrained import classifier_layer, read_trained_model
-from tests.loaders.prepared_data import WNIDS, class_colour, jpeg_bytes, make_prepared_dataset
-
-IN_TREE = ["n01443537", "n02084071", "n02085620"]  # goldfish, dog, Chihuahua: classes of the 8-class 21K tree
-NOT_IN_TREE = ["n02085374", "zz_not_a_wnid"]  # toy dog (a real wnid, not in that tree) and a plain name
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    """model.pt of a short 21K run (resnet10t, 32 px) on the first 8 real wnids."""
-    root = tmp_path_factory.mktemp("ft21k")
-    data = make_prepared_dataset(root / "data", num_classes=8, shard_lengths_train=[16, 16], shard_lengths_val=[8],
-                                 image_size=32, seed=7)  # fmt: skip
-    assert main(["train", "--data", str(data), "--out", str(root / "run"), "--model", "resnet10t", "--image-size",
-                 "32", "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
-                 "--val-max-batches", "1"]) == 0  # fmt: skip
-    return root / "run" / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> Path:
-    """ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg: 5 classes, 3 of them wnids of the 21K tree."""
-    root = tmp_path_factory.mktemp("folders")
-    rng = np.random.default_rng(1)
-    for c, name in enumerate(sorted(IN_TREE + NOT_IN_TREE)):
-        for split, n in (("train", 8), ("val", 2)):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                (root / split / name / f"{i}.jpg").write_bytes(jpeg_bytes(rng, class_colour(c), 36, 30))
-    return root
+from tests.loaders.prepared_data import WNIDS, make_prepared_dataset
+from tests.training.conftest import IN_TREE, NOT_IN_TREE
 
 
 def test_head_map_initialises_exactly_the_overlapping_rows(pretrained):
@@ -122,30 +92,3 @@ def test_finetune_prepared_shards_from_original_format_with_sgd(pretrained, tmp_
     assert [m["class"] for m in head["mapped"]] == sorted(WNIDS[:5])
     assert result["head_mapped_rows"] == 5 and result["classes"] == 5 and result["steps"] == 4
     assert result["val"]["samples"] == 8
-
-
-@pytest.mark.dist
-@pytest.mark.slow
-def test_finetune_under_two_process_torchrun(pretrained, folders, tmp_path):
-    import os
-    import socket
-    import subprocess
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), "-m", "in21k", "finetune", "--checkpoint", str(pretrained), "--data",
-           str(folders), "--out", str(out), "--head-init", "map", "--epochs", "1", "--batch-size", "4",
-           "--loader.num-workers", "1", "--amp", "none", "--log-every", "1"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == 1  # rank 0 prints
-    r = results[0]
-    # 40 training images: 20 per rank, 5 batches of 4; the 10 validation images split over ranks and summed.
-    assert r["world_size"] == 2 and r["steps"] == 5 and r["val"]["samples"] == 10 and r["head_mapped_rows"] == 3
-    for rank in (0, 1):  # every rank logged the same final weights (check_replicas_agree raises otherwise)
-        assert r["param_digest"] in (out / "logs" / f"rank-{rank}.log").read_text()
-    assert (out / "model.pt").exists() and len(list((out / "checkpoints").iterdir())) == 1

@@ -7,24 +7,20 @@ batches with the same optimizer, scaler and RNG states, so nothing can differ.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.loaders.prepared_data import make_prepared_dataset
+from tests.training.torchrun import assert_same_weights, finish, kill_after_first_checkpoint, torchrun
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 EPOCHS, STEPS_PER_EPOCH = 2, 8
+TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "4",
+         "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--save-every", "3",
+         "--log-every", "2", "--keep-last", "2", "--amp", "none", "--no-plot"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -35,71 +31,8 @@ def data(tmp_path_factory) -> Path:
                                  shard_lengths_val=[8, 8], image_size=32, seed=0)  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(data: Path, out: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-        "--master-port", str(free_port()), "-m", "in21k", "train", "--data", str(data), "--out", str(out),
-        "--model", "resnet10t", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "4",
-        "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--save-every", "3",
-        "--log-every", "2", "--keep-last", "2", "--amp", "none", "--no-plot", *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # A new session: the whole torchrun process group (agent, ranks, loader workers) can be killed at once.
-    stdout = subprocess.PIPE if log is None else log.open("w")  # a file: nobody reads while the test polls
-    return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc), including those in other sessions."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def kill_all(proc: subprocess.Popen) -> None:
-    """SIGKILL torchrun and every process below it, like a lost node. torchrun starts each rank in a
-    session of its own, so killing torchrun's process group alone would leave the ranks running."""
-    victims = descendants(proc.pid)
-    for pid in victims:  # freeze first so nothing writes a checkpoint between the kills
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait()
-
-
-def finish(proc: subprocess.Popen, timeout: float = 150) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_all(proc)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout}s:\n{out[-4000:]}")
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
-def final_state(run: Path) -> dict:
-    return torch.load(run / "model.pt", map_location="cpu", weights_only=True)["model"]
+def launch(data: Path, out: Path, *extra: str, log: Path | None = None):
+    return torchrun(["train", "--data", str(data), "--out", str(out), *TRAIN, *extra], log=log)
 
 
 def test_torchrun_learns_syncs_and_resumes_exactly(data, tmp_path):
@@ -129,21 +62,38 @@ def test_torchrun_learns_syncs_and_resumes_exactly(data, tmp_path):
     # 2. The same run killed (SIGKILL of torchrun and all its processes) right after its first checkpoint, then resumed.
     cut = tmp_path / "cut"
     console = tmp_path / "cut-console.log"
-    proc = launch(data, cut, log=console)
-    deadline = time.monotonic() + 120
-    while not list(cut.glob("checkpoints/ckpt-*.pt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    kill_all(proc)
-    assert list(cut.glob("checkpoints/ckpt-*.pt")), f"no checkpoint before the kill:\n{console.read_text()[-3000:]}"
-    assert not (cut / "model.pt").exists(), "the run finished before it could be killed; the test proves nothing"
-    killed_at = max(int(p.stem.split("-")[1]) for p in (cut / "checkpoints").glob("ckpt-*.pt"))
+    killed_at = kill_after_first_checkpoint(launch(data, cut, log=console), cut, console)
     assert killed_at < EPOCHS * STEPS_PER_EPOCH
     out = finish(launch(data, cut, "--resume", "auto"))
     log0 = (cut / "logs" / "rank-0.log").read_text()
     assert f"at step {killed_at}" in log0 and "resumed from" in log0
     assert len(list((cut / "checkpoints").glob("ckpt-*.pt"))) == 2  # keep-last 2
 
-    a, b = final_state(full), final_state(cut)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs after kill + resume"
+    assert_same_weights(full, cut)
+
+
+def test_finetune_under_torchrun_resumes_exactly(pretrained, folders, tmp_path):
+    """``in21k finetune`` is the same engine: 2 ranks on class folders, killed after its first checkpoint, resumed
+    with --resume auto, ends with the weights (and EMA) of the uninterrupted run, bit for bit."""
+    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(folders), "--head-init", "map", "--epochs", "2",
+            "--batch-size", "4", "--loader.num-workers", "1", "--amp", "none", "--log-every", "1", "--save-every", "2",
+            "--keep-last", "2"]  # fmt: skip
+    full = tmp_path / "full"
+    # 40 training images: 20 per rank, 5 batches of 4 per epoch; the 10 validation images split over ranks and summed.
+    out = finish(torchrun([*args, "--out", str(full)]))
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(results) == 1  # rank 0 prints
+    result = results[0]
+    assert result["world_size"] == 2 and result["steps"] == 10 and result["val"]["samples"] == 10
+    assert result["head_mapped_rows"] == 3
+    for rank in (0, 1):  # every rank logged the same final weights (check_replicas_agree raises otherwise)
+        assert result["param_digest"] in (full / "logs" / f"rank-{rank}.log").read_text()
+    assert (full / "model.pt").exists() and len(list((full / "checkpoints").iterdir())) == 2  # keep-last 2
+    cut = tmp_path / "cut"
+    console = tmp_path / "cut-console.log"
+    killed_at = kill_after_first_checkpoint(torchrun([*args, "--out", str(cut)], log=console), cut, console)
+    assert killed_at < 10
+    finish(torchrun([*args, "--out", str(cut), "--resume", "auto"]))
+    assert f"at step {killed_at}" in (cut / "logs" / "rank-0.log").read_text()
+    assert_same_weights(full, cut, "model")
+    assert_same_weights(full, cut, "ema")

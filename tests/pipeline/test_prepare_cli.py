@@ -87,7 +87,18 @@ def test_shipped_configs_are_valid(name: str) -> None:
 
 
 def test_bench_decode_smoke(capsys) -> None:
+    pytest.importorskip("cv2")  # the original's path is a contender only where OpenCV is installed
     assert main(["bench", "decode", "--images", "6", "--rounds", "1", "--tail-share", "0.3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["bench"] == "decode" and result["ratio"] > 0 and result["images"] == 6
-    assert {"nproc", "cpu", "pillow_simd", "baseline_images_per_s_per_core"} <= set(result)
+    assert result["bench"] == "decode" and result["images"] == 6 and "absent" not in result
+    assert set(result["contenders"]) == {"ours", "original_cv2", "limit_turbo"}
+    for figures in result["contenders"].values():
+        assert figures["images_per_s_per_core"] > 0 and {"main_300_500px", "tail_800_4000px"} <= set(figures)
+    assert result["ratio"] == result["ratio_vs_original"] > 0 and result["ratio_vs_limit"] > 0
+    fidelity = result["fidelity"]
+    assert fidelity["images"] == 6 and set(fidelity["mean_abs_diff"]) == {"ours", "original_cv2"}
+    assert {"zone_plate_450px", "zone_plate_1500px"} == set(fidelity["alias_rms"])
+    # INTER_LINEAR without antialiasing folds the zone plate back; ours must not.
+    for plate in fidelity["alias_rms"].values():
+        assert plate["ours"] < plate["original_cv2"]
+    assert {"nproc", "cpu", "pillow_simd", "original_cv2_images_per_s_per_core"} <= set(result)

@@ -20,6 +20,16 @@ class DecodeBenchConfig:
     tail_share: float = field(default=0.05, metadata={"help": "share of large images (long side 800-4000 px)"})
     rounds: int = field(default=2, metadata={"help": "passes over the corpus per path (interleaved)"})
     seed: int = field(default=0, metadata={"help": "corpus seed"})
+    fidelity: bool = field(
+        default=True,
+        metadata={"help": "also score the outputs against an antialiased reference and on zone plates (aliasing)"},
+    )
+
+    def validate(self) -> None:
+        if self.images < 1 or self.rounds < 1:
+            raise ConfigError(f"--images and --rounds must be >= 1, got {self.images} and {self.rounds}")
+        if not 0.0 <= self.tail_share <= 1.0:
+            raise ConfigError(f"--tail-share must be within 0..1, got {self.tail_share}")
 
 
 @dataclass
@@ -52,7 +62,12 @@ class LoaderBenchConfig:
     epochs: int = field(default=2, metadata={"help": "measured epochs over the subset"})
     warmup_epochs: int = field(default=1, metadata={"help": "unmeasured epochs first"})
     rounds: int = field(default=3, metadata={"help": "interleaved measuring rounds; the median is reported"})
-    baselines: bool = field(default=True, metadata={"help": "also run the ImageFolder baselines and the limit"})
+    baselines: bool = field(default=True, metadata={"help": "also run the ImageFolder baselines and the limits"})
+    peers: bool = field(
+        default=True,
+        metadata={"help": "with the baselines and --loader.transform eval, also run the installed peer loaders "
+                  "(webdataset, timm's wds reader, LitData)"},
+    )  # fmt: skip
     s3: bool = field(default=False, metadata={"help": "also stream from SeaweedFS started on 127.0.0.1 (weed binary)"})
     s3_url: str | None = field(
         default=None,
@@ -148,3 +163,17 @@ class BenchInferConfig:
         for name in ("batch_size", "max_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TarBenchConfig:
+    data: str = field(default="", metadata=_h("prepared dataset root (local path)", "DST"))
+    split: str = field(default="train", metadata=_h("split whose shards are read"))
+    max_shards: int = field(default=16, metadata=_h("read at most this many shards", "N"))
+    rounds: int = field(default=5, metadata=_h("interleaved rounds; the median is reported", "N"))
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ConfigError("--data is required: a prepared dataset root (the folder that holds _info.json)")
+        if self.max_shards < 1 or self.rounds < 1:
+            raise ConfigError("--max-shards and --rounds must be >= 1")

@@ -4,13 +4,40 @@
 member was rejected (``empty``, ``not_an_image``, ``truncated``, ``too_large``, ``decode_error``). Bugs
 (``TypeError``, ``NameError``) still raise.
 
-Speed comes from not decoding pixels we throw away: for JPEG sources, ``Image.draft`` asks libjpeg for
-a DCT-scaled decode (1/2, 1/4, 1/8) that is still at least the target size in both sides. That skips
-the inverse DCT, upsampling and colour conversion of the dropped pixels, but not the entropy decoding
-of the file, so it helps large images (about 2x at 8x the target) and does nothing for the common
-300-500 px ones (see docs/benchmarks.md). pillow-simd, when installed in place of Pillow, speeds up the
-resize; the code is the same for both. (Keeping JPEGs in YCbCr from decoder to encoder was measured
-slower with libjpeg-turbo, so the path stays RGB.)
+Two paths, one output:
+
+- **Fast path** (JPEGs whose header says YCbCr, RGB or grayscale, when simplejpeg is importable):
+  the bomb guard reads the size from the header, before any pixel is decoded; libjpeg-turbo (simplejpeg,
+  ``strict``) decodes straight to RGBX at the power-of-two DCT scale of ``dct_scale``; Pillow (pillow-simd
+  when installed) maps that buffer without a copy, resizes it with BILINEAR (antialiased: Pillow's
+  filter widens with the downscale factor), undoes the EXIF orientation and encodes at ``quality``. The
+  orientation comes from a walk over the markers before the first scan: without an APP1 segment there
+  is no EXIF or XMP, so the image is upright; with one, Pillow parses the header as the other path does.
+- **Pillow path** (everything else: PNG, GIF, BMP, ..., CMYK and YCCK JPEGs, whose Adobe inversion
+  Pillow knows, and every JPEG libjpeg-turbo refuses or warns about: ``strict`` turns its warnings, such
+  as "premature end of JPEG file", into errors, where it would otherwise fill a truncated image with
+  grey): ``Image.draft`` asks libjpeg for the DCT-scaled decode, then the same resize, orientation and
+  encoder. Every rejection reason comes from this path (the bomb guard aside, which says ``too_large``
+  in both), so a bad file gets today's reason whichever path saw it first.
+
+Where the two paths may differ: nowhere by design. Both decode with libjpeg-turbo's accurate integer
+IDCT and smooth ("fancy") chroma upsampling at the same scale (``dct_scale`` is ``Image.draft``'s rule),
+then share Pillow's resize and encoder, so on baseline, progressive, 4:4:4, grayscale and EXIF-rotated
+JPEGs their outputs are byte-identical; what could still differ is the rounding of two libjpeg-turbo
+builds (Pillow's and simplejpeg's). ``tests/pipeline/test_imaging_fast.py`` holds them to a mean
+absolute difference of at most 0.5 levels of 255. The encoder is Pillow's, not simplejpeg's
+``encode_jpeg``: that one was measured ~10 us faster per 224 px encode (under 1% of an image's cost)
+and less exact at quality 95 (it uses the fast DCT whatever its ``fastdct`` says: +1.5% bytes, +0.04
+mean error), while Pillow's writes the very bytes the original's ``cv2.imencode`` writes for the same
+pixels.
+
+Speed comes from not decoding pixels we throw away, and from not copying them: DCT scaling skips the
+inverse DCT, upsampling and colour conversion of the dropped pixels, but not the entropy decoding of
+the file, so it helps large images and does nothing for the common 300-500 px ones, whose short side is
+below 2x the target; those gain only Pillow's per-image overhead (header parsing in Python, chunked
+decoding, the RGB -> RGBX unpacking) that the fast path skips (see docs/benchmarks.md). pillow-simd, when
+installed in place of Pillow, speeds up the resize; the code is the same for both. (Keeping JPEGs in
+YCbCr from decoder to encoder was measured slower with libjpeg-turbo, so the path stays RGB.)
 """
 
 from __future__ import annotations
@@ -21,6 +48,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+try:  # libjpeg-turbo without Pillow's per-image overhead; without it every image takes the Pillow path
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - simplejpeg is a runtime dependency
+    _simplejpeg = None
 
 ResizeMode = Literal["squash", "short-edge", "none"]
 
@@ -38,6 +70,10 @@ _ORIENTATION = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+# Header colour spaces libjpeg-turbo turns into RGB exactly as Pillow does; CMYK and YCCK (Adobe's
+# inverted CMYK) stay with Pillow.
+_TURBO_COLORSPACES = frozenset({"YCbCr", "Gray", "RGB"})
 
 
 @dataclass
@@ -102,6 +138,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK (Adobe inversion handled by the decoder), LAB, HSV
 
 
+def dct_scale(src_w: int, src_h: int, want_w: int, want_h: int) -> int:
+    """The largest of 8, 4, 2, 1 by which a JPEG can be DCT-scaled and still cover ``want_w`` x ``want_h``.
+
+    The rule of Pillow's ``JpegImageFile.draft`` (``side // want >= scale``), so the fast path decodes
+    exactly the pixels the Pillow path does. libjpeg-turbo's output, ``ceil(side / scale)``, would cover
+    the target for ``scale - 1`` more sizes per side: a few pixels in thousands, not worth a difference.
+    Only powers of two: libjpeg-turbo's other scales (3/4, 5/8, 7/8) were measured slower than a full
+    decode (docs/benchmarks.md).
+    """
+    fits = min(src_w // max(want_w, 1), src_h // max(want_h, 1))
+    for scale in (8, 4, 2):
+        if fits >= scale:
+            return scale
+    return 1
+
+
 def process_image(
     data: bytes,
     *,
@@ -113,6 +165,82 @@ def process_image(
     """Decode ``data``, convert to RGB, apply EXIF orientation, resize and encode as JPEG."""
     if not data:
         return ImageResult(None, "empty")
+    if _simplejpeg is not None and data[:2] == b"\xff\xd8":
+        try:
+            result = _process_turbo(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels)
+        except (TypeError, NameError):
+            raise
+        except Exception:  # noqa: BLE001 - libjpeg-turbo refused or warned (ValueError), or ran out of memory:
+            result = None  # the Pillow path decides, and names the reason
+        if result is not None:
+            return result
+    return _process_pillow(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels)
+
+
+def _jpeg_orientation(data: bytes) -> int | None:
+    """EXIF orientation of a JPEG from its markers before the first scan; None when Pillow must read it.
+
+    Pillow takes EXIF and XMP (its fallback for the orientation) only from APP1 segments before the
+    first scan, so a header without one is upright; with one, or with anything unexpected, Pillow's own
+    parser answers, and the two paths cannot disagree.
+    """
+    pos, end = 2, len(data) - 3
+    while pos < end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xDA:  # start of scan: the header is over
+            return 1
+        elif marker == 0xE1 or marker in (0x00, 0xD8, 0xD9):
+            return None
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return None
+
+
+def _process_turbo(
+    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int
+) -> ImageResult | None:
+    """The fast path for JPEGs libjpeg-turbo decodes cleanly; None hands the member to the Pillow path."""
+    sj = _simplejpeg
+    src_h, src_w, colorspace, _ = sj.decode_jpeg_header(data)
+    if colorspace not in _TURBO_COLORSPACES or src_w <= 0 or src_h <= 0:
+        return None
+    if src_w * src_h > max_image_pixels:
+        return ImageResult(None, "too_large", src_w, src_h, detail=f"{src_w}x{src_h} px")
+    orientation = _jpeg_orientation(data)
+    if orientation is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                orientation = _orientation(Image.open(io.BytesIO(data)))
+        except (OSError, SyntaxError, EOFError, ValueError):
+            return None  # Pillow cannot even read the header: its path names the reason
+    swap = orientation in (5, 6, 7, 8)
+    up_w, up_h = (src_h, src_w) if swap else (src_w, src_h)
+    out_w, out_h = target_size(up_w, up_h, resize=resize, size=size)
+    raw_w, raw_h = (out_h, out_w) if swap else (out_w, out_h)  # the target in stored orientation
+    scale = dct_scale(src_w, src_h, raw_w, raw_h) if resize != "none" else 1
+    # strict: libjpeg-turbo's warnings (premature end of data, corrupt segments) raise ValueError.
+    pixels = sj.decode_jpeg(
+        data, colorspace="RGBX", min_height=-(-src_h // scale), min_width=-(-src_w // scale), strict=True
+    )
+    img = Image.frombuffer("RGBX", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGBX", 0, 1)  # no copy
+    if img.size != (raw_w, raw_h):
+        img = img.resize((raw_w, raw_h), Image.Resampling.BILINEAR)
+    if orientation in _ORIENTATION:
+        img = img.transpose(_ORIENTATION[orientation])
+    buf = io.BytesIO()  # Pillow's encoder takes RGBX as it is (why not simplejpeg's: module docstring)
+    img.save(buf, format="JPEG", quality=quality)
+    return ImageResult(buf.getvalue(), None, src_w, src_h, img.size[0], img.size[1])
+
+
+def _process_pillow(data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int) -> ImageResult:
+    """Any format Pillow reads; the source of every rejection reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd EXIF/ICC chunks of real web images
@@ -151,18 +279,3 @@ def process_image(
         return ImageResult(None, reason, detail=text[:200])
     except Exception as exc:  # noqa: BLE001 - any other decoder failure is bad data, counted and reported
         return ImageResult(None, "decode_error", detail=f"{type(exc).__name__}: {exc}"[:200])
-
-
-def baseline_process(data: bytes, *, size: int = 224, quality: int = 95) -> bytes:
-    """The original's way, for benchmarks: full decode, squash to ``size`` x ``size``, encode.
-
-    The original used cv2 (``INTER_LINEAR``); cv2 is not installed here, so this is PIL's BILINEAR on a
-    full-resolution decode. Images smaller than ``size`` were copied unchanged by the original.
-    """
-    img = Image.open(io.BytesIO(data))
-    if img.size[0] < size and img.size[1] < size:
-        return data
-    img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()

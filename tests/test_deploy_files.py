@@ -1,21 +1,29 @@
 """What can be checked here of the container images and cluster launchers in docker/.
 
 No Docker engine, cloud or SLURM here: the files must parse, every path they copy must exist, and every
-``in21k`` command line they contain must be accepted by our CLI with its config files valid.
+``in21k`` command line they contain must be accepted by our CLI with its config files valid. The torchrun launcher
+also runs here for real, as two nodes on this machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from in21k.cli import build_parser, main
+from tests.loaders.prepared_data import make_prepared_dataset
+from tests.training.torchrun import free_port, kill_all
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -30,7 +38,8 @@ def in21k_commands(text: str) -> list[list[str]]:
     for line in text.splitlines():
         line = line.split(" #", 1)[0]
         for match in re.finditer(r"(?:^|\s|-m\s)in21k\s+([a-z].*)$", line):
-            tokens = shlex.split(match.group(1))
+            # "$@": the flags a user adds after the script's name.
+            tokens = [t for t in shlex.split(match.group(1)) if t not in ("$@", "${@}")]
             # Shell variables stand for user-chosen values: give them a concrete one.
             tokens = [re.sub(r"\$\{?\w+(:-[^}]*)?\}?", "x", t) for t in tokens]
             commands.append(tokens)
@@ -80,6 +89,67 @@ def test_launchers_use_only_accepted_flags_and_valid_configs(tmp_path):
                     assert main([*fixed, "--print-config"]) == 0, f"{path.name}: {' '.join(argv)}"
             seen += 1
     assert seen >= 4  # prepare (ray, kuberay), train (torchrun, slurm)
+
+
+def test_torchrun_launchers_rendezvous_restart_and_resume():
+    """Both launchers: c10d rendezvous (no --node-rank), --max-restarts, --resume auto, and an unshared rendezvous
+    store, so that a replacement node can join a running job (docs/scaling.md, "Multi-node training")."""
+    for path in (DOCKER / "torchrun-multinode.sh", DOCKER / "slurm" / "train.sbatch"):
+        text = re.sub(r"\\\n\s*", " ", path.read_text())
+        torchrun = next(line for line in text.splitlines() if re.match(r"\s*(srun .*)?torchrun ", line))
+        for flag in ("--rdzv-backend c10d", "--rdzv-endpoint", "--rdzv-id", "--max-restarts", "--resume auto"):
+            assert flag in torchrun, f"{path.name}: {flag} missing from the torchrun command"
+        for flag in ("--node-rank", "--master-addr", "--master-port"):
+            assert flag not in torchrun, f"{path.name}: {flag} (static rendezvous) in the torchrun command"
+        assert "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in text, path.name
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_torchrun_launcher_trains_on_two_nodes_here(tmp_path):
+    """docker/torchrun-multinode.sh as it is, started twice like on two nodes (each in a process session of its own,
+    the same environment on both), on a tiny local dataset. Its settings come from the environment; the flags after
+    the script's name make it a short CPU run of a small model; the script's own GPU flags (bf16, channels-last,
+    --gpu-decode) stay and run on the CPU."""
+    data = make_prepared_dataset(tmp_path / "data", num_classes=4, shard_lengths_train=[8, 8],
+                                 shard_lengths_val=[4, 4], image_size=32, seed=0)  # fmt: skip
+    run = tmp_path / "run"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # this venv's torchrun
+        "NNODES": "2",
+        "NPROC_PER_NODE": "1",
+        "RDZV_HOST": "127.0.0.1",
+        "RDZV_PORT": str(free_port()),
+        "RDZV_ID": "deploy-test",
+        "MAX_RESTARTS": "0",  # fail at once if anything is wrong
+        "DATA": str(data),
+        "RUN_DIR": str(run),
+        "PYTHONUNBUFFERED": "1",
+    }
+    small = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+             "--loader.num-workers", "1", "--loader.transform", "eval", "--no-plot"]  # fmt: skip
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    procs = []
+    for log in logs:
+        with log.open("w") as out:  # the child keeps its own copy of the file descriptor
+            procs.append(subprocess.Popen(["bash", str(DOCKER / "torchrun-multinode.sh"), *small], cwd=ROOT, env=env,
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                kill_all(proc)
+    consoles = [log.read_text(errors="replace") for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(c[-3000:] for c in consoles)
+    results = [json.loads(line) for c in consoles for line in c.splitlines() if line.startswith('{"run_dir"')]
+    assert len(results) == 1 and results[0]["world_size"] == 2 and results[0]["steps"] == 2, results
+    assert (run / "model.pt").exists()
 
 
 def _doc_commands() -> list[tuple[str, list[str]]]:

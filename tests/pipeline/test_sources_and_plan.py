@@ -118,37 +118,39 @@ def test_class_pruning_reasons() -> None:
     assert plan.kept_wnids == [DOG]
     dog = next(c for c in plan.classes if c.wnid == DOG)
     assert (dog.members, dog.readable) == (32, 30)  # the .txt and the empty member do not count
-    assert sum(len(s.rows) for s in plan.shards) + len(plan.unsharded) == len(index["wnid"])
+    assert sum(s.num_rows for s in plan.shards) + len(plan.unsharded) == len(index["wnid"])
 
 
 def test_validation_split_is_stable_and_never_picks_unreadable_members() -> None:
     index = index_of({FISH[0]: 40, DOG: 40}, extra=[(DOG, f"{DOG}_e.JPEG", 0)])
     cfg = prep_config("/raw", "/out", min_images=20, val_per_class=7, shard_size=10)
     plans = [make_plan(shuffled(index, s), cfg) for s in range(3)]
-    vals = [[r["key"] for s in p.shards if s.split == "validation" for r in s.rows] for p in plans]
-    trains = [[[r["key"] for r in s.rows] for s in p.shards if s.split == "train"] for p in plans]
+    vals = [[r["key"] for s in p.shards if s.split == "validation" for r in p.rows(s)] for p in plans]
+    trains = [[[r["key"] for r in p.rows(s)] for s in p.shards if s.split == "train"] for p in plans]
     assert vals[0] == vals[1] == vals[2] and len(vals[0]) == 14
     assert trains[0] == trains[1] == trains[2]
     assert f"{DOG}_e" not in vals[0]
     other_seed = make_plan(index, prep_config("/raw", "/out", min_images=20, val_per_class=7, seed=1))
-    assert [r["key"] for s in other_seed.shards if s.split == "validation" for r in s.rows] != vals[0]
+    assert [r["key"] for s in other_seed.shards if s.split == "validation" for r in other_seed.rows(s)] != vals[0]
 
 
 def test_train_shards_are_class_mixed_permutations() -> None:
     index = index_of({FISH[0]: 60, FISH[1]: 60, DOG: 60})
     plan = make_plan(index, prep_config("/raw", "/out", min_images=20, val_per_class=5, shard_size=15))
     train = [s for s in plan.shards if s.split == "train"]
-    assert len(train) == 11 and sorted(len(s.rows) for s in train)[0] >= 15
+    assert len(train) == 11 and sorted(s.num_rows for s in train)[0] >= 15
     for s in train:
-        assert len({r["wnid"] for r in s.rows}) == 3
-    keys = [r["key"] for s in train for r in s.rows]
+        assert len({r["wnid"] for r in plan.rows(s)}) == 3
+    keys = [r["key"] for s in train for r in plan.rows(s)]
     assert len(keys) == len(set(keys)) == 165
 
 
 def test_duplicate_keys_are_rejected() -> None:
     index = index_of({DOG: 25}, extra=[(DOG, f"{DOG}_3.jpeg", 50)])
     plan = make_plan(index, prep_config("/raw", "/out", min_images=20, val_per_class=5))
-    assert [(r["status"], r["reason"]) for r in plan.unsharded] == [("rejected", "duplicate")]
+    cols = plan.unsharded_columns(plan.unsharded)
+    assert list(zip(cols["status"].to_pylist(), cols["reason"].to_pylist(), strict=True)) == [("rejected", "duplicate")]
+    assert cols["key"].to_pylist() == [f"{DOG}_3"] and cols["member"].to_pylist() == [f"{DOG}_3.jpeg"]
     assert sample_key(DOG, "weird.name.JPEG") == f"{DOG}_weird"
 
 
@@ -189,6 +191,7 @@ def test_shard_tar_bytes_match_tarfile(tmp_path: Path) -> None:
 def test_write_shard_reads_by_range_and_rejects_a_member_cut_short(tmp_path: Path) -> None:
     import json
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
     import webdataset as wds
     from PIL import Image
@@ -211,14 +214,15 @@ def test_write_shard_reads_by_range_and_rejects_a_member_cut_short(tmp_path: Pat
     last_end = index["offset"][-1] + index["size"][-1]
     path.write_bytes(blob[: last_end - 100])  # the last member loses its tail
     rows = [
-        {"wnid": DOG, "member": m, "source": s, "offset": o, "size": z, "key": sample_key(DOG, m), "class": 7}
+        {"wnid": DOG, "member": m, "source": s, "offset": o, "size": z, "class": 7}
         for m, s, o, z in zip(index["member"], index["source"], index["offset"], index["size"], strict=True)
     ][::-1]  # plan order differs from file order: the shard is written in plan order
-    stats = write_shard(ShardSpec("train", 3, rows), ShardSettings(out=str(tmp_path / "out"), read_batch=2))
+    spec = ShardSpec("train", 3, pa.Table.from_pylist(rows))
+    stats = write_shard(spec, ShardSettings(out=str(tmp_path / "out"), read_batch=2))
     assert (stats["num_samples"], stats["rejected"], stats["reasons"]) == (3, 1, {"short_read": 1})
     out = tmp_path / "out"
     assert json.loads((out / "stats" / "train-000003.json").read_text())["num_samples"] == 3
     manifest = pq.read_table(out / "manifest" / "train-000003.parquet").to_pylist()
     assert [r["status"] for r in manifest] == ["rejected", "written", "written", "written"]
     keys = [s["__key__"] for s in wds.WebDataset(str(out / "train" / "in21k-train-000003.tar"), shardshuffle=False)]
-    assert keys == [r["key"] for r in rows[1:]]
+    assert keys == [sample_key(DOG, r["member"]) for r in rows[1:]]

@@ -34,6 +34,11 @@ def _prepare(args: argparse.Namespace) -> int:
     if print_config_requested(args, cfg, as_dict=_redacted):
         return 0
     summary = prepare(cfg)
+    if cfg.plan_only:  # nothing goes into DST but _work/ (the summary is also in _work/plan.json)
+        from in21k.pipeline.report import plan_text
+
+        print(plan_text(summary), end="")
+        return 0
     Store(cfg.out, cfg.storage_options).write_bytes(
         "prepare_config.yaml", yaml.safe_dump(_redacted(cfg), sort_keys=False).encode()
     )
@@ -50,7 +55,8 @@ def register(commands) -> None:
         description="Read the raw release where it lies (class tars, fall11_whole.tar, a .tar.gz, or class "
         "folders; local or s3:// / gs://), prune classes, split validation, and write class-mixed WebDataset "
         "shards plus _info.json, classes.tsv, tree.json, imagenet21k_miil_tree.pth, manifest/ and report.* into "
-        "DST. Rerunning into the same DST resumes: finished shards are never redone. See docs/pipeline.md.",
+        "DST. Rerunning into the same DST resumes: finished shards are never redone. --plan-only stops after "
+        "planning and prints what a run would keep, drop, read and write. See docs/pipeline.md.",
     )
     add_config_args(parser, PrepareConfig)
     parser.set_defaults(func=_prepare)

@@ -1,10 +1,17 @@
 """The Ray orchestration of ``in21k prepare`` (the only module that imports ray).
 
-Order of work: check the config, the output and the raw source (errors before any work); connect to
-Ray; stage a .tar.gz if needed; index the class tars (parallel tasks, headers only, cached in
-``_work/index.parquet``); plan on the driver; run one task per unfinished shard (retried by Ray, a
-bounded number in flight); write the dataset-level files. A shard whose stats file exists is never
-redone, so a rerun after a crash (even ``kill -9``) finishes the job with the same bytes.
+Order of work: check the config, the output and the raw source (errors before any work); stage a .tar.gz
+if needed; index the class tars (parallel tasks, headers only, each writing its part of the index under
+``_work/index/``; ``_work/index.json``, written last, lists the parts and marks the index complete); load
+the index into columns and plan on the driver; with ``--plan-only``, print the plan and stop; otherwise
+run one task per unfinished shard (retried by Ray, a bounded number in flight, each given only its own
+rows); write the dataset-level files. A shard whose stats file exists is never redone, so a rerun after a
+crash (even ``kill -9``) finishes the job with the same bytes. Ray is started only when there is work for
+it: a ``--plan-only`` rerun over a cached index needs none.
+
+The driver holds the index and the plan as columns (``sources.Index``, ``plan.Plan``): about 50 bytes per
+member at the peak (fall11: 1.2 GB in all, docs/scaling.md); it never gathers index rows or manifest rows
+as Python objects.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from in21k import storage
@@ -23,15 +31,19 @@ from in21k.errors import ConfigError, DataError, StorageError
 from in21k.pipeline import sources
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.plan import Plan, make_plan
-from in21k.pipeline.report import finalize, write_unsharded_manifest
+from in21k.pipeline.report import finalize, plan_summary, write_unsharded_manifest
 from in21k.pipeline.shard import ShardSettings, write_shard
 from in21k.storage import Store
 
 log = logging.getLogger(__name__)
 
 JOB_FILE = "_work/job.json"
-INDEX_FILE = "_work/index.parquet"
+INDEX_DIR = "_work/index"
+INDEX_FILE = "_work/index.json"  # lists the index parts; written last, so it marks a complete index
+INDEX_SCHEMA = "in21k.index/1"
+PLAN_FILE = "_work/plan.json"  # what --plan-only printed
 CONTAINERS_PER_INDEX_TASK = 16
+INDEX_PARTS_PER_READ = 64
 
 
 def check_output(store: Store, cfg: PrepareConfig) -> None:
@@ -69,59 +81,81 @@ def _connect(cfg: PrepareConfig) -> bool:
     return True
 
 
-def _index_batch(containers: list[sources.Container], storage_options: dict[str, Any] | None) -> list[dict]:
-    return [sources.index_container(c, storage_options) for c in containers]
-
-
-def _build_index(source: sources.RawSource, cfg: PrepareConfig) -> tuple[dict[str, list], list[dict[str, str]]]:
-    """Index every container in Ray tasks; returns index columns and the damaged containers."""
-    import ray
-    from tqdm import tqdm
-
-    task = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=True)(_index_batch)
-    tars = [c for c in source.containers if c.kind == "tar"]
-    columns: dict[str, list] = {k: [] for k in sources.INDEX_COLUMNS}
-    errors: list[dict[str, str]] = []
-    results: list[tuple[sources.Container, dict]] = []
-    # Folder listings are already complete; only tars need their headers read.
-    for c in source.containers:
-        if c.kind == "files":
-            results.append((c, sources.index_container(c)))
-    batches = [tars[i : i + CONTAINERS_PER_INDEX_TASK] for i in range(0, len(tars), CONTAINERS_PER_INDEX_TASK)]
-    pending = {task.remote(b, cfg.storage_options): b for b in batches}
-    with tqdm(total=len(tars), unit="tar", desc="indexing class tars", disable=not cfg.progress or not tars) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                batch = pending.pop(ref)
-                results.extend(zip(batch, ray.get(ref), strict=True))
-                bar.update(len(batch))
-    for c, rows in results:
-        if rows["error"]:
-            errors.append({"container": f"{c.url}@{c.start}" if c.start else c.url, "error": rows["error"]})
-        for k in sources.INDEX_COLUMNS:
-            columns[k].extend(rows[k])
-    return columns, errors
-
-
-def _index_bytes(columns: dict[str, list], errors: list[dict[str, str]], layout: str, note: str) -> bytes:
-    import pyarrow as pa
+def _index_part(part: int, containers: list[sources.Container], out: str, storage_options: Any) -> dict[str, Any]:
+    """Index a batch of containers into one parquet part of the index; returns its name, size and damage."""
     import pyarrow.parquet as pq
 
-    table = pa.table(columns)
-    meta = {"errors": errors, "layout": layout, "note": note}
-    table = table.replace_schema_metadata({"in21k": json.dumps(meta)})
+    table, errors = sources.index_table(containers, storage_options)
+    name = f"{INDEX_DIR}/part-{part:06d}.parquet"
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+    Store(out, storage_options).write_bytes(name, buf.getvalue())
+    return {"name": name, "rows": table.num_rows, "member_bytes": sources.member_bytes(table), "errors": errors}
 
 
-def _load_index(data: bytes) -> tuple[dict[str, list], list[dict[str, str]], str, str]:
+def _build_index(source: sources.RawSource, cfg: PrepareConfig, connect: Callable[[], None]) -> dict[str, Any]:
+    """Index every container (tars in Ray tasks; folder listings here) into parts; returns the index's list."""
+    from tqdm import tqdm
+
+    containers = source.containers
+    batches = [
+        containers[i : i + CONTAINERS_PER_INDEX_TASK] for i in range(0, len(containers), CONTAINERS_PER_INDEX_TASK)
+    ]
+    parts: list[dict[str, Any] | None] = [None] * len(batches)
+    # Folder listings are already complete: no task needed to read headers.
+    remote = [i for i, b in enumerate(batches) if any(c.kind == "tar" for c in b)]
+    for i in sorted(set(range(len(batches))) - set(remote)):
+        parts[i] = _index_part(i, batches[i], cfg.out, cfg.storage_options)
+    if remote:
+        connect()
+        import ray
+
+        task = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=True)(_index_part)
+        pending = {task.remote(i, batches[i], cfg.out, cfg.storage_options): i for i in remote}
+        n_tars = sum(len(batches[i]) for i in remote)
+        with tqdm(total=n_tars, unit="tar", desc="indexing class tars", disable=not cfg.progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    i = pending.pop(ref)
+                    parts[i] = ray.get(ref)
+                    bar.update(len(batches[i]))
+    listed = [p for p in parts if p is not None]
+    return {
+        "schema": INDEX_SCHEMA,
+        "raw": cfg.raw,
+        "layout": source.layout,
+        "note": source.note,
+        "rows": sum(p["rows"] for p in listed),
+        "member_bytes": sum(p["member_bytes"] for p in listed),
+        "parts": [{k: p[k] for k in ("name", "rows", "member_bytes")} for p in listed],
+        "errors": [e for p in listed for e in p["errors"]],
+    }
+
+
+def _cached_index(store: Store, cfg: PrepareConfig) -> dict[str, Any] | None:
+    """The list of a complete index of the same raw release from an earlier run, if there is one."""
+    if not store.exists(INDEX_FILE):
+        return None
+    meta = json.loads(store.read_bytes(INDEX_FILE))
+    if meta.get("schema") != INDEX_SCHEMA or meta.get("raw") != cfg.raw:
+        log.info("the cached index under _work/ is of %r, not %r: indexing again", meta.get("raw"), cfg.raw)
+        return None
+    return meta
+
+
+def _load_index(store: Store, meta: dict[str, Any]) -> sources.Index:
+    """The index's parts read back into columns, a few dozen parts at a time."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(data))
-    meta = json.loads(table.schema.metadata[b"in21k"])
-    return table.to_pydict(), meta["errors"], meta["layout"], meta["note"]
+    names = [p["name"] for p in meta["parts"]]
+
+    def tables() -> Iterator[Any]:
+        for a in range(0, len(names), INDEX_PARTS_PER_READ):
+            for blob in store.read_many(names[a : a + INDEX_PARTS_PER_READ]):
+                yield pq.read_table(io.BytesIO(blob))
+
+    return sources.Index.from_parts(tables(), rows=meta["rows"], names_bytes=meta["member_bytes"])
 
 
 def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
@@ -139,7 +173,8 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
     store.invalidate_cache()  # object-store listings are cached by fsspec; we need the current one
     finished = store.listdir("stats")  # one listing, not one request per shard (10^4 shards on S3)
     todo = [s for s in plan.shards if posixpath.basename(stats_name(s.split, s.shard)) not in finished]
-    done_samples = sum(len(s.rows) for s in plan.shards) - sum(len(s.rows) for s in todo)
+    total = sum(s.num_rows for s in plan.shards)
+    done_samples = total - sum(s.num_rows for s in todo)
     if len(todo) < len(plan.shards):
         log.info(
             "resuming: %d of %d shards are finished and will not be redone",
@@ -152,14 +187,14 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
     queue = list(reversed(todo))
     pending: dict[Any, Any] = {}
     written = rejected = 0
-    total = sum(len(s.rows) for s in plan.shards)
     with tqdm(
         total=total, initial=done_samples, unit="img", desc="writing shards", smoothing=0.1, disable=not cfg.progress
     ) as bar:
         while queue or pending:
             while queue and len(pending) < window:
                 spec = queue.pop()
-                pending[task.remote(spec, settings)] = spec
+                # Each task gets its own rows only, built now: a small Arrow table, not the whole plan.
+                pending[task.remote(plan.shard_spec(spec), settings)] = spec
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 spec = pending.pop(ref)
@@ -174,7 +209,7 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
                     ) from exc
                 written += stats["num_samples"]
                 rejected += stats["rejected"]
-                bar.update(len(spec.rows))
+                bar.update(spec.num_rows)
                 bar.set_postfix(
                     shards=f"{len(plan.shards) - len(queue) - len(pending)}/{len(plan.shards)}", refresh=False
                 )
@@ -212,36 +247,48 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
-    """Run the whole job; returns the report's summary (totals, timings, shard counts)."""
-    import ray
+    """Run the whole job; returns the report's summary (totals, timings, shard counts).
 
+    With ``cfg.plan_only``: index and plan, write only ``_work/`` (index and ``plan.json``), and return
+    the plan's summary (``report.plan_summary``).
+    """
     t0 = time.perf_counter()
     store, _ = preflight(cfg)
-    started = _connect(cfg)
+    ray_started = False
+
+    def connect() -> None:
+        nonlocal ray_started
+        ray_started = _connect(cfg) or ray_started
+
     timings: dict[str, float] = {}
     try:
         store.makedirs()
         removed = store.remove_temp_files()
         if removed:
             log.info("removed %d unfinished temp files of an earlier run", removed)
-        if not store.exists(JOB_FILE):
+        if not cfg.plan_only and not store.exists(JOB_FILE):
             store.write_json(JOB_FILE, cfg.output_fingerprint())
         t = time.perf_counter()
-        if store.exists(INDEX_FILE):
-            columns, errors, layout, note = _load_index(store.read_bytes(INDEX_FILE))
-            log.info("reusing the index of an earlier run (%d members)", len(columns["wnid"]))
+        meta = _cached_index(store, cfg)
+        if meta is not None:
+            log.info("reusing the index of an earlier run (%d members)", meta["rows"])
         else:
             source = sources.open_source(cfg.raw, staging=cfg.staging, storage_options=cfg.storage_options)
-            layout, note = source.layout, source.note
-            log.info("raw release %s: layout %s, %d classes", cfg.raw, layout, len(source.containers))
-            columns, errors = _build_index(source, cfg)
-            store.write_bytes(INDEX_FILE, _index_bytes(columns, errors, layout, note))
+            log.info("raw release %s: layout %s, %d classes", cfg.raw, source.layout, len(source.containers))
+            meta = _build_index(source, cfg, connect)
+            store.write_json(INDEX_FILE, meta, compact=True)
+        t_load, c_load = time.perf_counter(), time.process_time()
+        index = _load_index(store, meta)
+        timings["index_load"] = time.perf_counter() - t_load
+        timings["index_load_cpu"] = time.process_time() - c_load
         timings["index"] = time.perf_counter() - t
+        errors, layout, note = meta["errors"], meta["layout"], meta["note"]
         for e in errors:
             log.warning("damaged class tar %s: %s", e["container"], e["error"])
 
-        t = time.perf_counter()
-        plan = make_plan(columns, cfg)
+        t, c = time.perf_counter(), time.process_time()
+        plan = make_plan(index, cfg)
+        del index
         if not plan.kept_wnids:
             reasons = sorted({c.reason for c in plan.classes})
             raise DataError(
@@ -251,8 +298,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         from in21k.tree import SemanticTree
 
         tree = SemanticTree.build(plan.kept_wnids)
-        write_unsharded_manifest(store, plan)
         timings["plan"] = time.perf_counter() - t
+        timings["plan_cpu"] = time.process_time() - c  # the driver's own CPU time: what a shared machine can't slow
         log.info(
             "plan: %d of %d classes kept, %d train + %d validation samples in %d shards",
             len(plan.kept_wnids),
@@ -261,13 +308,25 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
             plan.num_samples("validation"),
             len(plan.shards),
         )
+        if cfg.plan_only:
+            summary = plan_summary(plan, cfg, tree, layout=layout, index_errors=errors)
+            summary["timings"] = {k: round(v, 2) for k, v in timings.items()}
+            store.write_json(PLAN_FILE, summary)
+            return summary
 
         t = time.perf_counter()
+        write_unsharded_manifest(store, plan)
+        timings["unsharded_manifest"] = time.perf_counter() - t
+        t = time.perf_counter()
+        connect()
         run = _run_shards(plan, store, cfg)
         timings["shards"] = time.perf_counter() - t
+        plan.release_index()  # the report needs only the shard list and the class decisions
         timings["total"] = time.perf_counter() - t0
         report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors)
     finally:
-        if started:
+        if ray_started:
+            import ray
+
             ray.shutdown()
     return {"out": cfg.out, **report["totals"], **run, "timings": report["timings"]}

@@ -102,6 +102,14 @@ class PrepareConfig:
         },
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    plan_only: bool = field(
+        default=False,
+        metadata={
+            "help": "index and plan, print what would be kept, dropped, read and written (classes by reason, "
+            "members by status, samples and shards per split, bytes to read), and stop: no shard and no dataset "
+            "file is written, only DST/_work/ (the cached index and plan.json)"
+        },
+    )
 
     def validate(self) -> None:
         if not self.raw:

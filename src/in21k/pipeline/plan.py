@@ -1,24 +1,31 @@
 """The plan: which classes stay, which members go to validation, and which shard each sample lands in.
 
 Everything here is a pure function of the index rows and the config, independent of listing order and
-locale: rows are first put in canonical order (wnid, member, source, offset).
+locale: the index (``sources.Index``) holds its rows in canonical order (wnid, member, source, offset).
 
 - Class pruning, in this order of reasons: ``not_wordnet_noun`` (not a WordNet 3.0 noun synset),
   ``excluded_subtree`` (the class or one of its WordNet hypernyms is in ``--exclude-subtree``),
   ``too_few_images`` (fewer than ``--min-images`` readable-looking members: size > 0 and an image file
-  extension; the original kept a class only with *more than* 500 images after decoding).
+  extension, each key counted once; the original kept a class only with *more than* 500 images after
+  decoding).
 - Validation: per kept class, the ``--val-per-class`` readable-looking members with the smallest
-  seeded hash of their key.
+  seeded hash of their key (ties, which need a 64-bit collision, broken by the key).
 - Train shards are class-mixed: the train samples (canonical order) are permuted by a seeded
   generator and cut into contiguous runs, so every shard holds a random sample of all classes.
-- A member whose key repeats an earlier one (same class and file stem) is ``rejected: duplicate``.
+- A member whose key repeats an earlier one (same class and file stem) is ``rejected: duplicate``;
+  "earlier" is canonical order, so the first of them in that order is kept.
+
+The plan is columnar: per-member numpy arrays over the index (the hash, sort and selection steps are
+vectorized or run once per class), so planning fall11's 14.2 M members needs a few hundred MB beyond
+the index rather than a Python object per member. A shard's rows become a small Arrow table only when
+its task is submitted (``Plan.shard_spec``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +33,18 @@ import numpy as np
 
 from in21k.dataset import sample_key, shard_name
 from in21k.pipeline.options import PrepareConfig
+from in21k.pipeline.sources import INDEX_SLICE, Index
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+# Member names whose file stem is already a valid key (no path, only [A-Za-z0-9_-] before the first dot):
+# their key is computed in Arrow; any other name goes through ``sample_key`` itself (RE2 syntax).
+_PLAIN_MEMBER = r"^[A-Za-z0-9_-]+(\.[^/]*)?$"
+_PLAIN_WNID = re.compile(r"n\d{8}")
+SHARD_COLUMNS = ("wnid", "member", "source", "offset", "size", "class")
+# Rows whose keys and hashes are computed at a time: their Python objects and Arrow temporaries (~100 bytes a
+# row) are what the allocators keep afterwards, so a small run keeps the driver's peak low.
+PLAN_SLICE = 1 << 17
+STATUS_DROPPED, STATUS_DUPLICATE = "dropped_class", "rejected"
 
 
 def readable_looking(member: str, size: int) -> bool:
@@ -38,6 +55,61 @@ def seeded_hash(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest(), "big")
 
 
+# ----------------------------------------------------------------------------------------- per-member columns
+def member_keys(wnids: Any, members: Any) -> Any:
+    """``sample_key(wnid, member)`` of every row (Arrow string arrays in, one out), vectorized.
+
+    Rows with a plain member name and a plain wnid take the Arrow path; every other row is computed by
+    ``sample_key`` itself, so the result is the same for any name.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    plain = pc.and_(pc.match_substring_regex(members, _PLAIN_MEMBER), pc.match_substring_regex(wnids, r"^n[0-9]{8}$"))
+    stem = pc.list_element(pc.split_pattern(members, ".", max_splits=1), 0)
+    prefix = pc.binary_join_element_wise(wnids, "", "_")  # "nXXXXXXXX_"
+    starts = pc.equal(pc.utf8_slice_codeunits(stem, 0, 10), prefix)
+    keys = pc.if_else(starts, stem, pc.binary_join_element_wise(prefix, stem, ""))
+    other = pc.invert(plain)
+    if pc.any(other).as_py():
+        rows = np.flatnonzero(other.to_numpy(zero_copy_only=False))
+        slow = [
+            sample_key(w, m) for w, m in zip(wnids.take(rows).to_pylist(), members.take(rows).to_pylist(), strict=True)
+        ]
+        keys = pc.replace_with_mask(keys, other, pa.array(slow, pa.string()))
+    return keys
+
+
+def readable_mask(members: Any, sizes: np.ndarray) -> np.ndarray:
+    """``readable_looking`` of every row, vectorized (non-ASCII names go through ``readable_looking``)."""
+    import pyarrow.compute as pc
+
+    lower = pc.ascii_lower(members)
+    ext = np.zeros(len(members), bool)
+    for e in IMAGE_EXTENSIONS:
+        ext |= pc.ends_with(lower, e).to_numpy(zero_copy_only=False)
+    out = ext & (sizes > 0)
+    odd = np.flatnonzero(~pc.string_is_ascii(members).to_numpy(zero_copy_only=False))
+    for i, name in zip(odd, members.take(odd).to_pylist(), strict=True):
+        out[i] = readable_looking(name, int(sizes[i]))
+    return out
+
+
+def key_hashes(seed: int, keys: Any) -> np.ndarray:
+    """``seeded_hash(seed, key)`` of every key, as uint64 (blake2b with the seed prefix hashed once)."""
+    import pyarrow as pa
+
+    base = hashlib.blake2b(f"{seed}/".encode(), digest_size=8)
+    digests = []
+    append = digests.append
+    for key in keys.cast(pa.binary()).to_pylist():
+        h = base.copy()
+        h.update(key)
+        append(h.digest())
+    return np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64)
+
+
+# ----------------------------------------------------------------------------------------- the plan
 @dataclass
 class ClassDecision:
     wnid: str
@@ -50,11 +122,33 @@ class ClassDecision:
 
 @dataclass
 class ShardSpec:
-    """One output shard: what the shard task reads and writes (rows in write order)."""
+    """One output shard: what the shard task reads and writes.
+
+    ``rows`` is an Arrow table with ``SHARD_COLUMNS`` (``wnid`` and ``source`` may be dictionary-encoded),
+    in write order; the task derives each sample's key with ``sample_key``.
+    """
 
     split: str
     shard: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: Any
+
+    @property
+    def filename(self) -> str:
+        return shard_name(self.split, self.shard)
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    """A shard of the plan: rows ``start:stop`` of its split's write order."""
+
+    split: str
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def num_rows(self) -> int:
+        return self.stop - self.start
 
     @property
     def filename(self) -> str:
@@ -63,16 +157,83 @@ class ShardSpec:
 
 @dataclass
 class Plan:
+    index: Index | None
     classes: list[ClassDecision]
-    shards: list[ShardSpec]
-    unsharded: list[dict[str, Any]]  # manifest rows of members that are never read (dropped class, duplicate)
+    class_index: np.ndarray  # per wnid code: its class index, or -1 for a dropped class
+    orders: dict[str, np.ndarray]  # split -> index rows in write order (shards cut it into runs)
+    shards: list[PlannedShard]
+    unsharded: np.ndarray  # index rows never read (dropped class, duplicate key), canonical order
+    counts: dict[str, int] = field(default_factory=dict)  # totals for the summary
 
     @property
     def kept_wnids(self) -> list[str]:
         return [c.wnid for c in self.classes if c.kept]
 
     def num_samples(self, split: str) -> int:
-        return sum(len(s.rows) for s in self.shards if s.split == split)
+        return len(self.orders.get(split, ()))
+
+    def shard_spec(self, shard: PlannedShard) -> ShardSpec:
+        """The shard's rows as a small Arrow table (what its task gets)."""
+        import pyarrow as pa
+
+        index = self._index()
+        rows = self.orders[shard.split][shard.start : shard.stop]
+
+        def local(codes: np.ndarray, values: Any) -> Any:  # a dictionary of the shard's own values only
+            distinct, inverse = np.unique(codes, return_inverse=True)
+            return pa.DictionaryArray.from_arrays(pa.array(inverse.astype(np.int32)), values.take(pa.array(distinct)))
+
+        codes = index.wnid[rows]
+        table = pa.table(
+            {
+                "wnid": local(codes, index.wnids),
+                "member": index.member.take(pa.array(rows)),
+                "source": local(index.source[rows], index.sources),
+                "offset": pa.array(index.offset[rows].astype(np.int64)),
+                "size": pa.array(index.size[rows].astype(np.int64)),
+                "class": pa.array(self.class_index[codes].astype(np.int32)),
+            }
+        )
+        return ShardSpec(shard.split, shard.shard, table)
+
+    def rows(self, shard: PlannedShard) -> list[dict[str, Any]]:
+        """The shard's rows as dicts, with their keys (for tests and inspection; tasks use ``shard_spec``)."""
+        out = self.shard_spec(shard).rows.to_pylist()
+        for r in out:
+            r["key"] = sample_key(r["wnid"], r["member"])
+        return out
+
+    def unsharded_columns(self, rows: np.ndarray) -> dict[str, Any]:
+        """Manifest columns of never-read ``rows`` (a slice of ``unsharded``): who, why, how big."""
+        import pyarrow as pa
+
+        index = self._index()
+        codes = index.wnid[rows]
+        dropped = self.class_index[codes] < 0
+        reasons = np.array([c.reason for c in self.classes], dtype=object)[codes]
+        wnids = index.wnid_strings(rows)
+        members = index.member.take(pa.array(rows))
+        return {
+            "wnid": wnids,
+            "member": members,
+            "source": index.source_strings(rows),
+            "offset": pa.array(index.offset[rows].astype(np.int64)),
+            "key": member_keys(wnids, members),
+            "status": pa.array(np.where(dropped, STATUS_DROPPED, STATUS_DUPLICATE).tolist(), pa.string()),
+            "reason": pa.array(np.where(dropped, reasons, "duplicate").tolist(), pa.string()),
+            "src_bytes": pa.array(index.size[rows].astype(np.int64)),
+        }
+
+    def release_index(self) -> None:
+        """Drop the per-member arrays once every shard is written (the report needs only counts and shards)."""
+        self.index = None
+        self.orders = {}
+        self.unsharded = np.empty(0, np.int64)
+
+    def _index(self) -> Index:
+        if self.index is None:
+            raise RuntimeError("the plan's index was released")
+        return self.index
 
 
 def num_train_shards(n: int, cfg: PrepareConfig) -> int:
@@ -99,88 +260,171 @@ def _excluded(wnid: str, excluded: set[str]) -> bool:
     return any(wnid_of(a) in excluded for a in ancestors)
 
 
-def decide_classes(index: dict[str, list], cfg: PrepareConfig) -> list[ClassDecision]:
+def decide_classes(
+    wnids: list[str], members: np.ndarray, readable: np.ndarray, cfg: PrepareConfig
+) -> list[ClassDecision]:
+    """Keep or drop each class (``wnids`` sorted) from its member and readable-looking counts."""
     from in21k.tree.wordnet import noun_synset
 
-    members: Counter = Counter()
-    readable: Counter = Counter()
-    seen: set[tuple[str, str]] = set()
-    for wnid, member, size in zip(index["wnid"], index["member"], index["size"], strict=True):
-        members[wnid] += 1
-        key = (wnid, sample_key(wnid, member))
-        if key in seen:
-            continue
-        seen.add(key)
-        if readable_looking(member, size):
-            readable[wnid] += 1
     excluded = set(cfg.exclude_subtree)
     decisions = []
-    for wnid in sorted(members):
+    for wnid, n, r in zip(wnids, members.tolist(), readable.tolist(), strict=True):
         if noun_synset(wnid) is None:
             reason = "not_wordnet_noun"
         elif _excluded(wnid, excluded):
             reason = "excluded_subtree"
-        elif readable[wnid] < cfg.min_images:
+        elif r < cfg.min_images:
             reason = "too_few_images"
         else:
             reason = ""
-        decisions.append(ClassDecision(wnid, members[wnid], readable[wnid], kept=not reason, reason=reason))
+        decisions.append(ClassDecision(wnid, n, r, kept=not reason, reason=reason))
     for i, c in enumerate(c for c in decisions if c.kept):
         c.index = i
     return decisions
 
 
-def make_plan(index: dict[str, list], cfg: PrepareConfig) -> Plan:
-    """The whole plan from index columns (``INDEX_COLUMNS``); deterministic for any row order."""
-    order = sorted(
-        range(len(index["wnid"])),
-        key=lambda i: (index["wnid"][i], index["member"][i], index["source"][i], index["offset"][i]),
-    )
-    classes = decide_classes(index, cfg)
-    by_wnid = {c.wnid: c for c in classes}
-    unsharded: list[dict[str, Any]] = []
-    candidates: dict[str, list[dict[str, Any]]] = {}
-    seen: set[str] = set()
-    for i in order:
-        wnid = index["wnid"][i]
-        row = {
-            "wnid": wnid,
-            "member": index["member"][i],
-            "source": index["source"][i],
-            "offset": int(index["offset"][i]),
-            "size": int(index["size"][i]),
-            "key": sample_key(wnid, index["member"][i]),
-        }
-        decision = by_wnid[wnid]
-        if not decision.kept:
-            unsharded.append({**row, "status": "dropped_class", "reason": decision.reason})
-        elif row["key"] in seen:
-            unsharded.append({**row, "status": "rejected", "reason": "duplicate"})
-        else:
-            seen.add(row["key"])
-            row["class"] = decision.index
-            candidates.setdefault(wnid, []).append(row)
-    train: list[dict[str, Any]] = []
-    val: list[dict[str, Any]] = []
-    for wnid in sorted(candidates):
-        rows = candidates[wnid]
-        good = [r for r in rows if readable_looking(r["member"], r["size"])]
-        chosen = sorted(good, key=lambda r: (seeded_hash(cfg.seed, r["key"]), r["key"]))[: cfg.val_per_class]
-        val_keys = {r["key"] for r in chosen}
-        val.extend(sorted(chosen, key=lambda r: r["key"]))
-        train.extend(r for r in rows if r["key"] not in val_keys)
-    shards = _cut(train, "train", num_train_shards(len(train), cfg), seed=cfg.seed)
-    n_val_shards = math.ceil(len(val) / cfg.shard_size) if val else 0
-    shards += _cut(val, "validation", n_val_shards, seed=cfg.seed + 1)
-    return Plan(classes, shards, unsharded)
+def _order_and_check(index: Index, bounds: list[int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: its place in its class's (hash, key, row) order, whether it looks readable, whether its key
+    repeats an earlier one. Works through runs of whole classes of about ``PLAN_SLICE`` rows, so the keys
+    and hashes of only one run exist at a time."""
+    n = index.num_rows
+    order = np.empty(n, order_dtype(n))
+    readable = np.empty(n, bool)
+    dup = np.zeros(n, bool)
+    step = PLAN_SLICE
+    c = 0
+    while c < len(bounds) - 1:
+        a = bounds[c]
+        end = c + 1
+        while end < len(bounds) - 1 and bounds[end + 1] - a <= step:
+            end += 1
+        b = bounds[end]
+        members = index.member.slice(a, b - a)
+        readable[a:b] = readable_mask(members, index.size[a:b])
+        hashes = key_hashes(seed, member_keys(index.wnid_strings(slice(a, b)), members))
+        for k in range(c, end):
+            lo, hi = bounds[k], bounds[k + 1]
+            order[lo:hi] = _order_class(index, lo, hashes[lo - a : hi - a], dup)
+        c = end
+    return order, readable, dup
 
 
-def _cut(rows: list[dict[str, Any]], split: str, count: int, *, seed: int) -> list[ShardSpec]:
-    """Permute ``rows`` with ``seed`` and cut them into ``count`` nearly equal contiguous shards."""
-    if not rows:
+def _order_class(index: Index, a: int, h: np.ndarray, dup: np.ndarray) -> np.ndarray:
+    """Rows ``a:a + len(h)`` (one class, hashes ``h``) ordered by (hash, key, row); marks all but the first
+    of equal keys in ``dup``."""
+    o = np.argsort(h, kind="stable")  # equal hashes stay in row order
+    hs = h[o]
+    ties = np.flatnonzero(hs[1:] == hs[:-1])
+    if ties.size == 0:
+        return o + a
+    # Equal hashes: the same key (a duplicate) or, once in ~10^19, a collision. Settle them by the key.
+    wnid = index.wnids[int(index.wnid[a])].as_py()
+    i = 0
+    while i < ties.size:
+        j = i
+        while j + 1 < ties.size and ties[j + 1] == ties[j] + 1:
+            j += 1
+        lo, hi = int(ties[i]), int(ties[j]) + 2
+        group = o[lo:hi].copy()
+        keys = [sample_key(wnid, index.member[int(r) + a].as_py()) for r in group]
+        ranked = sorted(range(len(group)), key=lambda k: keys[k])  # stable: equal keys stay in row order
+        o[lo:hi] = group[ranked]
+        for prev, cur in zip(ranked, ranked[1:], strict=False):
+            if keys[cur] == keys[prev]:
+                dup[int(group[cur]) + a] = True
+        i = j + 1
+    return o + a
+
+
+def _cut(split: str, n: int, count: int) -> list[PlannedShard]:
+    """``count`` nearly equal contiguous runs of ``n`` rows (``numpy.array_split``'s sizes)."""
+    if n == 0:
         return []
-    perm = np.random.default_rng(seed).permutation(len(rows))
-    out = []
-    for k, part in enumerate(np.array_split(perm, count)):
-        out.append(ShardSpec(split, k, [rows[int(i)] for i in part]))
+    q, r = divmod(n, count)
+    sizes = [q + 1] * r + [q] * (count - r)
+    ends = np.cumsum(sizes).tolist()
+    return [PlannedShard(split, k, end - size, end) for k, (size, end) in enumerate(zip(sizes, ends, strict=True))]
+
+
+def make_plan(index: Index | dict[str, list], cfg: PrepareConfig) -> Plan:
+    """The whole plan from the index (or its columns as lists, ``INDEX_COLUMNS``); deterministic for any
+    listing order (the index is canonical)."""
+    if isinstance(index, dict):
+        index = Index.from_columns(index)
+    n = index.num_rows
+    wnids = index.wnids.to_pylist()
+    bounds = np.searchsorted(index.wnid, np.arange(len(wnids) + 1)).tolist()  # rows of wnid c: bounds[c]:bounds[c+1]
+    order, readable, dup = _order_and_check(index, bounds, cfg.seed)  # order: per class, by (hash, key, row)
+    eligible = readable & ~dup  # a validation candidate; also what --min-images counts (each key once)
+    members = np.diff(np.asarray(bounds, np.int64))
+    if n and members.min() > 0:
+        readable_per_class = np.add.reduceat(eligible.view(np.uint8), bounds[:-1], dtype=np.int64)
+    else:
+        readable_per_class = np.bincount(index.wnid[eligible], minlength=len(wnids))
+    classes = decide_classes(wnids, members, readable_per_class, cfg)
+    class_index = np.array([c.index for c in classes], dtype=np.int64)
+    kept_codes = [c for c, d in enumerate(classes) if d.kept]
+
+    # Validation: the first --val-per-class eligible rows of each kept class in (hash, key) order.
+    is_val = np.zeros(n, bool)
+    picks = []
+    for c in kept_codes:
+        rows = order[bounds[c] : bounds[c + 1]]
+        chosen = rows[eligible[rows]][: cfg.val_per_class]
+        is_val[chosen] = True
+        picks.append(chosen)
+    del order, eligible
+    val_rows = np.concatenate(picks) if picks else np.empty(0, np.int64)
+    val_order = _by_class_then_key(index, val_rows)
+
+    kept_row = (class_index >= 0)[index.wnid]
+    # Shuffling the samples in place is rows[default_rng(seed).permutation(len(rows))] (the same draws,
+    # tested), without the int64 permutation beside them.
+    train_order = _rows_where(kept_row & ~dup & ~is_val, order_dtype(n))
+    del is_val
+    np.random.default_rng(cfg.seed).shuffle(train_order)
+    val_order = val_order.astype(order_dtype(n))
+    np.random.default_rng(cfg.seed + 1).shuffle(val_order)
+    shards = _cut("train", len(train_order), num_train_shards(len(train_order), cfg))
+    n_val_shards = math.ceil(len(val_order) / cfg.shard_size) if len(val_order) else 0
+    shards += _cut("validation", len(val_order), n_val_shards)
+    unsharded = _rows_where(~kept_row | dup, order_dtype(n))
+    planned = kept_row & ~dup
+    counts = {
+        "raw_members": n,
+        "raw_bytes": int(index.size.sum(dtype=np.int64)),
+        "to_read": int(planned.sum()),
+        "to_read_bytes": int(index.size.sum(dtype=np.int64, where=planned)),
+        "to_read_not_readable_looking": int((planned & ~readable).sum()),
+        "dropped_class": int((~kept_row).sum()),
+        "duplicate": int((kept_row & dup).sum()),
+    }
+    return Plan(index, classes, class_index, {"train": train_order, "validation": val_order}, shards, unsharded, counts)
+
+
+def order_dtype(n: int) -> type:
+    return np.int64 if n >= 2**31 else np.int32
+
+
+def _rows_where(mask: np.ndarray, dtype: type) -> np.ndarray:
+    """``np.flatnonzero(mask)`` as ``dtype``, built in slices (no int64 copy of a 10^7-row result)."""
+    out = np.empty(int(np.count_nonzero(mask)), dtype)
+    at = 0
+    for a in range(0, len(mask), INDEX_SLICE):
+        rows = np.flatnonzero(mask[a : a + INDEX_SLICE]) + a
+        out[at : at + len(rows)] = rows
+        at += len(rows)
     return out
+
+
+def _by_class_then_key(index: Index, rows: np.ndarray) -> np.ndarray:
+    """``rows`` sorted by (wnid, key): the validation samples in canonical class order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(rows):
+        return rows
+    keys = member_keys(index.wnid_strings(rows), index.member.take(pa.array(rows)))
+    table = pa.table({"c": index.wnid[rows], "k": keys})
+    order = pc.sort_indices(table, sort_keys=[("c", "ascending"), ("k", "ascending")]).to_numpy()
+    return rows[order]

@@ -2,7 +2,10 @@
 ``imagenet21k_miil_tree.pth``, the never-read part of ``manifest/``, ``report.json`` and ``report.md``.
 
 Every number comes from what was written (the shards' stats and manifest parts), not from the plan, so
-the report describes the output even after crashes and reruns.
+the report describes the output even after crashes and reruns. The manifest is read back a few hundred
+parts at a time and counted in Arrow, so the driver never holds fall11's 14 M manifest rows at once.
+
+``plan_summary``/``plan_text`` describe a plan before any shard is written (``--plan-only``).
 """
 
 from __future__ import annotations
@@ -15,23 +18,47 @@ from typing import Any
 from in21k.dataset import SCHEMA, SPLITS, UNSHARDED_MANIFEST, DatasetWriter, manifest_name, stats_name
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.plan import Plan
-from in21k.pipeline.shard import manifest_parquet
+from in21k.pipeline.shard import manifest_schema
 from in21k.storage import Store
+
+UNSHARDED_ROWS_PER_GROUP = 1 << 18  # rows of the unsharded manifest built and written at a time
+MANIFEST_PARTS_PER_READ = 256  # manifest parts read back and counted at a time
 
 
 def write_unsharded_manifest(store: Store, plan: Plan) -> None:
-    """Manifest rows of members never read: dropped classes and duplicate keys."""
-    rows = [{**r, "split": None, "shard": None, "src_bytes": r["size"]} for r in plan.unsharded]
-    store.write_bytes(UNSHARDED_MANIFEST, manifest_parquet(rows))
+    """Manifest rows of members never read (dropped classes, duplicate keys), canonical order, columnar."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = manifest_schema()
+    buf = io.BytesIO()
+    with pq.ParquetWriter(buf, schema, compression="zstd") as writer:
+        rows = plan.unsharded
+        for a in range(0, len(rows), UNSHARDED_ROWS_PER_GROUP):
+            cols = plan.unsharded_columns(rows[a : a + UNSHARDED_ROWS_PER_GROUP])
+            n = len(cols["wnid"])
+            writer.write_table(
+                pa.table([cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in schema], schema=schema)
+            )
+    store.write_bytes(UNSHARDED_MANIFEST, buf.getvalue())
 
 
-def read_manifest(store: Store, plan: Plan, columns: list[str] | None = None) -> Any:
-    """The whole manifest as one pyarrow table (unsharded part first, then shards in plan order)."""
+def iter_manifest(store: Store, plan: Plan, columns: list[str] | None = None) -> Any:
+    """The manifest (unsharded part first, then shards in plan order) as pyarrow tables of a few hundred parts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     names = [UNSHARDED_MANIFEST] + [manifest_name(s.split, s.shard) for s in plan.shards]
-    return pa.concat_tables([pq.read_table(io.BytesIO(b), columns=columns) for b in store.read_many(names)])
+    for a in range(0, len(names), MANIFEST_PARTS_PER_READ):
+        blobs = store.read_many(names[a : a + MANIFEST_PARTS_PER_READ])
+        yield pa.concat_tables([pq.read_table(io.BytesIO(b), columns=columns) for b in blobs])
+
+
+def read_manifest(store: Store, plan: Plan, columns: list[str] | None = None) -> Any:
+    """The whole manifest as one pyarrow table (small datasets and tests; ``iter_manifest`` at scale)."""
+    import pyarrow as pa
+
+    return pa.concat_tables(list(iter_manifest(store, plan, columns)))
 
 
 def _counts(table: Any, keys: list[str]) -> dict[tuple, int]:
@@ -54,17 +81,19 @@ def finalize(
     """Write the dataset-level files and return the summary (also ``report.json``)."""
     blobs = store.read_many([stats_name(s.split, s.shard) for s in plan.shards])
     stats = {(s.split, s.shard): json.loads(b) for s, b in zip(plan.shards, blobs, strict=True)}
-    manifest = read_manifest(store, plan, columns=["wnid", "split", "status", "reason"])
     status: Counter = Counter()
     reasons: Counter = Counter()
-    for (st, reason), n in _counts(manifest, ["status", "reason"]).items():
-        status[st] += n
-        if st == "rejected":
-            reasons[reason] += n
     per_class: dict[str, Counter] = defaultdict(Counter)
-    for (wnid, split, st), n in _counts(manifest, ["wnid", "split", "status"]).items():
-        if st == "written":
-            per_class[wnid][split] += n
+    raw_members = 0
+    for manifest in iter_manifest(store, plan, columns=["wnid", "split", "status", "reason"]):
+        raw_members += manifest.num_rows
+        for (st, reason), n in _counts(manifest, ["status", "reason"]).items():
+            status[st] += n
+            if st == "rejected":
+                reasons[reason] += n
+        for (wnid, split, st), n in _counts(manifest, ["wnid", "split", "status"]).items():
+            if st == "written":
+                per_class[wnid][split] += n
 
     writer = DatasetWriter(store)
     info = writer.write_info(
@@ -93,7 +122,7 @@ def finalize(
         "note": note,
         "out": cfg.out,
         "totals": {
-            "raw_members": manifest.num_rows,
+            "raw_members": raw_members,
             "written": status["written"],
             "rejected": status["rejected"],
             "dropped_class": status["dropped_class"],
@@ -164,3 +193,63 @@ def _markdown(r: dict[str, Any]) -> str:
     out += ["## Classes", "", "| index | wnid | train | validation |", "|---:|---|---:|---:|"]
     out += [f"| {c['index']} | {c['wnid']} | {c['train']:,} | {c['validation']:,} |" for c in r["classes"]]
     return "\n".join(out) + "\n"
+
+
+def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, index_errors: list) -> dict[str, Any]:
+    """What the job would keep, drop, read and write (``--plan-only``), from the plan alone."""
+    c = plan.counts
+    dropped = Counter(d.reason for d in plan.classes if not d.kept)
+    summary: dict[str, Any] = {
+        "plan_only": True,
+        "raw": cfg.raw,
+        "layout": layout,
+        "out": cfg.out,
+        "raw_members": c["raw_members"],
+        "raw_bytes": c["raw_bytes"],
+        "damaged_containers": len(index_errors),
+        "classes_seen": len(plan.classes),
+        "classes_kept": len(plan.kept_wnids),
+        "classes_dropped": sum(dropped.values()),
+        "dropped_classes_by_reason": dict(sorted(dropped.items())),
+        "members": {
+            "to_read": c["to_read"],
+            "dropped_class": c["dropped_class"],
+            "rejected_duplicate": c["duplicate"],
+        },
+        "to_read_not_readable_looking": c["to_read_not_readable_looking"],
+        "bytes_to_read": c["to_read_bytes"],
+        "tree_levels": tree.num_levels,
+    }
+    for split in SPLITS:
+        sizes = [s.num_rows for s in plan.shards if s.split == split]
+        summary[f"{split}_samples"] = plan.num_samples(split)
+        summary[f"{split}_shards"] = len(sizes)
+        summary[f"{split}_shard_sizes"] = [min(sizes), max(sizes)] if sizes else [0, 0]
+    summary["options"] = {k: cfg.output_fingerprint()[k] for k in ("min_images", "val_per_class", "seed")}
+    return summary
+
+
+def plan_text(s: dict[str, Any]) -> str:
+    """``plan_summary`` for people: what a run with these options would do."""
+    reasons = ", ".join(f"{k} {v:,}" for k, v in s["dropped_classes_by_reason"].items()) or "none"
+    m = s["members"]
+    lines = [
+        f"plan for {s['raw']} (layout {s['layout']}) -> {s['out']}; nothing was written but {s['out']}/_work/",
+        f"raw members:      {s['raw_members']:,} ({s['raw_bytes'] / 1e9:,.2f} GB)"
+        + (f", {s['damaged_containers']:,} damaged class tars" if s["damaged_containers"] else ""),
+        f"classes:          {s['classes_seen']:,} seen, {s['classes_kept']:,} kept, {s['classes_dropped']:,} dropped "
+        f"({reasons}); tree levels {s['tree_levels']}",
+        f"members:          {m['to_read']:,} to read, {m['dropped_class']:,} in dropped classes, "
+        f"{m['rejected_duplicate']:,} rejected as duplicates",
+        f"                  of those to read, {s['to_read_not_readable_looking']:,} are not readable-looking "
+        "(empty or not an image name) and will be rejected",
+        f"train:            {s['train_samples']:,} samples in {s['train_shards']:,} shards "
+        f"({s['train_shard_sizes'][0]:,}-{s['train_shard_sizes'][1]:,} each)",
+        f"validation:       {s['validation_samples']:,} samples in {s['validation_shards']:,} shards "
+        f"({s['validation_shard_sizes'][0]:,}-{s['validation_shard_sizes'][1]:,} each)",
+        f"bytes to read:    {s['bytes_to_read'] / 1e9:,.2f} GB",
+    ]
+    t = s.get("timings", {})
+    if t:
+        lines.append(f"time:             index {t.get('index', 0):.1f} s, plan {t.get('plan', 0):.1f} s")
+    return "\n".join(lines) + "\n"

@@ -4,6 +4,8 @@ its manifest part and, last, its stats file. Knows nothing of how it is distribu
 Memory is bounded by ``read_batch`` raw members plus one encoded sample, whatever the class or shard
 size: members are fetched in small batches (sorted by file and offset, many class tars per batch, one
 ``cat_ranges`` call so object stores fetch them concurrently) and written in plan order as they come.
+The shard's rows arrive as a small Arrow table (``ShardSpec.rows``); each sample's key is derived here with
+``in21k.dataset.sample_key``, the same rule the plan used.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from in21k.dataset import ShardTarWriter, manifest_name, stats_name
+from in21k.dataset import ShardTarWriter, manifest_name, sample_key, stats_name
 from in21k.pipeline.imaging import ImageResult, ResizeMode, process_image
 from in21k.pipeline.plan import ShardSpec
 from in21k.storage import RangeReader, Store
@@ -82,9 +84,12 @@ def write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
     reasons: Counter = Counter()
     errors: list[dict[str, str]] = []
     bytes_read = 0
+    rows = spec.rows.to_pylist()
+    for row in rows:
+        row["key"] = sample_key(row["wnid"], row["member"])
     try:
-        for b in range(0, len(spec.rows), settings.read_batch):
-            batch = spec.rows[b : b + settings.read_batch]
+        for b in range(0, len(rows), settings.read_batch):
+            batch = rows[b : b + settings.read_batch]
             ranges = [(r["source"], r["offset"], r["size"]) for r in batch]
             for row, data in zip(batch, reader.fetch(ranges), strict=True):
                 if isinstance(data, Exception):
@@ -144,7 +149,7 @@ def write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
         "split": spec.split,
         "shard": spec.shard,
         "filename": spec.filename,
-        "planned": len(spec.rows),
+        "planned": len(rows),
         "num_samples": writer.count,
         "rejected": sum(reasons.values()),
         "reasons": dict(sorted(reasons.items())),
@@ -153,7 +158,7 @@ def write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
         "bytes_written": writer.bytes,
         "seconds": round(seconds, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
-        "images_per_s": round(len(spec.rows) / seconds, 1) if seconds > 0 else None,
+        "images_per_s": round(len(rows) / seconds, 1) if seconds > 0 else None,
         "host": socket.gethostname(),
     }
     # Written last and atomically: its existence is what marks the shard finished.

@@ -11,8 +11,10 @@ Three raw layouts (DESIGN, "Raw inputs"), on a local path or any fsspec URL (``s
   with ``train/``, ``val/``, ``small_classes/`` works: members of a wnid are merged across folders).
 
 A ``Container`` is one class's tar (or folder). ``index_container`` lists a tar's members from their
-headers alone (name, absolute byte offset, size) without reading member data; it is the unit of
-work that the job runs in parallel. URLs, credentials and endpoints follow ``in21k.storage``.
+headers alone (name, absolute byte offset, size) without reading member data; ``index_table`` does it for
+a batch of containers as one Arrow table, the unit of work that the job runs in parallel. ``Index`` holds
+every member of the release as columns (about 35 bytes a member), in canonical order. URLs, credentials
+and endpoints follow ``in21k.storage``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ import logging
 import posixpath
 import re
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
 
 from in21k.errors import DataError, StorageError
 from in21k.storage import filesystem, fs_is_local, full_url
@@ -41,6 +46,10 @@ Layout = Literal["class-tars", "whole-tar", "whole-tar-gz", "folders"]
 
 # The index's columns, one row per raw member (regular file) found.
 INDEX_COLUMNS = ("wnid", "member", "source", "offset", "size")
+# Header scans read this much at a time (through fsspec's read-ahead cache on object stores).
+SCAN_READ = 64 << 10
+# Rows per slice where the index is compared or remapped in pieces (bounds temporary memory).
+INDEX_SLICE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,11 @@ class Container:
     start: int = 0
     length: int = -1  # -1: to the end of the file
     files: tuple[tuple[str, int], ...] = ()  # kind "files": (url, size) of each member
+
+    @property
+    def where(self) -> str:
+        """How reports name the container: its file, with the offset of a nested tar."""
+        return f"{self.url}@{self.start}" if self.start else self.url
 
 
 @dataclass
@@ -122,7 +136,12 @@ def index_container(container: Container, storage_options: dict[str, Any] | None
         with fs.open(path, "rb", block_size=INDEX_BLOCK_SIZE, cache_type="readahead") as f:
             length = container.length if container.length >= 0 else fs.size(path) - container.start
             window = _Window(f, container.start, length)
-            found, error = _tar_members_tolerant(window)
+            scanned = _tar_members_fast(window, length)
+            if scanned is None:  # anything unusual: tarfile reads it, from the start
+                window.seek(0)
+                found, error = _tar_members_tolerant(window)
+            else:
+                found = scanned
     except OSError as exc:
         error = f"cannot read: {type(exc).__name__}: {exc}"
     for name, offset, size in found:
@@ -132,6 +151,70 @@ def index_container(container: Container, storage_options: dict[str, Any] | None
         rows["offset"].append(container.start + offset)
         rows["size"].append(size)
     return {**rows, "error": error}
+
+
+_OCTAL = re.compile(rb" *[0-7]*[ \0]*")  # the number fields tarfile reads as plain octal
+# mode, uid, gid, mtime, devmajor, devminor: the same bytes in nearly every header of a tar, so checked once
+_FIXED_FIELDS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))
+_FILE_TYPES = (b"0", b"\0", b"7")  # regular files as tarfile counts them (sparse "S" goes to tarfile)
+_OTHER_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directories, fifos: no data blocks
+
+
+def _tar_members_fast(fileobj: Any, length: int) -> list[tuple[str, int, int]] | None:
+    """``_tar_members_tolerant``'s members for a plain ustar/v7 archive, from its headers read directly.
+
+    About five times faster than ``tarfile`` (~5 us a member against ~25 us). Returns ``None`` at the first
+    thing it does not handle exactly as ``tarfile`` would: GNU long names, pax or sparse headers, a name
+    prefix, a bad checksum, an odd number field, a cut header or data past the end. The caller then runs
+    ``tarfile`` over the whole archive, so the result never depends on which path ran.
+    """
+    out: list[tuple[str, int, int]] = []
+    headers: list[bytes] = []
+    checksums: list[int] = []
+    checked: set[bytes] = set()
+    pos = 0
+    buf = b""
+    buf_start = 0
+    while pos < length:
+        if pos + 512 > buf_start + len(buf):
+            fileobj.seek(pos)
+            buf = fileobj.read(SCAN_READ)
+            buf_start = pos
+        at = pos - buf_start
+        block = buf[at : at + 512]
+        if len(block) < 512:
+            return None
+        if not block.strip(b"\0"):
+            if not pos:
+                return None  # an archive that starts with its end: tarfile decides
+            break
+        fixed = block[100:124] + block[136:148] + block[329:345]
+        if fixed not in checked:
+            if any(_OCTAL.fullmatch(block, a, b) is None for a, b in _FIXED_FIELDS):
+                return None
+            checked.add(fixed)
+        if block[345] or _OCTAL.fullmatch(block, 124, 136) is None or _OCTAL.fullmatch(block, 148, 156) is None:
+            return None
+        headers.append(block)
+        checksums.append(int(block[148:156].strip(b" \0") or b"0", 8))
+        kind = block[156:157]
+        name = block[:100].split(b"\0", 1)[0].decode(tarfile.ENCODING, "surrogateescape")
+        if kind in _FILE_TYPES and not (kind == b"\0" and name.endswith("/")):
+            size = int(block[124:136].strip(b" \0") or b"0", 8)
+            out.append((name, pos + 512, size))
+            pos += 512 + -(-size // 512) * 512
+            if pos > length:
+                return None  # tarfile reports the cut ("unexpected end of data")
+        elif kind in _OTHER_TYPES or kind == b"\0":
+            pos += 512
+        else:
+            return None
+    if not pos:
+        return None
+    # Checksums of all headers at once (unsigned, the checksum field counted as spaces, as tarfile does).
+    blocks = np.frombuffer(b"".join(headers), np.uint8).reshape(-1, 512)
+    sums = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 256
+    return out if np.array_equal(sums, np.asarray(checksums, np.int64)) else None
 
 
 def _tar_members_tolerant(fileobj: Any) -> tuple[list[tuple[str, int, int]], str]:
@@ -160,6 +243,226 @@ def _tar_members_tolerant(fileobj: Any) -> tuple[list[tuple[str, int, int]], str
     finally:
         tar.close()
     return out, ""
+
+
+def index_table(
+    containers: Iterable[Container], storage_options: dict[str, Any] | None = None
+) -> tuple[Any, list[dict[str, str]]]:
+    """The index rows of ``containers`` as one Arrow table, and the damaged containers.
+
+    Columns ``INDEX_COLUMNS``; ``wnid`` and ``source`` dictionary-encoded. Containers keep their order and
+    each container's rows are sorted by (member, source, offset), so a release listed in wnid order gives
+    rows already in canonical order and ``Index`` need not sort them.
+    """
+    import pyarrow as pa
+
+    cols: dict[str, list] = {k: [] for k in INDEX_COLUMNS}
+    wnids: dict[str, int] = {}
+    srcs: dict[str, int] = {}
+    errors: list[dict[str, str]] = []
+    for c in containers:
+        rows = index_container(c, storage_options)
+        if rows["error"]:
+            errors.append({"container": c.where, "error": rows["error"]})
+        order = sorted(
+            range(len(rows["member"])), key=lambda i: (rows["member"][i], rows["source"][i], rows["offset"][i])
+        )
+        for i in order:
+            cols["wnid"].append(wnids.setdefault(rows["wnid"][i], len(wnids)))
+            cols["member"].append(rows["member"][i])
+            cols["source"].append(srcs.setdefault(rows["source"][i], len(srcs)))
+            cols["offset"].append(rows["offset"][i])
+            cols["size"].append(rows["size"][i])
+
+    def encoded(codes: list[int], values: dict[str, int]) -> Any:
+        return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(values), pa.string()))
+
+    table = pa.table(
+        {
+            "wnid": encoded(cols["wnid"], wnids),
+            "member": pa.array(cols["member"], pa.string()),
+            "source": encoded(cols["source"], srcs),
+            "offset": pa.array(cols["offset"], pa.int64()),
+            "size": pa.array(cols["size"], pa.int64()),
+        }
+    )
+    return table, errors
+
+
+def member_bytes(table: Any) -> int:
+    """Bytes of the ``member`` strings of an index table (what ``Index.from_parts`` preallocates)."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.binary_length(table.column("member"))).as_py() or 0)
+
+
+@dataclass
+class Index:
+    """Every raw member of the release, one row each, as columns in canonical order.
+
+    Canonical order is (wnid, member, source, offset), whatever the listing order. ``wnid`` and ``source``
+    are int32 codes into the sorted distinct ``wnids`` and ``sources`` (so code order is name order),
+    ``member`` is one Arrow string array; every integer column has the narrowest of int16/int32/int64 that
+    holds it. About 35 bytes a member for a release of class tars (fall11's 14.2 M members: ~0.5 GB; 39
+    bytes for ``fall11_whole.tar``, whose offsets need int64), instead of ~0.5 KB as Python objects.
+    """
+
+    wnids: Any  # pa.StringArray, sorted, distinct
+    sources: Any  # pa.StringArray, sorted, distinct
+    wnid: np.ndarray  # code into wnids (int16 below 32,768 classes)
+    member: Any  # pa.StringArray (or LargeStringArray past 2 GiB of names)
+    source: np.ndarray  # code into sources
+    offset: np.ndarray  # absolute byte offset of the member's data in its source (int32 or int64)
+    size: np.ndarray  # int32 or int64
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.wnid)
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, list]) -> Index:
+        """An index from Python lists (``INDEX_COLUMNS``), in any order (tests, small tools)."""
+        import pyarrow as pa
+
+        table = pa.table(
+            {
+                "wnid": pa.array(columns["wnid"], pa.string()),
+                "member": pa.array(columns["member"], pa.string()),
+                "source": pa.array(columns["source"], pa.string()),
+                "offset": pa.array(columns["offset"], pa.int64()),
+                "size": pa.array(columns["size"], pa.int64()),
+            }
+        )
+        return cls.from_parts([table], rows=table.num_rows, names_bytes=member_bytes(table))
+
+    @classmethod
+    def from_parts(cls, parts: Iterable[Any], *, rows: int, names_bytes: int) -> Index:
+        """Concatenate index tables (``index_table``'s) holding ``rows`` rows and ``names_bytes`` of member names.
+
+        The columns are allocated once at their final size and each part is copied in and dropped, so the
+        peak is the index plus one part (concatenating Arrow chunks would hold everything twice).
+        """
+        import pyarrow as pa
+
+        large = names_bytes >= 2**31
+        name_offsets = np.zeros(rows + 1, np.int64 if large else np.int32)
+        name_data = np.empty(names_bytes, np.uint8)
+        wnid = np.empty(rows, np.int32)
+        source = np.empty(rows, np.int32)
+        offset = np.empty(rows, np.int64)
+        size = np.empty(rows, np.int64)
+        wnid_values: list[Any] = []
+        source_values: list[Any] = []
+        pos = dpos = 0
+        for part in parts:
+            n = part.num_rows
+            if n == 0:
+                continue
+            if pos + n > rows:
+                raise DataError(
+                    f"the index parts hold more than the {rows} rows their list gives; delete _work/ to re-index"
+                )
+            for name, codes, values in (("wnid", wnid, wnid_values), ("source", source, source_values)):
+                col = part.column(name).combine_chunks()
+                if not pa.types.is_dictionary(col.type):
+                    col = col.dictionary_encode()
+                base = sum(len(v) for v in values)
+                codes[pos : pos + n] = col.indices.to_numpy(zero_copy_only=False).astype(np.int64) + base
+                values.append(col.dictionary.cast(pa.string()))
+            offset[pos : pos + n] = part.column("offset").to_numpy()
+            size[pos : pos + n] = part.column("size").to_numpy()
+            names = part.column("member").combine_chunks()
+            if names.null_count:
+                raise DataError("the index holds a member without a name; delete _work/ to re-index")
+            kind = np.int64 if pa.types.is_large_string(names.type) else np.int32
+            starts = np.frombuffer(names.buffers()[1], kind, n + 1, names.offset * np.dtype(kind).itemsize)
+            first, last = int(starts[0]), int(starts[-1])
+            if dpos + last - first > names_bytes:
+                raise DataError("the index parts hold more member-name bytes than listed; delete _work/ to re-index")
+            name_offsets[pos + 1 : pos + n + 1] = starts[1:] - first + dpos
+            if last > first:
+                name_data[dpos : dpos + last - first] = np.frombuffer(names.buffers()[2], np.uint8, last - first, first)
+            pos += n
+            dpos += last - first
+        if (pos, dpos) != (rows, names_bytes):
+            raise DataError(f"the index parts hold {pos} rows, not {rows}; delete _work/ to re-index")
+        member = pa.Array.from_buffers(
+            pa.large_string() if large else pa.string(),
+            rows,
+            [None, pa.py_buffer(name_offsets), pa.py_buffer(name_data)],
+        )
+        wnids, wnid = _sorted_codes(wnid_values, wnid)
+        sources, source = _sorted_codes(source_values, source)
+        wnid = _narrow(wnid)  # one column at a time: each wide copy is freed before the next is narrowed
+        source = _narrow(source)
+        offset = _narrow(offset)
+        size = _narrow(size)
+        index = cls(wnids, sources, wnid, member, source, offset, size)
+        index._canonicalize()
+        return index
+
+    def _canonicalize(self) -> None:
+        """Put rows in canonical order, unless they are in it already (the usual case: no copy then)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = self.num_rows
+        for a in range(0, max(n - 1, 0), INDEX_SLICE):
+            b = min(a + INDEX_SLICE, n - 1)
+            w0, w1 = self.wnid[a:b], self.wnid[a + 1 : b + 1]
+            m0, m1 = self.member.slice(a, b - a), self.member.slice(a + 1, b - a)
+            s0, s1 = self.source[a:b], self.source[a + 1 : b + 1]
+            m_lt = pc.less(m0, m1).to_numpy(zero_copy_only=False)
+            m_eq = pc.equal(m0, m1).to_numpy(zero_copy_only=False)
+            tail = (s0 < s1) | ((s0 == s1) & (self.offset[a:b] <= self.offset[a + 1 : b + 1]))
+            if not ((w0 < w1) | ((w0 == w1) & (m_lt | (m_eq & tail)))).all():
+                break
+        else:
+            return
+        # Out of order (rows of one wnid in several containers, or an index built from a list): sort.
+        keys = pa.table({"w": self.wnid, "m": self.member, "s": self.source, "o": self.offset})
+        order = pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in ("w", "m", "s", "o")])
+        self.member = self.member.take(order)
+        order = order.to_numpy()
+        self.wnid, self.source = self.wnid[order], self.source[order]
+        self.offset, self.size = self.offset[order], self.size[order]
+
+    def wnid_strings(self, rows: Any) -> Any:
+        """The wnids of ``rows`` (an index array or slice of row numbers) as an Arrow string array."""
+        import pyarrow as pa
+
+        return self.wnids.take(pa.array(self.wnid[rows]))
+
+    def source_strings(self, rows: Any) -> Any:
+        import pyarrow as pa
+
+        return self.sources.take(pa.array(self.source[rows]))
+
+
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """``a`` as int16 or int32 where its values fit (fall11's class tars: ~170 MB less for 14.2 M members)."""
+    if not len(a):
+        return a
+    lo, hi = int(a.min()), int(a.max())
+    for kind in (np.int16, np.int32):
+        if kind().itemsize < a.itemsize and np.iinfo(kind).min <= lo and hi <= np.iinfo(kind).max:
+            return a.astype(kind)
+    return a
+
+
+def _sorted_codes(values: list[Any], codes: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Codes into the concatenation of ``values`` (one dictionary per part) -> codes into their sorted union."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    allv = pa.concat_arrays(values) if values else pa.array([], pa.string())
+    distinct = pc.unique(allv)
+    distinct = distinct.take(pc.sort_indices(distinct))
+    lut = pc.index_in(allv, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int32)
+    if not np.array_equal(lut, np.arange(len(lut), dtype=np.int32)):
+        for a in range(0, len(codes), INDEX_SLICE):
+            codes[a : a + INDEX_SLICE] = lut[codes[a : a + INDEX_SLICE]]
+    return distinct, codes
 
 
 def _wnid_of_tar(name: str) -> str | None:

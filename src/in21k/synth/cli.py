@@ -29,7 +29,14 @@ def register(commands) -> None:
         help="write a synthetic raw ImageNet-21K release (real wnids, real layout, bad members included)",
         description="Write a synthetic raw ImageNet-21K release, deterministic by --seed: per-class tars of "
         "nXXXXXXXX_N.JPEG members over real WordNet chains, varied sizes, and a share of the real release's bad "
-        "members. OUT/synth_report.json counts what was written, member by member.",
+        "members. OUT/synth_report.json counts what was written, member by member.\n\n"
+        "--shape fall11 --members N writes fall11's real shape instead, for load tests of `in21k prepare`: "
+        "21,841 class tars of real WordNet noun wnids at full size (14,197,122 members), the 11,221 "
+        "ImageNet-21K-P classes with 501+ members and the others with fewer than 500, long-tailed class "
+        "sizes with fall11's exact totals, every member a tiny valid JPEG (~15 GB at full size). Smaller N "
+        "scales classes and members proportionally, so prepare's defaults give the same shape; "
+        "OUT/synth_report.json then holds per-class counts and what prepare must plan.\n\n"
+        "  in21k synth /data/fall11_1m --shape fall11 --members 1000000",
     )
     add_config_args(parser, SynthConfig, positional=("out",))
     parser.set_defaults(func=_run)

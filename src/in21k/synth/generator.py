@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from in21k.config import config_to_dict
+from in21k.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,18 @@ class SynthConfig:
         default=1, metadata={"help": "how many of the classes have wnids that are not WordNet 3.0 noun synsets"}
     )
     quality: int = field(default=90, metadata={"help": "JPEG quality of the members"})
+    shape: Literal["drawn", "fall11"] = field(
+        default="drawn",
+        metadata={
+            "help": "drawn: the small release of drawn images that the options above describe; fall11: "
+            "fall11's real shape for load tests of prepare (21,841 class tars at full size, long-tailed class "
+            "sizes, tiny JPEG members; see in21k.synth.scale), with --members and --seed only"
+        },
+    )
+    members: int = field(
+        default=14_197_122,
+        metadata={"help": "--shape fall11: members in all (fall11: 14,197,122); classes and their sizes scale with it"},
+    )
 
     def image_range(self) -> tuple[int, int]:
         try:
@@ -81,6 +94,10 @@ class SynthConfig:
         return lo, hi
 
     def validate(self) -> None:
+        if self.shape == "fall11":
+            if self.layout != "class-tars":
+                raise ConfigError("--shape fall11 writes class tars only: drop --layout or use --layout class-tars")
+            return
         self.image_range()
         if self.classes < 2:
             raise ValueError("--classes must be at least 2")
@@ -293,6 +310,10 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
     from in21k.tree import SemanticTree
 
     cfg.validate()
+    if cfg.shape == "fall11":
+        from in21k.synth.scale import write_fall11_scale
+
+        return write_fall11_scale(cfg.out, members=cfg.members, seed=cfg.seed)
     lo, hi = cfg.image_range()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,14 @@ def test_config_file_must_be_a_mapping(tmp_path):
         resolve_config(Example, config_file=f)
     with pytest.raises(ValueError, match="does not exist"):
         resolve_config(Example, config_file=tmp_path / "nope.yaml")
+
+
+def test_a_partial_section_completes_the_commands_own_default():
+    """``--loader.transform eval`` on ``bench loader`` keeps that command's worker default (one per core)."""
+    import os
+
+    from in21k.benchmarks.options import LoaderBenchConfig
+    from in21k.config import resolve_config
+
+    cfg = resolve_config(LoaderBenchConfig, overrides={"data": "d", "loader": {"transform": "eval"}})
+    assert cfg.loader.transform == "eval" and cfg.loader.num_workers == (os.cpu_count() or 1)

@@ -138,6 +138,15 @@ def resolve_config(
 def _build(cls: type[T], values: dict[str, Any], *, where: str, prefix: str = "") -> T:
     check_keys(cls, values, where)
     hints = _field_types(cls)
+    values = dict(values)
+    for f in dataclasses.fields(cls):
+        # A section given in part (a YAML mapping, --section.key flags) completes this command's own default
+        # for it, which may differ from the section class's defaults (bench loader: a worker per core).
+        given = values.get(f.name)
+        if _is_section(hints[f.name]) and isinstance(given, dict) and f.default_factory is not dataclasses.MISSING:
+            base = config_to_dict(f.default_factory())  # type: ignore[misc]
+            _merge(base, values[f.name])
+            values[f.name] = base
     checked = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
     try:
         cfg = cls(**checked)

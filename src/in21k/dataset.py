@@ -112,7 +112,9 @@ class ShardTarWriter:
 
     The tar is written directly (header, data, zero padding; two zero blocks and padding to 10 KiB at the
     end, as ``tarfile`` does): ``tarfile.addfile`` costs more per member than encoding a small JPEG's
-    headers should. ``tests/test_dataset.py`` checks the bytes against ``tarfile``'s own output.
+    headers should. ``tests/pipeline/test_sources_and_plan.py`` checks the bytes against ``tarfile``'s own
+    output. ``offsets[i]`` is the byte offset of sample ``i``'s first header: ``prepare`` records them in the
+    shard's stats file, so a reader can start at any sample with one ranged read.
     """
 
     def __init__(self, path: str) -> None:
@@ -120,6 +122,7 @@ class ShardTarWriter:
         self._offset = 0
         self.count = 0
         self.bytes = 0
+        self.offsets: list[int] = []
 
     def _add(self, name: str, data: bytes) -> None:
         pad = -len(data) % 512
@@ -133,6 +136,7 @@ class ShardTarWriter:
         """One sample: member ``<key>.<ext>`` per entry of ``parts``, in sorted extension order."""
         if "." in key:
             raise DataError(f"sample key {key!r} has a dot: readers would split it there")
+        self.offsets.append(self._offset)
         for ext in sorted(parts):
             data = parts[ext]
             self._add(f"{key}.{ext}", data)
@@ -245,6 +249,21 @@ class PreparedDataset:
 
     def num_samples(self, split: str) -> int:
         return int(sum(self._split(split)["shard_lengths"]))
+
+    def sample_offsets(self, split: str, shard: Shard) -> list[int] | None:
+        """Byte offset of each sample of ``shard`` (from its stats file, written by ``prepare``), or ``None`` when
+        the dataset has none (written by another tool, or by an earlier version): then readers skip by reading."""
+        if self.info.get("schema") != SCHEMA:
+            return None
+        try:
+            stats = storage.read_json(storage.join(self.url, stats_name(split, shard.index)),
+                                      storage_options=self.storage_options)  # fmt: skip
+        except (storage.NotFoundError, DataError):
+            return None
+        offsets = stats.get("offsets") if isinstance(stats, dict) else None
+        if not isinstance(offsets, list) or len(offsets) != shard.length:
+            return None
+        return [int(o) for o in offsets]
 
     def fingerprint(self) -> str:
         """A short digest of what decides the sample order: class count and every split's shard list."""

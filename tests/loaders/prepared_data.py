@@ -41,6 +41,7 @@ WNIDS: tuple[str, ...] = (
     "n02110185",  # Siberian husky
 )
 
+
 def class_colour(index: int) -> tuple[int, int, int]:
     """A distinct, deterministic base colour per class index."""
     rng = np.random.default_rng(1000 + index)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from in21k.dataset import DatasetWriter, PreparedDataset
-from in21k.loaders import NotEnoughShardsError, create_loader
+from in21k.loaders import create_loader
 from tests.loaders.loader_helpers import VAL_LENGTHS, batch_keys, digest, key_by_digest
 from tests.loaders.prepared_data import make_prepared_dataset
 
@@ -91,9 +91,14 @@ def test_squash_of_larger_stored_images(tmp_path: Path) -> None:
     assert [b[0].shape for b in batches] == [(4, 3, 40, 40)] * 2
 
 
-def test_fewer_shards_than_readers_says_what_to_do(prepared: Path) -> None:
-    with pytest.raises(NotEnoughShardsError, match=r"4 shard\(s\) but 2 rank\(s\) x 3 worker\(s\).*num_workers <= 2"):
-        create_loader(data=str(prepared), split="validation", batch_size=2, num_workers=3, rank=0, world_size=2)
+def test_fewer_shards_than_readers_caps_workers_with_one_log_line(prepared: Path, caplog) -> None:
+    with caplog.at_level("INFO", logger="in21k.loaders.loader"):
+        loader = create_loader(
+            data=str(prepared), split="validation", batch_size=2, num_workers=3, rank=0, world_size=2
+        )
+    assert loader.spec.num_workers == 2  # 4 shards over 2 ranks: 2 workers per rank, each on a shard of its own
+    lines = [r.getMessage() for r in caplog.records if "loader worker(s) per rank" in r.getMessage()]
+    assert lines == ["split 'validation': 4 shard(s) for 2 rank(s): 2 loader worker(s) per rank instead of 3"]
 
 
 def test_bad_options(prepared: Path) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from in21k.errors import DataError
+from in21k import storage
+from in21k.errors import ConfigError, DataError
 from in21k.loaders import create_loader
 from tests.loaders.loader_helpers import batch_keys, key_by_digest
 
@@ -22,7 +23,8 @@ def test_s3_gives_the_same_batches_as_local_disk(prepared: Path, s3_server) -> N
     local.set_epoch(2)
     expected = batch_keys(local, table)
 
-    # Credentials and endpoint as explicit storage options ...
+    # Credentials and endpoint as explicit storage options ... (streamed by pyarrow, shard after shard)
+    assert storage.stream_client(f"{url}/train/x.tar", s3_server.storage_options) == "pyarrow"
     remote = create_loader(data=url, storage_options=s3_server.storage_options, **kw)
     remote.set_epoch(2)
     assert batch_keys(remote, table) == expected
@@ -43,3 +45,38 @@ def test_missing_object_names_the_url(prepared: Path, s3_server) -> None:
                            storage_options=s3_server.storage_options)  # fmt: skip
     with pytest.raises(DataError, match=f"cannot read shard s3://{bucket}/p/validation/in21k-validation-000001.tar"):
         list(loader)
+
+
+@pytest.mark.s3
+def test_options_pyarrow_cannot_express_fall_back_to_s3fs(prepared: Path, s3_server) -> None:
+    bucket = s3_server.make_bucket("in21k-loader-fallback")
+    s3_server.upload_dir(prepared, bucket, prefix="p")
+    url = f"s3://{bucket}/p"
+    table = key_by_digest(prepared, "validation")
+    kw = dict(split="validation", batch_size=2, num_workers=1, decode="none")
+    expected = batch_keys(create_loader(data=str(prepared), **kw), table)
+    options = {**s3_server.storage_options, "config_kwargs": {"max_pool_connections": 4}}  # a botocore option
+    assert storage.stream_client(f"{url}/x.tar", options) == "fsspec"
+    assert batch_keys(create_loader(data=url, storage_options=options, **kw), table) == expected
+    # Asked for by name, a client that cannot express the options is an error that says what to do.
+    with pytest.raises(ConfigError, match="config_kwargs have no pyarrow equivalent; use client 'fsspec'"):
+        storage.stream_client(f"{url}/x.tar", options, "pyarrow")
+    for client in ("fsspec", "pyarrow"):
+        loader = create_loader(data=url, storage_options=s3_server.storage_options, read_client=client, **kw)
+        assert batch_keys(loader, table) == expected
+
+
+@pytest.mark.gcs
+def test_gcs_emulator_through_pyarrow_gives_the_same_batches(prepared: Path, gcs_server) -> None:
+    gcs_server.make_bucket("in21k-loader-gcs")
+    url = "gs://in21k-loader-gcs/p"
+    with gcs_server.activate():
+        store = storage.Store(url)
+        for path in sorted(p for p in prepared.rglob("*") if p.is_file()):
+            store.write_bytes(path.relative_to(prepared).as_posix(), path.read_bytes())
+        assert storage.stream_client(f"{url}/train/x.tar") == "pyarrow"
+        table = key_by_digest(prepared, "train")
+        kw = dict(split="train", batch_size=4, num_workers=2, seed=3, decode="none")
+        remote = create_loader(data=url, **kw)
+        assert batch_keys(remote, table) == batch_keys(create_loader(data=str(prepared), **kw), table)
+        assert remote.epoch_stats()["shard_errors"] == 0

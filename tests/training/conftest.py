@@ -37,5 +37,3 @@ def folders(tmp_path_factory) -> Path:
             for i in range(n):
                 (root / split / name / f"{i}.jpg").write_bytes(jpeg_bytes(rng, class_colour(c), 36, 30))
     return root
-
-

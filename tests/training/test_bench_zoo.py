@@ -88,3 +88,12 @@ def test_help_renders(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])
     assert exc.value.code == 0 and "--config" in capsys.readouterr().out
+
+
+def test_cpu_defaults_are_cpu_sized(capsys):
+    """On a CPU, --amp auto means no autocast (bf16 is emulated there) and the step counts are CPU-sized."""
+    rc = main(["bench", "infer", "--model", "mobilenetv3_small_050", "--image-size", "32", "--batch-size", "2",
+               "--device", "cpu", "--json"])  # fmt: skip
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["amp"] == "none" and result["infer_img_s"] > 0

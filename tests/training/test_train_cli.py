@@ -96,3 +96,43 @@ def test_resume_from_mid_run_checkpoint_is_exact_with_ema_accum_and_gpu_decode(d
     for which in ("model", "ema"):
         for key in a[which]:
             assert torch.equal(a[which][key], b[which][key]), (which, key)
+
+
+def test_resume_with_other_loader_workers_trains_the_rest_of_the_epoch(data, tmp_path):
+    """A mid-epoch checkpoint of a 1-worker run resumed with 2 workers (another loader configuration): the loader
+    state in the checkpoint makes the rest of the epoch its unseen samples, and the run goes on to the end."""
+    import shutil
+
+    args = ["--data", str(data), "--model", "resnet10t", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
+            "--save-every", "2", "--keep-last", "20", "--amp", "none", "--no-plot", "--val-max-batches", "1",
+            "--log-every", "1"]  # fmt: skip
+    full = tmp_path / "full"
+    assert main(["train", "--out", str(full), "--loader.num-workers", "1", *args]) == 0
+    mid = full / "checkpoints" / "ckpt-000000002.pt"  # 24 samples / 4 = 6 steps per epoch: step 2 is mid-epoch 0
+    state = torch.load(mid, map_location="cpu", weights_only=True)
+    assert state["loader"]["segments"] == [[1, 1, 4, 2]] and state["loader"]["samples_seen"] == 8
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(mid, part / "checkpoints" / mid.name)
+    assert main(["train", "--out", str(part), "--resume", "auto", "--loader.num-workers", "2", *args]) == 0
+    log = (part / "logs" / "rank-0.log").read_text()
+    assert "the rest of epoch 0 is its unseen samples" in log
+    records = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    loader = [r for r in records if r["kind"] == "loader"]
+    # Epoch 0 goes on with the 16 unseen samples (4 steps, a new segment); epoch 1 is whole again (6 steps).
+    assert [(r["epoch"], r["segment"], r["batches"]) for r in loader] == [(0, 1, 4), (1, 0, 6)]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == list(range(3, 13))  # 2 steps before the checkpoint, then 4 + 6
+
+
+def test_default_workers_on_a_two_shard_dataset(data, tmp_path, caplog):
+    """Two train shards and the default 8 loader workers: the loader uses 2 and says so in one line."""
+    with caplog.at_level("INFO"):
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "resnet10t",
+                     "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--amp", "none", "--no-plot",
+                     "--max-steps-per-epoch", "2", "--val-max-batches", "1"]) == 0  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if "loader worker(s) per rank instead of 8" in r.getMessage()]
+    assert lines == [
+        "split 'train': 2 shard(s) for 1 rank(s): 2 loader worker(s) per rank instead of 8",
+        "split 'validation': 1 shard(s) for 1 rank(s): 1 loader worker(s) per rank instead of 8",
+    ]

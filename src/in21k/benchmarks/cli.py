@@ -50,6 +50,14 @@ BENCHES = {
         "with webdataset's (tar_file_expander + group_by_keys), and plain reads of the same bytes as the limit; "
         "ratio_vs_webdataset = webdataset's time per sample / ours.",
     ),
+    "storage": Bench(
+        "StorageBenchConfig", "storage:run_storage_bench", "storage:format_result",
+        "the loader from S3 (SeaweedFS on 127.0.0.1) per client (s3fs, pyarrow, obstore) vs local disk",
+        "Upload the first shards of a local prepared dataset to a SeaweedFS server started on 127.0.0.1, then time "
+        "create_loader epochs from local disk and from s3:// through each client of --clients (fsspec = s3fs, "
+        "pyarrow, obstore), interleaved over rounds. Reports img/s, CPU ms per image of the loader's processes and "
+        "of the server, and the wall and CPU ratios to local disk (target: >= 0.9 at equal CPU).",
+    ),
     "train": Bench(
         "BenchTrainConfig", "train:bench_train", "train:format_text",
         "model-zoo row (maximal batch, train/infer img/s) and loader-fed vs synthetic training img/s",

@@ -11,7 +11,18 @@ transform, batch size and worker count:
   ``ToTensor`` to float) for reference;
 - ``limit``: the per-sample decode+transform work alone (``ImageTransform.into``, the call the loader
   makes, into one reused image buffer), in a tight loop over in-memory bytes, in ``num_workers``
-  processes at once.
+  processes at once;
+- ``limit_turbo``: libjpeg-turbo (simplejpeg) decoding the same JPEGs at their stored size into one
+  reused buffer, nothing else, in ``num_workers`` processes at once: the physical ceiling of a CPU
+  loader of these files (with ``--loader.transform eval`` on data stored at the output size, the
+  loader's per-sample work is exactly this decode);
+- peers, where installed and with ``--loader.transform eval`` (they decode and squash, nothing more):
+  ``webdataset`` (``WebDataset(urls).shuffle(1000).decode("rgb8")``, batched in the workers with
+  ``default_collate``), ``timm_wds`` (timm's ``wds/`` reader over the same ``_info.json`` and shards,
+  PIL images to uint8 arrays, a ``DataLoader``), ``litdata`` (its own optimized copy of the same images,
+  written by ``litdata.optimize`` before timing; ``StreamingDataset`` decodes with torchvision, whose
+  CHW view we turn back to HWC). Each yields uint8 ``[B, H, W, 3]`` batches with the same batch size and
+  persistent forked workers, as ours.
 
 Also ``ours_no_decode`` (``decode="none"``: the JPEG bytes for GPU decoding), which shows what the
 loader itself can stream when decoding moves to the GPU.
@@ -27,12 +38,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import multiprocessing
 import os
+import sys
 import tarfile
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +201,117 @@ def make_imagefolder(folder: Path, cfg: LoaderBenchConfig, workers: int, *, orig
     return Contender(lambda: iter(dl), dl)
 
 
+def _squash_hwc(arr: Any, size: int) -> Any:
+    """A peer's decoded HWC image at the bench's output size (a Pillow squash only when it is not already)."""
+    import numpy as np
+
+    if arr.shape[:2] == (size, size):
+        return arr
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.asarray(arr)).resize((size, size), Image.BILINEAR))
+
+
+class _PeerPixels:
+    """A peer's decoded image (PIL image, HWC array, or CHW tensor with ``chw=True``) -> uint8 HWC array."""
+
+    def __init__(self, size: int, *, chw: bool = False) -> None:
+        self.size = size
+        self.chw = chw
+
+    def __call__(self, img: Any) -> Any:
+        import numpy as np
+
+        if self.chw:
+            img = img.permute(1, 2, 0)  # torchvision decodes to HWC memory and returns a CHW view: this undoes it
+        return _squash_hwc(img if hasattr(img, "shape") else np.asarray(img), self.size)
+
+
+class _LitSample:
+    """LitData sample dict -> (uint8 HWC image, label)."""
+
+    def __init__(self, size: int) -> None:
+        self.pixels = _PeerPixels(size, chw=True)
+
+    def __call__(self, item: dict) -> tuple[Any, int]:
+        return self.pixels(item["image"]), item["label"]
+
+
+def _litdata_sample(item: tuple[str, int]) -> dict[str, Any]:
+    """``litdata.optimize``'s function: an opened JPEG file (LitData stores its bytes) and its label."""
+    from PIL import Image
+
+    path, label = item
+    return {"image": Image.open(path), "label": label}
+
+
+def make_webdataset(urls: list[str], cfg: LoaderBenchConfig, workers: int) -> Contender:
+    """webdataset's plain pipeline: shard and sample shuffle, ``decode("rgb8")``, batches built in the workers."""
+    import webdataset as wds
+    from torch.utils.data import DataLoader, default_collate
+
+    ds = (
+        wds.WebDataset(urls, shardshuffle=len(urls), workersplitter=wds.split_by_worker, empty_check=False)
+        .shuffle(1000)
+        .decode("rgb8")
+        .to_tuple("jpg", "cls")
+        .map_tuple(_PeerPixels(cfg.image_size), int)
+        .batched(cfg.batch_size, collation_fn=default_collate, partial=False)
+    )
+    # wds.WebLoader is this DataLoader plus a fluent interface.
+    dl = DataLoader(ds, batch_size=None, num_workers=workers, **_peer_workers(workers))
+    return Contender(lambda: iter(dl), dl)
+
+
+def make_timm_wds(view: Path, cfg: LoaderBenchConfig, workers: int) -> Contender:
+    """timm's ``wds/`` reader over the same ``_info.json`` and shards (PIL decode), in a ``DataLoader``."""
+    from timm.data import create_dataset
+    from torch.utils.data import DataLoader
+
+    ds = create_dataset("wds/in21k-bench", root=str(view), split=cfg.split, is_training=True,
+                        batch_size=cfg.batch_size, seed=0)  # fmt: skip
+    ds.set_loader_cfg(num_workers=workers)
+    ds.transform = _PeerPixels(cfg.image_size)
+    dl = DataLoader(ds, batch_size=cfg.batch_size, num_workers=workers, drop_last=True, **_peer_workers(workers))
+    epochs = iter(range(1_000_000))
+
+    def one_epoch() -> Iterator:
+        ds.set_epoch(next(epochs))
+        return iter(dl)
+
+    return Contender(one_epoch, dl)
+
+
+def make_litdata(samples: list[tuple[str, int]], out: Path, cfg: LoaderBenchConfig, workers: int) -> Contender:
+    """LitData over its own optimized copy of the images (written here, before any timing)."""
+    import litdata as ld
+
+    # LitData reports progress on stdout, which carries the --json result, and sets the global start method.
+    start_method = multiprocessing.get_start_method(allow_none=True)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            ld.optimize(fn=_litdata_sample, inputs=samples, output_dir=str(out / "optimized"), chunk_bytes="64MB",
+                        num_workers=max(1, workers), start_method="fork", verbose=False)  # fmt: skip
+    finally:
+        multiprocessing.set_start_method(start_method, force=True)
+    # Local chunks are read in place; a cache budget set here only keeps LitData from logging its default.
+    ds = ld.StreamingDataset(str(out / "optimized"), shuffle=True, cache_dir=str(out / "cache"),
+                             max_cache_size="1GB", transform=_LitSample(cfg.image_size))  # fmt: skip
+    dl = ld.StreamingDataLoader(ds, batch_size=cfg.batch_size, num_workers=workers, **_peer_workers(workers))
+    return Contender(lambda: iter(dl), dl)
+
+
+def _peer_workers(workers: int) -> dict[str, Any]:
+    """Persistent forked workers, as ours (LitData's optimize, for one, changes the default start method)."""
+    if workers == 0:
+        return {}
+    return {"persistent_workers": True, "multiprocessing_context": multiprocessing.get_context("fork")}
+
+
+PEERS = ("webdataset", "timm_wds", "litdata")
+_PEER_MODULES = {"webdataset": "webdataset", "timm_wds": "webdataset", "litdata": "litdata"}
+
+
 _LIMIT_SAMPLES: list[bytes] = []
 
 
@@ -214,8 +339,31 @@ def _limit_worker(args: tuple[int, int, str, int, Any]) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def limit_round(samples: list[bytes], cfg: LoaderBenchConfig, workers: int) -> tuple[float, int, float]:
-    """Decode+transform only, in ``workers`` forked processes at once, each on its share of the samples."""
+def _turbo_limit_worker(args: tuple[int, int, str, int, Any]) -> tuple[float, float]:
+    import numpy as np
+    import simplejpeg
+
+    index, workers, _name, _size, barrier = args
+    mine = _LIMIT_SAMPLES[index::workers]
+    # One buffer that holds the largest image, reused for every decode: libjpeg-turbo's work and nothing else.
+    largest = max(h * w for h, w, _, _ in (simplejpeg.decode_jpeg_header(d) for d in set(mine)))
+    out = np.empty(largest * 3, dtype=np.uint8)
+    simplejpeg.decode_jpeg(mine[0], colorspace="RGB", buffer=out)
+    barrier.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    for data in mine:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def limit_round(
+    samples: list[bytes],
+    cfg: LoaderBenchConfig,
+    workers: int,
+    *,
+    worker: Callable[[tuple], tuple[float, float]] = _limit_worker,
+) -> tuple[float, int, float]:
+    """Decode(+transform) only, in ``workers`` forked processes at once, each on its share of the samples."""
     global _LIMIT_SAMPLES
     _LIMIT_SAMPLES = samples * cfg.epochs
     ctx = multiprocessing.get_context("fork")
@@ -223,7 +371,7 @@ def limit_round(samples: list[bytes], cfg: LoaderBenchConfig, workers: int) -> t
         barrier = manager.Barrier(workers)
         with ctx.Pool(workers) as pool:
             args = [(i, workers, cfg.loader.transform, cfg.image_size, barrier) for i in range(workers)]
-            times = pool.map(_limit_worker, args)
+            times = pool.map(worker, args)
     n = len(_LIMIT_SAMPLES)
     _LIMIT_SAMPLES = []
     # Every process starts at the barrier; the slowest one ends the parallel run.
@@ -282,6 +430,22 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
             samples = [s[1] for s in raw]
             makers["imagefolder"] = make_imagefolder(tmp_path / "folder", cfg, workers, original=False)
             makers["imagefolder_original"] = make_imagefolder(tmp_path / "folder", cfg, workers, original=True)
+            if cfg.peers and cfg.loader.transform != "eval":
+                result["peers_left_out"] = "peers decode and squash only: they run with --loader.transform eval"
+            elif cfg.peers:
+                missing = [p for p in PEERS if importlib.util.find_spec(_PEER_MODULES[p]) is None]
+                if missing:
+                    result["peers_left_out"] = f"not installed: {', '.join(missing)}"
+                # Their per-sample numpy arrays are read-only views of PIL images; torch warns once per worker.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                if "webdataset" not in missing:
+                    makers["webdataset"] = make_webdataset(urls, cfg, workers)
+                if "timm_wds" not in missing:
+                    makers["timm_wds"] = make_timm_wds(view, cfg, workers)
+                if "litdata" not in missing:
+                    folder = tmp_path / "folder"
+                    lit_inputs = [(str(folder / f"{label:05d}" / f"{key}.jpg"), label) for key, _, label in raw]
+                    makers["litdata"] = make_litdata(lit_inputs, tmp_path / "litdata", cfg, workers)
         if cfg.s3:
             (tmp_path / "weed").mkdir()
             s3 = stack.enter_context(seaweedfs(tmp_path / "weed"))
@@ -303,15 +467,18 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
         for name, make_iter in makers.items():
             log.info("warming up %s", name)
             _count_epochs(make_iter, cfg.warmup_epochs)
-        names = list(makers) + (["limit"] if cfg.baselines else [])
+        limits = {"limit": _limit_worker}
+        if importlib.util.find_spec("simplejpeg") is not None:
+            limits["limit_turbo"] = _turbo_limit_worker
+        names = list(makers) + (list(limits) if cfg.baselines else [])
         rates: dict[str, list[float]] = {name: [] for name in names}
         cpu_ms: dict[str, list[float]] = {name: [] for name in names}
         # Rounds interleave the contenders so that load from other processes hits them alike.
         with tqdm(total=cfg.rounds * len(names), desc="bench loader", disable=None) as bar:
             for _ in range(cfg.rounds):
                 for name in names:
-                    if name == "limit":
-                        seconds, n, cpu = limit_round(samples, cfg, workers)
+                    if name in limits:
+                        seconds, n, cpu = limit_round(samples, cfg, workers, worker=limits[name])
                     else:
                         seconds, n, cpu = _count_epochs(makers[name], cfg.epochs)
                     rates[name].append(n / seconds)
@@ -323,10 +490,16 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
     cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
     result["cpu_ms_per_img"] = {k: round(v, 3) for k, v in cpu.items()}
     ratios = {}
+    peers = [k for k in PEERS if k in med]
     if cfg.baselines:
         ratios["ours_vs_imagefolder"] = med["ours"] / med["imagefolder"]
         ratios["ours_vs_imagefolder_original"] = med["ours"] / med["imagefolder_original"]
         ratios["ours_vs_limit"] = med["ours"] / med["limit"]
+        if "limit_turbo" in med:
+            ratios["ours_vs_turbo_limit"] = med["ours"] / med["limit_turbo"]
+        if peers:
+            result["best_peer"] = max(peers, key=lambda k: med[k])
+            ratios["ours_vs_best_peer"] = med["ours"] / med[result["best_peer"]]
     for k in ("ours_s3", "ours_s3_url"):
         if k in med:
             ratios[f"{k}_vs_local"] = med[k] / med["ours"]
@@ -339,12 +512,21 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
             "ours_vs_imagefolder_original": round(cpu["imagefolder_original"] / cpu["ours"], 3),
             "ours_vs_limit": round(cpu["limit"] / cpu["ours"], 3),
         }
+        if "limit_turbo" in cpu:
+            result["cpu_ratios"]["ours_vs_turbo_limit"] = round(cpu["limit_turbo"] / cpu["ours"], 3)
+        if peers:  # the peer that needs the least CPU per image
+            result["cpu_ratios"]["ours_vs_best_peer"] = round(min(cpu[k] for k in peers) / cpu["ours"], 3)
     if cfg.baselines:
         result["targets"] = {
             "ours_vs_imagefolder >= 1.2": ratios["ours_vs_imagefolder"] >= 1.2,
             "ours_vs_imagefolder_original >= 1.2": ratios["ours_vs_imagefolder_original"] >= 1.2,
             "ours_vs_limit >= 0.9": ratios["ours_vs_limit"] >= 0.9,
         }
+        if cfg.loader.transform == "eval" and "ours_vs_turbo_limit" in ratios:
+            # Issue 12: with nothing but a decode to do, ours should be close to libjpeg-turbo alone.
+            result["targets"]["ours_vs_turbo_limit >= 0.85"] = ratios["ours_vs_turbo_limit"] >= 0.85
+        if "ours_vs_best_peer" in ratios:
+            result["targets"]["ours_vs_best_peer >= 1.5"] = ratios["ours_vs_best_peer"] >= 1.5
     return result
 
 
@@ -358,6 +540,10 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"  {k:22s} {v:10.1f} img/s  {result['cpu_ms_per_img'][k]:8.3f} CPU ms/img")
     for k, v in result["ratios"].items():
         lines.append(f"  {k:32s} {v:6.3f}")
+    if "best_peer" in result:
+        lines.append(f"  best peer: {result['best_peer']}")
+    if "peers_left_out" in result:
+        lines.append(f"  peers left out: {result['peers_left_out']}")
     for k, v in result.get("cpu_ratios", {}).items():
         lines.append(f"  {k + ' (CPU time)':32s} {v:6.3f}")
     for k, ok in result.get("targets", {}).items():

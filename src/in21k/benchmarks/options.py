@@ -104,10 +104,16 @@ class BenchTrainConfig:
         default=None, metadata=_h("cap of the maximal-batch search (required on CPU: no OOM error there)", "B")
     )
     search_start: int = field(default=8, metadata=_h("first batch size of the search (then doubling)", "B"))
-    steps: int = field(default=200, metadata=_h("timed training steps per run", "N"))
-    warmup: int = field(default=20, metadata=_h("untimed steps first (cudnn autotune, allocator, loader start)", "N"))
+    steps: int | None = field(
+        default=None, metadata=_h("timed training steps per run (default: 200 on CUDA, 10 on CPU)", "N")
+    )
+    warmup: int | None = field(
+        default=None, metadata=_h("untimed steps first: autotune, allocator, loader start (default: 20; 2 on CPU)", "N")
+    )
     image_size: int = field(default=224, metadata=_h("image size", "PX"))
-    amp: Literal["auto", "none", "bf16", "fp16"] = field(default="bf16", metadata=_h("autocast dtype"))
+    amp: Literal["auto", "none", "bf16", "fp16"] = field(
+        default="auto", metadata=_h("autocast dtype; auto: bf16 on CUDA, none on CPU (where bf16 is emulated, slow)")
+    )
     channels_last: bool = field(default=True, metadata=_h("channels_last model and input"))
     compile: bool = field(default=False, metadata=_h("torch.compile the model"))
     gpu_decode: bool = field(
@@ -123,9 +129,9 @@ class BenchTrainConfig:
 
     def validate(self) -> None:
         for name in ("steps", "image_size", "make_images", "make_shards", "search_start"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.make_workers < 0:
+        if (self.warmup or 0) < 0 or self.make_workers < 0:
             raise ConfigError("--warmup and --make-workers must be >= 0")
         if self.data and self.make_data:
             raise ConfigError("give --data (an existing dataset) or --make-data (write one), not both")
@@ -144,10 +150,12 @@ class BenchInferConfig:
         default=None, metadata=_h("cap of the maximal-batch search (required on CPU: no OOM error there)", "B")
     )
     search_start: int = field(default=8, metadata=_h("first batch size of the search (then doubling)", "B"))
-    steps: int = field(default=100, metadata=_h("timed forward passes", "N"))
-    warmup: int = field(default=10, metadata=_h("untimed forward passes first", "N"))
+    steps: int | None = field(default=None, metadata=_h("timed forward passes (default: 100 on CUDA, 10 on CPU)", "N"))
+    warmup: int | None = field(default=None, metadata=_h("untimed forward passes first (default: 10; 2 on CPU)", "N"))
     image_size: int = field(default=224, metadata=_h("image size", "PX"))
-    amp: Literal["auto", "none", "bf16", "fp16"] = field(default="bf16", metadata=_h("autocast dtype"))
+    amp: Literal["auto", "none", "bf16", "fp16"] = field(
+        default="auto", metadata=_h("autocast dtype; auto: bf16 on CUDA, none on CPU (where bf16 is emulated, slow)")
+    )
     channels_last: bool = field(default=True, metadata=_h("channels_last model and input"))
     compile: bool = field(default=False, metadata=_h("torch.compile the model"))
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_h("device"))
@@ -156,9 +164,9 @@ class BenchInferConfig:
 
     def validate(self) -> None:
         for name in ("steps", "image_size", "search_start"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
+        if (self.warmup or 0) < 0:
             raise ConfigError("--warmup must be >= 0")
         for name in ("batch_size", "max_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -177,3 +185,42 @@ class TarBenchConfig:
             raise ConfigError("--data is required: a prepared dataset root (the folder that holds _info.json)")
         if self.max_shards < 1 or self.rounds < 1:
             raise ConfigError("--max-shards and --rounds must be >= 1")
+
+
+@dataclass
+class StorageBenchConfig:
+    data: str = field(default="", metadata=_h("prepared dataset root (local path) whose first shards are used", "DST"))
+    split: str = field(default="train", metadata=_h("split to read"))
+    clients: str = field(
+        default="fsspec,pyarrow,obstore",
+        metadata=_h("object-storage clients to compare, comma-separated: fsspec (s3fs), pyarrow, obstore", "LIST"),
+    )
+    batch_size: int = field(default=64, metadata=_h("batch size", "B"))
+    image_size: int = field(default=224, metadata=_h("output image side", "PX"))
+    decode: Literal["cpu", "none"] = field(default="cpu", metadata=_h("cpu: decoded images; none: the JPEG bytes"))
+    loader: LoaderOptions = field(
+        default_factory=lambda: LoaderOptions(num_workers=os.cpu_count() or 1),
+        metadata=_h("the loader options of every contender (workers default: one per CPU core)"),
+    )
+    max_samples: int = field(default=4096, metadata=_h("use the first shards of the split up to N samples", "N"))
+    epochs: int = field(default=1, metadata=_h("measured epochs per contender and round", "N"))
+    warmup_epochs: int = field(default=1, metadata=_h("unmeasured epochs first (worker start, page cache)", "N"))
+    rounds: int = field(default=5, metadata=_h("interleaved measuring rounds; the median is reported", "N"))
+
+    def client_list(self) -> list[str]:
+        return [c.strip() for c in self.clients.split(",") if c.strip()]
+
+    def validate(self) -> None:
+        from in21k.storage import STREAM_CLIENTS
+
+        if not self.data:
+            raise ConfigError("--data is required: a local prepared dataset root (the folder that holds _info.json)")
+        bad = [c for c in self.client_list() if c not in STREAM_CLIENTS or c == "auto"]
+        if bad or not self.client_list():
+            raise ConfigError(f"--clients: unknown client(s) {bad}; choose among fsspec, pyarrow, obstore")
+        if "obstore" in self.client_list() and self.loader.num_workers < 1:
+            raise ConfigError("--clients obstore needs --loader.num-workers >= 1 (obstore does not survive a fork)")
+        if self.batch_size < 1 or self.max_samples < self.batch_size or self.epochs < 1 or self.rounds < 1:
+            raise ConfigError("need batch_size >= 1, max_samples >= batch_size, epochs >= 1 and rounds >= 1")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")

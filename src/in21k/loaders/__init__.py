@@ -17,7 +17,6 @@ _EXPORTS = {
     "FolderLoader": "in21k.loaders.folders",
     "scan_class_folders": "in21k.loaders.folders",
     "EpochPlan": "in21k.loaders.splitting",
-    "NotEnoughShardsError": "in21k.loaders.splitting",
     "Shard": "in21k.dataset",
     "WorkerPlan": "in21k.loaders.splitting",
     "plan_epoch": "in21k.loaders.splitting",

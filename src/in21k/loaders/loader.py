@@ -43,7 +43,7 @@ from in21k.dataset import PreparedDataset, Shard
 from in21k.errors import ConfigError, DataError
 from in21k.loaders.options import LoaderOptions
 from in21k.loaders.pipeline import IMAGE_EXTS, RawSample, ReadOptions, StreamStats, WorkerStream, chunked
-from in21k.loaders.splitting import EpochPlan, batches_done, check_enough_shards, plan_epoch
+from in21k.loaders.splitting import EpochPlan, Segment, batches_done, plan_epoch, remaining, shuffle_seed
 from in21k.loaders.transforms import (
     MIIL_MEAN,
     MIIL_STD,
@@ -81,6 +81,7 @@ class LoaderSpec:
     read: ReadOptions
     interleave: int
     shuffle_block: int
+    fingerprint: str = ""  # the dataset's (PreparedDataset.fingerprint), recorded in state_dict
 
 
 def _seed_of(*parts: int) -> int:
@@ -285,18 +286,24 @@ class ShardStream(IterableDataset):
         self._start_step = start_step
         self.transform = transform
         self.ring = ring
-        self._plans: dict[int, EpochPlan] = {}
+        # Earlier segments of the epoch ``history_epoch`` (elastic resume, see splitting); set before workers start.
+        self.history: tuple[Segment, ...] = ()
+        self.history_epoch = -1
+        self._plans: dict[tuple, EpochPlan] = {}
 
     def plan(self, epoch: int) -> EpochPlan:
-        if epoch not in self._plans:
+        history = self.history if epoch == self.history_epoch else ()
+        key = (epoch, history)
+        if key not in self._plans:
             s = self.spec
             self._plans = {
-                epoch: plan_epoch(
+                key: plan_epoch(
                     list(s.shards), world_size=s.world_size, num_workers=s.num_workers, batch_size=s.batch_size,
-                    seed=s.seed, epoch=epoch, shuffle=s.train, train=s.train, split=s.split,
+                    seed=s.seed, epoch=epoch, shuffle=s.train, interleave=s.interleave,
+                    shuffle_block=s.shuffle_block, history=history, split=s.split,
                 )
             }  # fmt: skip
-        return self._plans[epoch]
+        return self._plans[key]
 
     def __iter__(self) -> Iterator[tuple]:
         import torch
@@ -315,7 +322,7 @@ class ShardStream(IterableDataset):
         stats = StreamStats()
         stream = WorkerStream(
             wp, s.read, stats, interleave=s.interleave, shuffle_block=s.shuffle_block,
-            shuffle_seed=(s.seed, epoch, s.rank, logical) if s.train else None,
+            shuffle_seed=shuffle_seed(s.seed, epoch, plan.segment, s.rank, logical) if s.train else None,
         )  # fmt: skip
         builder = _BatchBuilder(s, self.transform, stats)
         builder.in_worker = info is not None
@@ -326,7 +333,7 @@ class ShardStream(IterableDataset):
         raws = stream.outputs(first * s.batch_size, wp.batches * s.batch_size)
         for b, chunk in enumerate(chunked(raws, s.batch_size), start=first):
             # Per-batch seeds make augmentation independent of how the epoch was split into runs.
-            seed = _seed_of(s.seed, epoch, s.rank, logical, b)
+            seed = _seed_of(s.seed, epoch, s.rank, logical, b, *((0x5E6, plan.segment) if plan.segment else ()))
             random.seed(seed)
             np.random.seed(seed % 2**32)  # timm's RandAugment picks its ops with the global numpy generator
             # The CPU generator only: torch.manual_seed also seeds every accelerator backend (~90 us a call).
@@ -338,8 +345,6 @@ class StreamingLoader:
     """What ``create_loader`` returns; see the module docstring and docs/loader.md."""
 
     def __init__(self, spec: LoaderSpec, transform: ImageTransform | None, *, prefetch_factor: int, pin_memory: bool):
-        from torch.utils.data import DataLoader
-
         self.spec = spec
         ctx = multiprocessing.get_context("fork" if spec.num_workers > 0 else None)
         self._epoch = ctx.Value("q", 0, lock=False)
@@ -350,16 +355,21 @@ class StreamingLoader:
             ring = BatchRing(spec.num_workers, prefetch_factor + 2, spec.batch_size, transform.output_shape)
         self._ring = ring
         self.dataset = ShardStream(spec, self._epoch, self._start_step, transform, ring)
-        kwargs: dict[str, Any] = {}
+        self._dl_kwargs: dict[str, Any] = {"num_workers": spec.num_workers, "pin_memory": pin_memory}
         if spec.num_workers > 0:
-            kwargs.update(persistent_workers=True, prefetch_factor=prefetch_factor, multiprocessing_context=ctx)
-        self._dl = DataLoader(
-            self.dataset, batch_size=None, num_workers=spec.num_workers, pin_memory=pin_memory, **kwargs
-        )
+            self._dl_kwargs.update(
+                persistent_workers=True, prefetch_factor=prefetch_factor, multiprocessing_context=ctx
+            )
+        self._dl = self._make_dataloader()
         self.transform = transform
         self.mean = transform.mean if transform is not None else MIIL_MEAN
         self.std = transform.std if transform is not None else MIIL_STD
         self._stats: dict[str, Any] = {}
+
+    def _make_dataloader(self) -> Any:
+        from torch.utils.data import DataLoader
+
+        return DataLoader(self.dataset, batch_size=None, **self._dl_kwargs)
 
     @property
     def num_classes(self) -> int:
@@ -378,13 +388,84 @@ class StreamingLoader:
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Select the epoch (shard order, shuffle) and the step to start it at (resume)."""
-        steps = len(self)
         if epoch < 0:
             raise ConfigError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self.dataset.history_epoch and self.dataset.history:
+            # Another epoch: the segments of an elastically resumed one no longer apply.
+            self._set_history((), -1)
+        steps = self.plan(epoch).steps
         if not 0 <= start_step <= steps:
             raise ConfigError(f"start_step must be in 0..{steps} (batches per epoch), got {start_step}")
         self._epoch.value = int(epoch)
         self._start_step.value = int(start_step)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, *, epoch: int | None = None, step: int | None = None) -> dict[str, Any]:
+        """The loader's position as a small JSON-serialisable dict (``load_state_dict`` restores it).
+
+        ``step``: batches of the current epoch (segment) this rank has consumed (default: those the loader has
+        yielded; pass the trainer's own count when it prefetches ahead). ``epoch``: default the current one;
+        another epoch is described at its ``step``. Identical on every rank, so rank 0's suffices.
+        """
+        s = self.spec
+        epoch = self.epoch if epoch is None else int(epoch)
+        plan = self.plan(epoch)
+        done = self.start_step + self._stats.get("batches", 0) if step is None else int(step)
+        if not 0 <= done <= plan.steps:
+            raise ConfigError(f"step must be in 0..{plan.steps} (batches of this epoch segment), got {done}")
+        segments = [*self.dataset.history] if epoch == self.dataset.history_epoch else []
+        segments.append(Segment(s.world_size, max(1, s.num_workers), s.batch_size, done))
+        total = sum(sh.length for sh in s.shards)
+        left = remaining(s.shards, seed=s.seed, epoch=epoch, shuffle=s.train, interleave=s.interleave,
+                         shuffle_block=s.shuffle_block, history=segments)  # fmt: skip
+        return {
+            "schema": STATE_SCHEMA, "dataset": s.fingerprint, "split": s.split, "seed": s.seed, "train": s.train,
+            "epoch": epoch, "world_size": s.world_size, "num_workers": s.num_workers, "batch_size": s.batch_size,
+            "segments": [[g.world_size, g.num_workers, g.batch_size, g.steps] for g in segments],
+            "samples_seen": total - sum(r.length for r in left), "samples": total,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where ``state`` (from ``state_dict``, maybe of another world size or worker count) stopped.
+
+        Same world size, workers and batch size: the next iteration yields exactly the rest of that epoch's
+        batches. Otherwise the rest of the epoch is its not-yet-seen samples, each exactly once, cut for
+        this loader's configuration (elastic resume, see docs/loader.md).
+        """
+        s = self.spec
+        if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA:
+            raise DataError(f"not an in21k loader state (schema {STATE_SCHEMA!r})")
+        if state["dataset"] != s.fingerprint:
+            raise DataError(
+                f"the loader state was saved for another dataset or split list (fingerprint {state['dataset']}, "
+                f"this one {s.fingerprint}): resume with the dataset the run started with"
+            )
+        for key, mine in (("split", s.split), ("seed", s.seed), ("train", s.train)):
+            if state[key] != mine:
+                raise ConfigError(f"the loader state has {key}={state[key]!r}, this loader {key}={mine!r}")
+        segments = [Segment(*map(int, g)) for g in state["segments"]]
+        current = Segment(s.world_size, max(1, s.num_workers), s.batch_size)
+        epoch = int(state["epoch"])
+        if segments and segments[-1].same_config(current):
+            history, start = tuple(segments[:-1]), segments[-1].steps
+        else:
+            history, start = tuple(segments), 0
+            if segments:
+                log.info("loader state from %d rank(s) x %d worker(s), batch %d; now %d x %d, batch %d: the rest "
+                         "of epoch %d is its unseen samples", segments[-1].world_size, segments[-1].num_workers,
+                         segments[-1].batch_size, s.world_size, max(1, s.num_workers), s.batch_size, epoch)  # fmt: skip
+        self._set_history(history, epoch)
+        self.set_epoch(epoch, start)
+
+    def _set_history(self, history: tuple[Segment, ...], epoch: int) -> None:
+        if (history, epoch) == (self.dataset.history, self.dataset.history_epoch):
+            return
+        self.dataset.history, self.dataset.history_epoch = history, epoch
+        # Persistent workers hold a copy of the dataset object from when they started: start new ones.
+        iterator = getattr(self._dl, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self._dl = self._make_dataloader()
 
     def __len__(self) -> int:
         """Batches per epoch for this rank (the same on every rank); a resumed epoch yields ``len - start_step``."""
@@ -395,14 +476,15 @@ class StreamingLoader:
 
         plan = self.plan()
         start = self.start_step
-        stats = {"shards_read": 0, "shard_errors": 0, "corrupt": 0, "fresh_buffers": 0}
+        stats = {"shards_read": 0, "shard_errors": 0, "corrupt": 0, "fresh_buffers": 0, "retries": 0}
         rank_workers = plan.workers[self.spec.rank]
         bs = self.spec.batch_size
         self._stats = {
             "epoch": self.epoch, "rank": self.spec.rank, "steps": plan.steps, "start_step": start, "batches": 0,
             "samples": 0, "corrupt_skipped": 0, "shards_read": 0, "shard_errors": 0, "fresh_buffers": 0,
-            "repeated": sum(max(0, w.batches * bs - w.samples) for w in rank_workers),
-            "dropped": sum(max(0, w.samples - w.batches * bs) for w in rank_workers),
+            "read_retries": 0,
+            "repeated": sum(max(0, w.batches * bs - w.samples) for w in rank_workers), "dropped": 0,
+            "segment": plan.segment,
         }  # fmt: skip
         try:
             for item in self._dl:
@@ -420,6 +502,7 @@ class StreamingLoader:
                     batches=self._stats["batches"] + 1, samples=self._stats["samples"] + len(labels),
                     corrupt_skipped=stats["corrupt"], shards_read=stats["shards_read"],
                     shard_errors=stats["shard_errors"], fresh_buffers=stats["fresh_buffers"],
+                    read_retries=stats["retries"],
                 )  # fmt: skip
                 del item  # hold no reference to a batch the consumer has let go of
                 yield images, labels
@@ -435,8 +518,11 @@ class StreamingLoader:
 
     def epoch_stats(self) -> dict[str, Any]:
         """Counts of the last (or current) epoch on this rank: batches, samples, corrupt samples skipped,
-        shards read, unreadable shards, and the samples the equal-steps rule repeated or dropped."""
+        shards read, unreadable shards, and the samples the equal-steps rule repeated (padding)."""
         return dict(self._stats)
+
+
+STATE_SCHEMA = "in21k.loader-state/1"
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -492,14 +578,28 @@ def create_loader(
         else PreparedDataset.open(data, storage_options=options.storage_options)
     )
     shards = ds.shards(split, allow_pipe=options.allow_pipe)
-    check_enough_shards(len(shards), world_size=world_size, num_workers=options.num_workers, split=split)
+    if not shards:
+        raise DataError(f"split {split!r} of {ds.url} holds no samples")
+    total = sum(sh.length for sh in shards)
+    if train and total < world_size * batch_size:
+        raise ConfigError(
+            f"split {split!r} has {total} samples, fewer than world_size x batch_size = {world_size} x {batch_size}: "
+            "lower the batch size"
+        )
+    workers = options.num_workers
+    most = max(1, len(shards) // world_size)  # workers per rank that each start reading a shard of their own
+    if workers > most:
+        log.info("split %r: %d shard(s) for %d rank(s): %d loader worker(s) per rank instead of %d", split,
+                 len(shards), world_size, most, workers)  # fmt: skip
+        workers = most
     tf = build_transform(options.transform, image_size=image_size, train=train, timm_args=options.timm_args)
     spec = LoaderSpec(
         shards=tuple(shards), split=split, num_classes=ds.num_classes, batch_size=batch_size,
-        num_workers=options.num_workers, seed=seed, train=train, rank=rank, world_size=world_size, decode=decode,
+        num_workers=workers, seed=seed, train=train, rank=rank, world_size=world_size, decode=decode,
         corrupt=options.corrupt, image_size=image_size,
-        read=ReadOptions(options.storage_options, options.allow_pipe, options.shard_errors),
-        interleave=options.interleave, shuffle_block=options.shuffle_block,
+        read=ReadOptions(options.storage_options, options.allow_pipe, options.shard_errors,
+                         retry=options.retry_policy(), client=options.read_client),
+        interleave=options.interleave, shuffle_block=options.shuffle_block, fingerprint=ds.fingerprint(),
     )  # fmt: skip
     loader = StreamingLoader(
         spec, tf if decode == "cpu" else None, prefetch_factor=options.prefetch_factor, pin_memory=options.pin_memory

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from in21k.config import json_option
 from in21k.errors import ConfigError
+from in21k.storage import STREAM_CLIENTS, Retry
 
 TRANSFORMS = ("miil", "timm", "eval")
 POLICIES = ("skip", "raise")
@@ -42,6 +43,22 @@ class LoaderOptions:
         metadata=_h("fsspec options as JSON (default: credentials and endpoint from the environment)", "JSON"),
     )
     allow_pipe: bool = field(default=False, metadata=_h("allow pipe:COMMAND shard names (runs shell commands)"))
+    read_client: Literal["auto", "pyarrow", "fsspec", "obstore"] = field(
+        default="auto",
+        metadata=_h("client streaming s3:// and gs:// shards: auto (pyarrow, or fsspec for options pyarrow cannot "
+                    "express), pyarrow, fsspec (s3fs/gcsfs), obstore (s3:// only; needs num_workers >= 1)"),
+    )  # fmt: skip
+    read_retries: int = field(
+        default=8,
+        metadata=_h("retries of an object-storage read that failed transiently (reset, timeout, 5xx, server "
+                    "down), resuming at the byte reached; counted anew once bytes flow again; 0: none", "N"),
+    )  # fmt: skip
+    read_retry_seconds: float = field(
+        default=120.0, metadata=_h("give up on an outage (then shard_errors applies) after this long", "SECONDS")
+    )
+    read_retry_delay: float = field(
+        default=0.5, metadata=_h("first wait before a retry; doubles each time, with jitter, up to 30 s", "SECONDS")
+    )
     interleave: int = field(default=4, metadata=_h("shards each worker reads at once, sample by sample", "N"))
     shuffle_block: int = field(default=2048, metadata=_h("samples per shuffle block (training)", "N"))
     prefetch_factor: int = field(default=2, metadata=_h("batches each worker prepares ahead", "N"))
@@ -60,6 +77,25 @@ class LoaderOptions:
                 raise ConfigError(f"loader.{name} must be one of {', '.join(POLICIES)}, got {getattr(self, name)!r}")
         if self.num_workers < 0:
             raise ConfigError(f"loader.num_workers must be >= 0, got {self.num_workers}")
+        if self.read_client == "obstore" and self.num_workers == 0:
+            raise ConfigError(
+                "loader.read_client obstore needs num_workers >= 1: its runtime does not survive a fork, so it must "
+                "not be used in the process that forks the workers"
+            )
+        if self.read_client not in STREAM_CLIENTS:
+            raise ConfigError(
+                f"loader.read_client must be one of {', '.join(STREAM_CLIENTS)}, got {self.read_client!r}"
+            )
+        if isinstance(self.read_retries, bool) or not isinstance(self.read_retries, int) or self.read_retries < 0:
+            raise ConfigError(f"loader.read_retries must be an integer >= 0, got {self.read_retries!r}")
+        for name in ("read_retry_seconds", "read_retry_delay"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise ConfigError(f"loader.{name} must be a number of seconds >= 0, got {getattr(self, name)!r}")
         for name in ("interleave", "shuffle_block", "prefetch_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"loader.{name} must be >= 1, got {getattr(self, name)}")
+
+    def retry_policy(self) -> Retry:
+        """How long a broken object-storage read is retried (``read_retries``, ``read_retry_*``)."""
+        return Retry(attempts=self.read_retries, seconds=float(self.read_retry_seconds),
+                     base_delay=float(self.read_retry_delay))  # fmt: skip

@@ -22,6 +22,7 @@ it does not yield.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -32,8 +33,8 @@ import numpy as np
 
 from in21k.dataset import Shard, split_member
 from in21k.errors import DataError
-from in21k.loaders.splitting import WorkerPlan, lane_consumed
-from in21k.storage import open_stream
+from in21k.loaders.splitting import Range, WorkerPlan, block_permutation, lane_consumed, lanes_of
+from in21k.storage import Retry, open_stream
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,16 @@ class StreamStats:
     shard_errors: int = 0
     corrupt: int = 0
     fresh_buffers: int = 0  # batches built in freshly allocated shared memory (no free ring slot)
+    retries: int = 0  # object-storage reads retried after a transient failure (storage.Retry)
 
     def take(self) -> dict[str, int]:
         out = {"shards_read": self.shards_read, "shard_errors": self.shard_errors, "corrupt": self.corrupt,
-               "fresh_buffers": self.fresh_buffers}  # fmt: skip
-        self.shards_read = self.shard_errors = self.corrupt = self.fresh_buffers = 0
+               "fresh_buffers": self.fresh_buffers, "retries": self.retries}  # fmt: skip
+        self.shards_read = self.shard_errors = self.corrupt = self.fresh_buffers = self.retries = 0
         return out
+
+    def count_retry(self) -> None:
+        self.retries += 1
 
 
 @dataclass
@@ -75,6 +80,8 @@ class ReadOptions:
     storage_options: dict[str, Any] | None = None
     allow_pipe: bool = False
     policy: str = "skip"
+    retry: Retry = field(default_factory=Retry)  # how long a broken object-storage read is retried
+    client: str = "auto"  # storage.stream_client's choice
 
 
 class TarFormatError(DataError):
@@ -161,7 +168,8 @@ def tar_samples(shard: Shard, *, skip: int, opts: ReadOptions, stats: StreamStat
     produced = skip
     stats.shards_read += 1
     try:
-        with open_stream(url, storage_options=opts.storage_options, allow_pipe=opts.allow_pipe) as stream:
+        with open_stream(url, storage_options=opts.storage_options, allow_pipe=opts.allow_pipe, retry=opts.retry,
+                         client=opts.client, on_retry=stats.count_retry) as stream:  # fmt: skip
             current: RawSample | None = None
             index = -1
             for name, data in tar_members(stream):
@@ -202,13 +210,16 @@ def tar_samples(shard: Shard, *, skip: int, opts: ReadOptions, stats: StreamStat
         yield from (RawSample(None, url, error=problem) for _ in range(shard.length - produced))
 
 
-def lane_samples(shards: list[Shard], *, start: int, opts: ReadOptions, stats: StreamStats) -> Iterator[RawSample]:
-    """A lane: its shards one after the other, from lane position ``start``."""
-    for shard in shards:
-        if start >= shard.length:
-            start -= shard.length
+def lane_samples(ranges: list[Range], *, start: int, opts: ReadOptions, stats: StreamStats) -> Iterator[RawSample]:
+    """A lane: its sample ranges one after the other, from lane position ``start``."""
+    for r in ranges:
+        if start >= r.length:
+            start -= r.length
             continue
-        yield from tar_samples(shard, skip=start, opts=opts, stats=stats)
+        samples = tar_samples(r.shard, skip=r.start + start, opts=opts, stats=stats)
+        # Stop at the range's end: closing the shard's stream rather than reading what another worker reads.
+        yield from itertools.islice(samples, r.length - start)
+        samples.close()
         start = 0
 
 
@@ -257,19 +268,17 @@ class WorkerStream:
     stats: StreamStats
     interleave: int = 4
     shuffle_block: int = 2048
-    shuffle_seed: tuple[int, ...] | None = None  # (seed, epoch, rank, worker); None: no shuffle
+    shuffle_seed: tuple[int, ...] | None = None  # splitting.shuffle_seed(...); None: no shuffle
 
     @property
     def length(self) -> int:
-        return self.plan.samples
+        return sum(r.length for r in self.plan.read_ranges)
 
-    def _lanes(self) -> list[list[Shard]]:
-        shards = list(self.plan.shards)
-        m = max(1, min(self.interleave, len(shards)))
-        return [shards[lane::m] for lane in range(m)]
+    def _lanes(self) -> list[list[Range]]:
+        return lanes_of(self.plan.read_ranges, self.interleave)
 
     def _permute(self, b: int, n: int) -> np.ndarray:
-        return np.random.default_rng([*self.shuffle_seed, b]).permutation(n)  # type: ignore[misc]
+        return block_permutation(self.shuffle_seed, b, n)  # type: ignore[arg-type]
 
     def positions(self, start: int, count: int) -> Iterator[RawSample]:
         """``count`` samples from shuffled position ``start`` (``start + count <= length``)."""

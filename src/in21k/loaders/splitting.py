@@ -1,29 +1,38 @@
-"""Who reads which shard, and how many batches each rank and worker yields in an epoch.
+"""Who reads which samples, and how many batches each rank and worker yields in an epoch.
 
-Everything here is pure arithmetic on ``_info.json``'s ``shard_lengths``: every rank computes the same
-plan for ``(seed, epoch)`` without talking to the others.
+Everything here is pure arithmetic on ``_info.json``'s ``shard_lengths``: every rank computes the same plan
+without talking to the others, and the plan of an epoch depends on ``(seed, epoch)`` and on the
+configurations the epoch has run with so far, never on timing.
 
-Splitting: the shard order of the epoch (a permutation from ``(seed, epoch)`` when shuffling, the
-listed order otherwise) is dealt to ranks, then each rank's shards to its workers, by a balanced greedy
-rule: each shard goes to the part with the fewest samples so far, among the parts that may still take a
-shard (part shard counts stay within one of each other, so every part gets at least one).
+**The epoch's global order.** All samples of the split as one sequence of sample ranges: the shards in an
+order permuted by ``(seed, epoch)`` when training (listed order otherwise), each shard's samples in
+stored order. A *segment* is a stretch of the epoch run with one configuration (world size, workers per
+rank, batch size); an uninterrupted epoch is one segment.
 
-Equal steps: all ranks yield ``steps`` batches of exactly ``batch_size`` samples.
+**Cutting a segment.** The samples the segment still has to yield (at its start: the whole sequence) are cut
+into contiguous pieces, in order: first one piece per rank, of equal size to within one sample, then each
+rank's piece into its workers' pieces, worker ``w`` taking ``batches_w x batch_size`` samples (the last
+workers of a rank may be short). Pieces may start and end inside a shard: a shard can be read by several
+workers, each its own sample range, so any number of ranks and workers can read any split, down to a
+single shard. Every sample is yielded exactly once; ranks and workers short of a full last batch repeat
+their own first samples (*padding*, counted in ``EpochPlan.repeated``).
 
-- training: ``steps = total_samples // (world_size * batch_size)``, the most every rank can yield
-  on average; a rank (worker) with more samples than its share drops its last ones, one with fewer
-  wraps around and repeats its first ones. ``EpochPlan.dropped``/``repeated`` give the exact numbers.
-- evaluation: ``steps`` is the smallest count with which *every* sample is yielded at least once;
-  the padding repeats samples (counted in ``repeated``).
+**Equal steps.** ``steps = ceil(ceil(total / world_size) / batch_size)`` batches on every rank, training and
+evaluation alike. Inside a rank, worker ``w`` of ``n`` yields ``steps // n + (w < steps % n)`` batches, so
+the DataLoader's round robin makes step ``s`` come from worker ``s % n``; resuming at step ``k``, worker
+``w`` has done ``k // n + (w < k % n)`` of them.
 
-Inside a rank, worker ``w`` of ``n`` yields ``steps // n + (w < steps % n)`` batches, so the
-DataLoader's round-robin order is simply "step ``s`` comes from worker ``s % n``". That makes resuming
-at a step exact: worker ``w`` has already produced ``start // n + (w < start % n)`` batches, and the
-DataLoader's workers are rotated by ``start % n`` so its round robin continues where it stopped.
+**Elastic resume.** When the configuration changes mid-epoch (a checkpoint of 4 ranks resumed on 3), the
+samples the earlier segments yielded are known from their configurations and step counts alone (the
+block shuffle of ``pipeline`` is a pure function of its seed), so the rest of the epoch is exactly the
+samples not yet seen: a new segment cuts them as above. With an unchanged configuration a resume stays in
+its segment and is bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,28 +41,72 @@ from in21k.dataset import Shard
 from in21k.errors import ConfigError
 
 
-class NotEnoughShardsError(ConfigError):
-    """Fewer shards than ranks x workers: some worker would have nothing to read."""
+@dataclass(frozen=True)
+class Range:
+    """Samples ``start .. stop-1`` of one shard (in its stored order)."""
+
+    shard: Shard
+    start: int
+    stop: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of an epoch run with one configuration, and the batches each rank yielded in it."""
+
+    world_size: int
+    num_workers: int
+    batch_size: int
+    steps: int = 0
+
+    def same_config(self, other: Segment) -> bool:
+        return (self.world_size, self.num_workers, self.batch_size) == (
+            other.world_size,
+            other.num_workers,
+            other.batch_size,
+        )
 
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """One logical worker's share of an epoch."""
+    """One logical worker's share of a segment: its sample ranges (in epoch order) and batch count."""
 
     rank: int
     worker: int
-    shards: tuple[Shard, ...]
+    ranges: tuple[Range, ...]
     batches: int
+    # Only for a worker with no samples of its own but batches to fill: what it repeats instead (its rank's
+    # first samples, or the epoch's when the rank has none). Counted as padding.
+    padding: tuple[Range, ...] = ()
+
+    @property
+    def read_ranges(self) -> tuple[Range, ...]:
+        """What the worker reads: its own ranges, or its padding source when it has none."""
+        return self.ranges or self.padding
 
     @property
     def samples(self) -> int:
-        """Samples in its shards (before cutting or wrapping to ``batches * batch_size``)."""
-        return sum(s.length for s in self.shards)
+        """Samples of its own (before padding to ``batches * batch_size``)."""
+        return sum(r.length for r in self.ranges)
+
+    @property
+    def shards(self) -> tuple[Shard, ...]:
+        """The distinct shards it reads from, in order."""
+        out: list[Shard] = []
+        for r in self.ranges:
+            if not out or out[-1] != r.shard:
+                out.append(r.shard)
+        return tuple(out)
 
 
 @dataclass(frozen=True)
 class EpochPlan:
     epoch: int
+    segment: int  # index of this segment in the epoch (0: the epoch's start)
     steps: int
     batch_size: int
     workers: tuple[tuple[WorkerPlan, ...], ...]  # [rank][worker]
@@ -62,14 +115,19 @@ class EpochPlan:
         return self.workers[rank][worker]
 
     @property
+    def samples(self) -> int:
+        """Distinct samples the segment yields, over all ranks."""
+        return sum(w.samples for r in self.workers for w in r)
+
+    @property
     def repeated(self) -> int:
-        """Samples yielded twice (or more) this epoch, summed over ranks: wrap-around padding."""
+        """Samples yielded a second time (or more) this segment, summed over ranks: the padding."""
         return sum(max(0, w.batches * self.batch_size - w.samples) for r in self.workers for w in r)
 
     @property
     def dropped(self) -> int:
-        """Samples not yielded this epoch, summed over ranks."""
-        return sum(max(0, w.samples - w.batches * self.batch_size) for r in self.workers for w in r)
+        """Samples not yielded: always 0 (kept for callers of the earlier drop-the-rest rule)."""
+        return 0
 
 
 def shard_order(num_shards: int, *, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -80,23 +138,10 @@ def shard_order(num_shards: int, *, seed: int, epoch: int, shuffle: bool) -> lis
     return [int(i) for i in rng.permutation(num_shards)]
 
 
-def balanced_split(lengths: list[int], parts: int) -> list[list[int]]:
-    """Deal positions of ``lengths`` (in order) to ``parts`` parts: fewest samples first, counts within one."""
-    n = len(lengths)
-    floor, ceil = n // parts, -(-n // parts)
-    out: list[list[int]] = [[] for _ in range(parts)]
-    loads = [0] * parts
-    for pos, length in enumerate(lengths):
-        remaining = n - pos
-        deficit = [max(0, floor - len(p)) for p in out]
-        if remaining <= sum(deficit):  # the rest must fill the parts still below their minimum count
-            eligible = [i for i in range(parts) if deficit[i] > 0]
-        else:
-            eligible = [i for i in range(parts) if len(out[i]) < ceil]
-        best = min(eligible, key=lambda i: (loads[i], i))
-        out[best].append(pos)
-        loads[best] += length
-    return out
+def epoch_ranges(shards: Sequence[Shard], *, seed: int, epoch: int, shuffle: bool) -> list[Range]:
+    """The epoch's global order: whole shards, in the epoch's shard order."""
+    return [Range(shards[i], 0, shards[i].length) for i in shard_order(len(shards), seed=seed, epoch=epoch,
+                                                                         shuffle=shuffle)]  # fmt: skip
 
 
 def worker_batches(steps: int, num_workers: int) -> list[int]:
@@ -109,60 +154,53 @@ def batches_done(start_step: int, num_workers: int) -> list[int]:
     return worker_batches(start_step, num_workers)
 
 
-def check_enough_shards(num_shards: int, *, world_size: int, num_workers: int, split: str) -> None:
-    readers = world_size * max(1, num_workers)
-    if num_shards < readers:
-        most = max(0, num_shards // world_size)
-        raise NotEnoughShardsError(
-            f"split {split!r} has {num_shards} shard(s) but {world_size} rank(s) x {max(1, num_workers)} worker(s) "
-            f"= {readers} readers each need at least one. Use num_workers <= {most} per rank"
-            + (" (or fewer ranks)" if most == 0 else "")
-            + ", or prepare the dataset again with smaller shards (more shards than ranks x workers)."
-        )
+def take(ranges: list[Range], cursor: tuple[int, int], count: int) -> tuple[list[Range], tuple[int, int]]:
+    """``count`` samples of ``ranges`` from ``cursor`` (range index, offset in it): the pieces and the new cursor."""
+    out: list[Range] = []
+    i, off = cursor
+    while count > 0 and i < len(ranges):
+        r = ranges[i]
+        n = min(count, r.length - off)
+        out.append(Range(r.shard, r.start + off, r.start + off + n))
+        count -= n
+        off += n
+        if off == r.length:
+            i, off = i + 1, 0
+    return out, (i, off)
 
 
-def plan_epoch(
-    shards: list[Shard],
-    *,
-    world_size: int,
-    num_workers: int,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    shuffle: bool,
-    train: bool,
-    split: str = "train",
-) -> EpochPlan:
-    """Split ``shards`` over ranks then workers and fix the common step count (see the module docstring)."""
+def cut(remaining: list[Range], *, world_size: int, num_workers: int, batch_size: int, epoch: int = 0,
+        segment: int = 0) -> EpochPlan:  # fmt: skip
+    """Cut the samples still to yield into rank pieces, then worker pieces (the module docstring)."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if world_size < 1:
+        raise ConfigError(f"world_size must be >= 1, got {world_size}")
     nw = max(1, num_workers)
-    check_enough_shards(len(shards), world_size=world_size, num_workers=num_workers, split=split)
-    order = [shards[i] for i in shard_order(len(shards), seed=seed, epoch=epoch, shuffle=shuffle)]
-    per_rank = [[order[i] for i in part] for part in balanced_split([s.length for s in order], world_size)]
-    per_worker = []
-    for rank_shards in per_rank:
-        parts = [[rank_shards[i] for i in part] for part in balanced_split([s.length for s in rank_shards], nw)]
-        # Lower worker indices get the extra batch (worker_batches), so give them the larger parts.
-        parts.sort(key=lambda part: -sum(s.length for s in part))
-        per_worker.append(parts)
-    total = sum(s.length for s in shards)
-    if train:
-        steps = total // (world_size * batch_size)
-        if steps == 0:
-            raise ConfigError(
-                f"split {split!r} has {total} samples, fewer than world_size x batch_size = "
-                f"{world_size} x {batch_size}: lower the batch size"
-            )
-    else:
-        most = max(-(-sum(s.length for s in w) // batch_size) for r in per_worker for w in r)
-        steps = nw * most
+    total = sum(r.length for r in remaining)
+    steps = math.ceil(math.ceil(total / world_size) / batch_size) if total else 0
     counts = worker_batches(steps, nw)
-    workers = tuple(
-        tuple(WorkerPlan(rank, w, tuple(per_worker[rank][w]), counts[w]) for w in range(nw))
-        for rank in range(world_size)
-    )
-    return EpochPlan(epoch=epoch, steps=steps, batch_size=batch_size, workers=workers)
+    cursor = (0, 0)
+    workers = []
+    for rank in range(world_size):
+        left = total // world_size + (rank < total % world_size)
+        row: list[WorkerPlan] = []
+        for w in range(nw):
+            pieces, cursor = take(remaining, cursor, min(counts[w] * batch_size, left))
+            left -= sum(p.length for p in pieces)
+            row.append(WorkerPlan(rank, w, tuple(pieces), counts[w]))
+        own = [r for wp in row for r in wp.ranges] or remaining
+        for w, wp in enumerate(row):
+            if wp.batches and not wp.ranges:  # nothing of its own to wrap around: repeat its rank's first samples
+                row[w] = WorkerPlan(rank, w, (), wp.batches, tuple(take(own, (0, 0), wp.batches * batch_size)[0]))
+        workers.append(tuple(row))
+    return EpochPlan(epoch=epoch, segment=segment, steps=steps, batch_size=batch_size, workers=tuple(workers))
+
+
+def lanes_of(ranges: Sequence[Range], interleave: int) -> list[list[Range]]:
+    """A worker's read lanes: ``interleave`` lanes read at once, lane ``l`` taking ranges ``l, l+m, ...``."""
+    m = max(1, min(interleave, len(ranges)))
+    return [list(ranges[lane::m]) for lane in range(m)]
 
 
 def lane_consumed(lane_lengths: list[int], reads: int) -> tuple[list[int], int]:
@@ -188,3 +226,123 @@ def lane_consumed(lane_lengths: list[int], reads: int) -> tuple[list[int], int]:
             extra -= 1
             next_lane = i + 1
     return taken, next_lane
+
+
+def block_permutation(shuffle_seed: Sequence[int], block: int, n: int) -> np.ndarray:
+    """The order in which a shuffled worker yields the ``n`` samples of its shuffle block ``block``."""
+    return np.random.default_rng([*shuffle_seed, block]).permutation(n)
+
+
+def shuffle_seed(seed: int, epoch: int, segment: int, rank: int, worker: int) -> tuple[int, ...]:
+    """The seed of a worker's block shuffle (segment 0 keeps the earlier seed layout)."""
+    return (seed, epoch, rank, worker) if segment == 0 else (seed, epoch, rank, worker, 0x5E6, segment)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a worker turns its ranges into a sample stream (``pipeline.WorkerStream``); part of the plan."""
+
+    seed: int
+    shuffle: bool
+    interleave: int
+    shuffle_block: int
+
+
+def unseen(plan: EpochPlan, steps: int, settings: StreamSettings) -> list[Range]:
+    """The samples of ``plan`` that its first ``steps`` steps did not yield, as ranges in a fixed order."""
+    out: list[Range] = []
+    for rank in plan.workers:
+        done = batches_done(steps, len(rank))
+        for wp in rank:
+            out.extend(_worker_unseen(plan, wp, done[wp.worker] * plan.batch_size, settings))
+    return _merge(out)
+
+
+def _worker_unseen(plan: EpochPlan, wp: WorkerPlan, outputs: int, s: StreamSettings) -> list[Range]:
+    n = wp.samples
+    if outputs >= n:
+        return []
+    lanes = lanes_of(wp.ranges, s.interleave)
+    lengths = [sum(r.length for r in lane) for lane in lanes]
+    if not s.shuffle or outputs == 0:
+        base, leftovers = outputs, []
+    else:
+        block = outputs // s.shuffle_block
+        start = block * s.shuffle_block
+        size = min(s.shuffle_block, n - start)
+        seed = shuffle_seed(s.seed, plan.epoch, plan.segment, wp.rank, wp.worker)
+        perm = block_permutation(seed, block, size)
+        leftovers = [_at(lanes, lengths, start + int(p)) for p in sorted(perm[outputs - start :])]
+        base = start + size
+    taken, _ = lane_consumed(lengths, base)
+    out = list(leftovers)
+    for lane, length, t in zip(lanes, lengths, taken, strict=True):
+        out.extend(take(lane, _skip(lane, t), length - t)[0])
+    return out
+
+
+def _skip(lane: list[Range], count: int) -> tuple[int, int]:
+    return take(lane, (0, 0), count)[1]
+
+
+def _at(lanes: list[list[Range]], lengths: list[int], position: int) -> Range:
+    """The one-sample range read at ``position`` of a worker's interleaved read order."""
+    taken, nxt = lane_consumed(lengths, position)
+    m = len(lengths)
+    # The round robin continues at lane ``nxt``, skipping lanes that ran dry (and wrapping to a new round).
+    lane = next(lane for lane in ((nxt + k) % m for k in range(m)) if taken[lane] < lengths[lane])
+    pieces, _ = take(lanes[lane], _skip(lanes[lane], taken[lane]), 1)
+    return pieces[0]
+
+
+def _merge(ranges: list[Range]) -> list[Range]:
+    """Adjacent ranges of the same shard joined (``[a, b) + [b, c) = [a, c)``), order kept."""
+    out: list[Range] = []
+    for r in ranges:
+        if r.length == 0:
+            continue
+        if out and out[-1].shard == r.shard and out[-1].stop == r.start:
+            out[-1] = Range(r.shard, out[-1].start, r.stop)
+        else:
+            out.append(r)
+    return out
+
+
+def remaining(
+    shards: Sequence[Shard], *, seed: int, epoch: int, shuffle: bool, interleave: int, shuffle_block: int,
+    history: Sequence[Segment] = (),
+) -> list[Range]:  # fmt: skip
+    """The samples of ``epoch`` that the segments of ``history`` (configurations and step counts) did not yield."""
+    settings = StreamSettings(seed, shuffle, interleave, shuffle_block)
+    left = epoch_ranges(shards, seed=seed, epoch=epoch, shuffle=shuffle)
+    for i, seg in enumerate(history):
+        done = cut(left, world_size=seg.world_size, num_workers=seg.num_workers, batch_size=seg.batch_size,
+                   epoch=epoch, segment=i)  # fmt: skip
+        if not 0 <= seg.steps <= done.steps:
+            raise ConfigError(f"loader state: segment {i} ran {seg.steps} steps of {done.steps}; not this dataset?")
+        left = unseen(done, seg.steps, settings)
+    return left
+
+
+def plan_epoch(
+    shards: list[Shard],
+    *,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    interleave: int = 4,
+    shuffle_block: int = 2048,
+    history: Sequence[Segment] = (),
+    split: str = "train",
+) -> EpochPlan:
+    """The plan of the current segment of ``epoch``: the epoch's global order, minus what the segments of
+    ``history`` (earlier configurations and their step counts) yielded, cut for this configuration."""
+    if not shards:
+        raise ConfigError(f"split {split!r} holds no samples")
+    left = remaining(shards, seed=seed, epoch=epoch, shuffle=shuffle, interleave=interleave,
+                     shuffle_block=shuffle_block, history=history)  # fmt: skip
+    return cut(left, world_size=world_size, num_workers=num_workers, batch_size=batch_size, epoch=epoch,
+               segment=len(history))  # fmt: skip

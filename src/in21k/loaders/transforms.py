@@ -18,9 +18,15 @@ so it belongs on the device.
 ``eval`` / non-training: ``miil`` and ``eval`` squash to ``image_size``; ``timm`` uses timm's eval preset
 (resize the short side to ``image_size / crop_pct``, centre crop).
 
-Decoding: ``Image.draft`` lets libjpeg decode a large image at 1/2, 1/4 or 1/8 scale when the result is
-still at least the target size (for the squash recipes), and no resize happens when the stored image
-already has the target size, which is the case for data written by ``in21k prepare``.
+Decoding: JPEGs are decoded by libjpeg-turbo through simplejpeg, straight into the output buffer (the
+batch slot) when the stored image already has the output size, which is the case for data written by
+``in21k prepare``: no PIL image, no copy. The pixels are exactly Pillow's (the same library and settings:
+accurate integer IDCT, fancy upsampling; the tests check it), so the two decoders are interchangeable.
+For the squash recipes a large image is decoded at the 1/2, 1/4 or 1/8 DCT scale Pillow's ``Image.draft``
+would pick, then resized with Pillow. Transforms with PIL steps (RandAugment, timm's presets) get a PIL
+image made from the decoded array; Cutout works on the array. Pillow decodes whatever simplejpeg is not
+sure to decode exactly as Pillow would (simplejpeg missing, not a JPEG, CMYK/YCCK, anything libjpeg
+warns about, e.g. truncated or corrupt data), and Pillow decides whether the bytes are corrupt.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ import numpy as np
 
 from in21k.errors import ConfigError, DataError
 from in21k.loaders.options import TRANSFORMS
+
+try:  # libjpeg-turbo decoding into a given buffer; without it Pillow decodes everything (the same pixels, slower)
+    import simplejpeg
+except ImportError:  # pragma: no cover - depends on the installation
+    simplejpeg = None
 
 MIIL_MEAN = (0.0, 0.0, 0.0)
 MIIL_STD = (1.0, 1.0, 1.0)
@@ -66,17 +77,86 @@ def decode_rgb(data: bytes, *, squash_to: int | None = None):
     return img
 
 
-def cutout(img, *, factor: float = 0.5, rng: random.Random | None = None):
-    """The original ``CutoutPIL``: a filled square (side ``factor`` x the image side) at a random centre."""
-    from PIL import ImageDraw
+def draft_scale(width: int, height: int, target: int) -> int:
+    """The DCT scale ``Image.draft("RGB", (target, target))`` picks: the largest of 8, 4, 2 that still leaves
+    at least ``target`` pixels on both sides, else 1."""
+    scale = min(width // target, height // target)
+    return next((s for s in (8, 4, 2) if scale >= s), 1)
 
+
+def decode_turbo(data: bytes, *, squash_to: int | None = None, out: np.ndarray | None = None) -> np.ndarray | None:
+    """Decode a JPEG with libjpeg-turbo (simplejpeg) to the RGB pixels ``decode_rgb`` gets before its resize.
+
+    With ``squash_to``, at the DCT scale Pillow's ``draft`` picks. Written into ``out`` (C-contiguous uint8)
+    when the decoded image has its shape, else into a new array. ``None`` wherever the result could differ
+    from Pillow's, or Pillow could reject the bytes: simplejpeg missing, not a JPEG, CMYK or YCCK (Pillow
+    converts those itself), more pixels than Pillow's decompression-bomb limit, a multi-picture file that
+    would need a scaled decode (Pillow does not draft those), and anything libjpeg reports, warnings
+    included (truncated or corrupt data). The caller then decodes with Pillow, which decides.
+    """
+    if simplejpeg is None or data[:3] != b"\xff\xd8\xff":  # Pillow's own JPEG test
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("YCbCr", "Gray", "RGB"):
+        return None
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+        return None  # Pillow warns or raises DecompressionBombError: keep its behaviour
+    scale = 1 if squash_to is None else draft_scale(width, height, squash_to)
+    shape = (-(-height // scale), -(-width // scale), 3)
+    if scale > 1 and data.find(b"MPF\x00", 0, 1 << 17) >= 0:
+        return None  # an MPO file: Pillow decodes it at full size
+    buffer = out if out is not None and out.shape == shape and out.flags.c_contiguous else None
+    # min_height/min_width make simplejpeg pick scale 1/scale: the smallest libjpeg-turbo factor (in eighths)
+    # that still gives this shape; anything smaller loses at least 2 pixels on a side at these sizes.
+    mins = {"min_height": shape[0], "min_width": shape[1]} if scale > 1 else {}
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, buffer=buffer,
+                                     strict=True, **mins)  # fmt: skip
+    except ValueError:
+        return None
+    if arr.shape != shape:
+        return None
+    if buffer is not None and arr.__array_interface__["data"][0] == buffer.__array_interface__["data"][0]:
+        return buffer  # simplejpeg returns a new view of the buffer: hand back ``out`` itself, so nothing copies it
+    return arr
+
+
+def decode_pixels(data: bytes, *, squash_to: int | None = None, out: np.ndarray | None = None):
+    """The RGB pixels of ``data`` as ``decode_rgb`` would give them: a uint8 HWC array (``out`` itself when
+    decoded straight into it) from the libjpeg-turbo path, or a ``PIL.Image`` from Pillow or after a resize."""
+    arr = decode_turbo(data, squash_to=squash_to, out=out)
+    if arr is None:
+        return decode_rgb(data, squash_to=squash_to)
+    if squash_to is not None and arr.shape[:2] != (squash_to, squash_to):
+        from PIL import Image
+
+        return Image.fromarray(arr).resize((squash_to, squash_to), Image.BILINEAR)
+    return arr
+
+
+def cutout(img, *, factor: float = 0.5, rng: random.Random | None = None):
+    """The original ``CutoutPIL``: a filled square (side ``factor`` x the image side) at a random centre.
+
+    ``img`` is an RGB ``PIL.Image`` or a uint8 HWC array (filled in place); both give the same pixels for the
+    same random draws."""
     rng = rng or random
-    w, h = img.size
+    is_array = isinstance(img, np.ndarray)
+    h, w = img.shape[:2] if is_array else img.size[::-1]
     cut_h, cut_w = int(factor * h + 0.5), int(factor * w + 0.5)
     yc, xc = rng.randrange(h), rng.randrange(w)
     y1, y2 = max(0, yc - cut_h // 2), min(h, yc + cut_h // 2)
     x1, x2 = max(0, xc - cut_w // 2), min(w, xc + cut_w // 2)
     colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    if is_array:
+        img[y1 : y2 + 1, x1 : x2 + 1] = colour  # ImageDraw's rectangle includes both corners
+        return img
+    from PIL import ImageDraw
+
     ImageDraw.Draw(img).rectangle([x1, y1, x2, y2], fill=colour)
     return img
 
@@ -134,6 +214,8 @@ class ImageTransform:
     std: tuple[float, float, float] = MIIL_STD
     squash: bool = True
     steps: list[Callable[[Any], Any]] = field(default_factory=list)
+    # Run before ``steps``; each takes an RGB PIL image or a uint8 HWC array and returns the same kind.
+    array_steps: list[Callable[[Any], Any]] = field(default_factory=list)
 
     def __call__(self, data: bytes) -> np.ndarray:
         out = np.empty(self.output_shape, dtype=np.uint8)
@@ -142,11 +224,20 @@ class ImageTransform:
 
     def into(self, data: bytes, out: np.ndarray) -> None:
         """Decode and transform ``data``, writing the uint8 HWC result into ``out`` (a C-contiguous view,
-        e.g. one image of a batch buffer): the loader's per-sample work, with no intermediate array."""
-        img = decode_rgb(data, squash_to=self.image_size if self.squash else None)
-        for step in self.steps:
+        e.g. one image of a batch buffer): the loader's per-sample work. A JPEG stored at the output size
+        with no PIL steps is decoded straight into ``out``, with no intermediate image."""
+        img = decode_pixels(data, squash_to=self.image_size if self.squash else None, out=out)
+        for step in self.array_steps:
             img = step(img)
-        write_rgb(img, out, what=f"transform {self.name!r}")
+        if self.steps:
+            if isinstance(img, np.ndarray):
+                from PIL import Image
+
+                img = Image.fromarray(img)  # a copy: ``out`` may be the array, and is written again below
+            for step in self.steps:
+                img = step(img)
+        if img is not out:
+            write_rgb(img, out, what=f"transform {self.name!r}")
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
@@ -167,8 +258,9 @@ def build_transform(
         from torchvision.transforms import RandAugment
 
         return ImageTransform(
-            "miil", True, image_size, steps=[functools.partial(cutout, factor=0.5), RandAugment(num_ops=2, magnitude=9)]
-        )
+            "miil", True, image_size, array_steps=[functools.partial(cutout, factor=0.5)],
+            steps=[RandAugment(num_ops=2, magnitude=9)],
+        )  # fmt: skip
     return ImageTransform("eval" if name == "eval" else "miil", False, image_size)
 
 

@@ -48,18 +48,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Position:
-    """Where training stands: optimizer steps done, and the loader position within the current epoch."""
+    """Where training stands: optimizer steps done, the epoch, the loader batch within the epoch (within its
+    current segment after an elastic resume), and the samples the optimizer steps consumed over all ranks."""
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    samples: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "samples": self.samples}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Position:
-        return cls(int(d["step"]), int(d["epoch"]), int(d.get("batch_in_epoch", 0)))
+    def from_dict(cls, d: dict[str, Any], *, global_batch: int) -> Position:
+        step = int(d["step"])
+        samples = int(d["samples"]) if "samples" in d else step * global_batch  # checkpoints before "samples"
+        return cls(step, int(d["epoch"]), int(d.get("batch_in_epoch", 0)), samples)
 
 
 # ----------------------------------------------------------------------------------------- session
@@ -169,14 +173,19 @@ def feed_batches(loader: Any, feed: Callable, *, device: torch.device, start: in
 # ----------------------------------------------------------------------------------------- engine
 @dataclass
 class EpochSettings:
-    """How ``run_epoch`` runs: batches per epoch (a multiple of ``accum_steps``), logging and saving cadence."""
+    """How ``run_epoch`` runs: the cap on optimizer steps per epoch, logging and saving cadence."""
 
-    batches_per_epoch: int
-    batch_size: int  # per rank
     log_every: int
     save_every: int
+    max_steps: int | None = None  # per epoch (smoke runs)
     prefetch: int = 0
     progress: bool = True
+
+
+def epoch_batches(loader: Any, accum_steps: int, max_steps: int | None) -> int:
+    """Loader batches an epoch (or the rest of an elastically resumed one) trains on: whole optimizer steps."""
+    steps = len(loader) // accum_steps
+    return (steps if max_steps is None else min(steps, max_steps)) * accum_steps
 
 
 class Engine:
@@ -192,6 +201,7 @@ class Engine:
         info: du.DistInfo,
         checkpoints: CheckpointManager,
         schema: str,
+        batch_size: int,
         amp: str = "none",
         ema_decay: float | None = None,
         grad_clip: float | None = None,
@@ -202,6 +212,8 @@ class Engine:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.device, self.info, self.checkpoints, self.schema = device, info, checkpoints, schema
         self.grad_clip, self.accum_steps, self.seed = grad_clip, accum_steps, seed
+        self.batch_size = batch_size  # per rank and (micro-)batch
+        self.train_loader: Any = None  # set by the composition: its position goes into every checkpoint
         self.amp_dtype = autocast_dtype(amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.ema = ModelEma(model, decay=ema_decay) if ema_decay is not None else None
@@ -217,6 +229,11 @@ class Engine:
     @property
     def main(self) -> bool:
         return self.info.rank == 0
+
+    @property
+    def global_batch(self) -> int:
+        """Samples one optimizer step consumes over all ranks."""
+        return self.batch_size * self.info.world_size * self.accum_steps
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -239,10 +256,13 @@ class Engine:
         return losses
 
     def optimizer_step(self) -> float:
-        """One optimizer step at the schedule's lr for the current step; returns that lr."""
-        if self.pos.step >= len(self.schedule):
-            raise RuntimeError(f"step {self.pos.step} is past the schedule's {len(self.schedule)} steps: a bug")
-        lr = float(self.schedule[self.pos.step])
+        """One optimizer step at the schedule's lr for the current progress; returns that lr.
+
+        The schedule is indexed by samples seen, in optimizer steps of the current configuration: the step
+        count itself in a run that keeps its world size, and the same point of the schedule after an elastic
+        resume on another number of ranks (whose steps hold another number of samples).
+        """
+        lr = float(self.schedule[min(self.pos.samples // self.global_batch, len(self.schedule) - 1)])
         set_lr(self.optimizer, lr)
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -253,6 +273,7 @@ class Engine:
         if self.ema is not None:
             self.ema.update(self.model)
         self.pos.step += 1
+        self.pos.samples += self.global_batch
         return lr
 
     def run_epoch(
@@ -268,9 +289,10 @@ class Engine:
         optimizer steps (not at the epoch's end: the caller saves after validating)."""
         pos, epoch = self.pos, self.pos.epoch
         loader.set_epoch(epoch, start_step=pos.batch_in_epoch)
-        bar = self._progress(settings) if settings.progress else None
+        total = epoch_batches(loader, self.accum_steps, settings.max_steps)
+        bar = self._progress(total) if settings.progress else None
         window = LossWindow(self.device)
-        global_batch = settings.batch_size * self.info.world_size  # images per (micro-)batch over all ranks
+        global_batch = self.batch_size * self.info.world_size  # images per (micro-)batch over all ranks
 
         def seed_of(batch: int) -> int:
             return batch_seed(self.seed, epoch, batch, self.info.rank)
@@ -283,7 +305,7 @@ class Engine:
             if bar is not None:
                 stack.callback(bar.close)  # also when the epoch ends in an error: the bar is done before it prints
             for batch_idx, x, y in stream:
-                if batch_idx >= settings.batches_per_epoch:
+                if batch_idx >= total:
                     break
                 last_micro = (batch_idx + 1) % self.accum_steps == 0
                 window.add(self.train_batch(lambda x=x, y=y: compute_loss(x, y), last_micro=last_micro))
@@ -293,7 +315,7 @@ class Engine:
                     continue
                 lr = self.optimizer_step()
                 pos.batch_in_epoch = batch_idx + 1
-                end = pos.batch_in_epoch == settings.batches_per_epoch
+                end = pos.batch_in_epoch == total
                 if pos.step % settings.log_every == 0 or end:
                     means, img_s = window.take(global_batch)
                     if not math.isfinite(means["loss"]):
@@ -318,13 +340,12 @@ class Engine:
             log.warning("epoch %d, rank %d: the loader skipped bad data: %s", epoch, self.info.rank, problems)
         metrics.write({"kind": "loader", "epoch": epoch, **stats})
 
-    def _progress(self, settings: EpochSettings) -> Any:
+    def _progress(self, total: int) -> Any:
         if not self.main:
             return None
-        from tqdm import tqdm
+        from in21k.progress import progress
 
-        return tqdm(total=settings.batches_per_epoch, initial=self.pos.batch_in_epoch, desc=f"epoch {self.pos.epoch}",
-                    unit="batch", dynamic_ncols=True)  # fmt: skip
+        return progress(total=total, initial=self.pos.batch_in_epoch, desc=f"epoch {self.pos.epoch}", unit="batch")
 
     def end_epoch(self) -> None:
         """Rank 0's buffers to every rank, then move the position to the next epoch's start."""
@@ -353,10 +374,14 @@ class Engine:
             torch.distributed.all_gather_object(rngs, rng_state())
         else:
             rngs = [rng_state()]
+        loader = None
+        if hasattr(self.train_loader, "state_dict"):  # the streaming loader (class folders have no state)
+            loader = self.train_loader.state_dict(epoch=self.pos.epoch, step=self.pos.batch_in_epoch)
         return {
             "schema": self.schema, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
-            "position": self.pos.to_dict(), "rng": rngs, "world_size": du.get_world_size(), **extra,
+            "position": self.pos.to_dict(), "rng": rngs, "world_size": du.get_world_size(), "loader": loader,
+            **extra,
         }  # fmt: skip
 
     def save(self) -> None:
@@ -386,7 +411,12 @@ class Engine:
             set_rng_state(rngs[du.get_rank()])
         else:
             log.warning("checkpoint from %s ranks, now %s: RNG states not restored", len(rngs), du.get_world_size())
-        self.pos = Position.from_dict(state["position"])
+        self.pos = Position.from_dict(state["position"], global_batch=self.global_batch)
+        if state.get("loader") and hasattr(self.train_loader, "load_state_dict"):
+            # The loader decides where the epoch continues: at the same batch with the same configuration, or,
+            # on another world size or worker count, at the start of the rest of the epoch's unseen samples.
+            self.train_loader.load_state_dict(state["loader"])
+            self.pos.batch_in_epoch = self.train_loader.start_step
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.pos.step, self.pos.epoch,
                  self.pos.batch_in_epoch)  # fmt: skip
         return state

@@ -217,17 +217,17 @@ def _finetune(cfg: FinetuneConfig, run_dir: Path, info: du.DistInfo) -> dict[str
     checkpoints = CheckpointManager(run_dir, keep_last=cfg.keep_last)
     engine = Engine(
         model, build_optimizer_for(model, cfg), schedule, device=device, info=info, checkpoints=checkpoints,
-        schema=SCHEMA, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None, grad_clip=cfg.grad_clip,
-        seed=cfg.seed,
+        schema=SCHEMA, batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
+        grad_clip=cfg.grad_clip, seed=cfg.seed,
     )  # fmt: skip
     engine.extra = {"config": config_to_dict(cfg), "model_name": trained.model_name, "classes": data.class_names}
+    engine.train_loader = data.train
     engine.start(resolve_resume(checkpoints, cfg.resume))
     log.info("fine-tuning %s on %s: %d classes, %d steps/epoch x %d epochs (%s, lr %g), world size %d",
              trained.model_name, device, len(data.class_names), steps_per_epoch, cfg.epochs, cfg.optimizer, cfg.lr,
              info.world_size)  # fmt: skip
     metrics = MetricsWriter(run_dir / "metrics.jsonl", engine.main)
-    settings = EpochSettings(batches_per_epoch=steps_per_epoch, batch_size=cfg.batch_size, log_every=cfg.log_every,
-                             save_every=cfg.save_every)  # fmt: skip
+    settings = EpochSettings(log_every=cfg.log_every, save_every=cfg.save_every, max_steps=cfg.max_steps_per_epoch)
 
     def compute_loss(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss": loss_fn(engine.forward(x), y)}

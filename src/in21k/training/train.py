@@ -133,7 +133,6 @@ class Run:
     val_feed: Any
     loss_fn: nn.Module
     levels: SemanticLevels
-    batches_per_epoch: int
     teacher: Teacher | None = None  # semantic KD (--teacher); never saved into checkpoints
     kd_fn: SemanticKDLoss | None = None
 
@@ -189,10 +188,11 @@ def build_run(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: tor
     )  # fmt: skip
     engine = Engine(
         model, optimizer, schedule, device=device, info=info, checkpoints=checkpoints, schema=CHECKPOINT_SCHEMA,
-        amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None, grad_clip=cfg.grad_clip,
-        accum_steps=cfg.accum_steps, compile=cfg.compile, seed=cfg.seed,
+        batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
+        grad_clip=cfg.grad_clip, accum_steps=cfg.accum_steps, compile=cfg.compile, seed=cfg.seed,
     )  # fmt: skip
     engine.extra = {"model_name": cfg.model, "num_classes": tree.num_classes, "config": config_to_dict(cfg)}
+    engine.train_loader = train_loader
     teacher = kd_fn = None
     if cfg.teacher:
         # Rebuilt from --teacher on every start, a resume included: checkpoints hold the student only. Built
@@ -205,8 +205,7 @@ def build_run(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: tor
     engine.start(resume_from)
     return Run(
         cfg=cfg, engine=engine, tree=tree, train_loader=train_loader, val_loader=val_loader, train_feed=feeds[0],
-        val_feed=feeds[1], loss_fn=loss_fn, levels=levels, batches_per_epoch=steps_per_epoch * cfg.accum_steps,
-        teacher=teacher, kd_fn=kd_fn,
+        val_feed=feeds[1], loss_fn=loss_fn, levels=levels, teacher=teacher, kd_fn=kd_fn,
     )  # fmt: skip
 
 
@@ -217,12 +216,12 @@ def do_train(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: torc
     engine = run.engine
     log.info(
         "training %s on %s: %d classes, %d levels in the loss, %d steps/epoch x %d epochs, world size %d",
-        cfg.model, device, run.tree.num_classes, run.levels.num_levels, run.batches_per_epoch // cfg.accum_steps,
+        cfg.model, device, run.tree.num_classes, run.levels.num_levels, len(engine.schedule) // cfg.epochs,
         cfg.epochs, info.world_size,
     )  # fmt: skip
     metrics = MetricsWriter(run_dir / "metrics.jsonl", engine.main)
-    settings = EpochSettings(batches_per_epoch=run.batches_per_epoch, batch_size=cfg.batch_size,
-                             log_every=cfg.log_every, save_every=cfg.save_every, prefetch=cfg.prefetch)  # fmt: skip
+    settings = EpochSettings(log_every=cfg.log_every, save_every=cfg.save_every, max_steps=cfg.max_steps_per_epoch,
+                             prefetch=cfg.prefetch)  # fmt: skip
     last_val: dict[str, Any] = {}
     while engine.pos.epoch < cfg.epochs:
         engine.run_epoch(run.train_loader, run.train_feed, run.compute_loss, settings, metrics,

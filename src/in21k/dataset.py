@@ -326,6 +326,11 @@ class DatasetWriter:
         if miil:
             self.store.write_bytes(MIIL_TREE_FILE, tree.to_miil_bytes())
 
+    def write_stats(self, split: str, shard: int, stats: dict[str, Any]) -> None:
+        """A shard's stats file (``prepare`` writes it last: its existence marks the shard finished); its
+        ``offsets`` (``ShardTarWriter.offsets``) let readers open the shard at any sample."""
+        self.store.write_json(stats_name(split, shard), stats)
+
     def write_classes(self, tree: Any, counts: Mapping[str, Mapping[str, int]]) -> None:
         """``classes.tsv``: index, wnid, name, level, train and validation counts (``counts[wnid][split]``)."""
         lines = ["index\twnid\tname\tlevel\ttrain_count\tval_count"]
@@ -337,9 +342,10 @@ class DatasetWriter:
         self.store.write_bytes(CLASSES_FILE, ("\n".join(lines) + "\n").encode())
 
 
-def write_samples(path: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> int:
-    """Write ``(key, {ext: bytes})`` samples into a shard tar at the local ``path``; returns the count."""
+def write_samples(path: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> list[int]:
+    """Write ``(key, {ext: bytes})`` samples into a shard tar at the local ``path``; returns each sample's byte
+    offset (``ShardTarWriter.offsets``: one per sample)."""
     with ShardTarWriter(path) as writer:
         for key, parts in samples:
             writer.add_sample(key, parts)
-    return writer.count
+    return writer.offsets

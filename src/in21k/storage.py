@@ -432,11 +432,12 @@ class ResilientStream(io.RawIOBase):
     """
 
     def __init__(self, url: str, open_object: Callable[[bool], Any], *, retry: Retry,
-                 on_retry: Callable[[], None] | None = None, block_size: int = READ_BLOCK) -> None:  # fmt: skip
+                 on_retry: Callable[[], None] | None = None, block_size: int = READ_BLOCK,
+                 start: int = 0) -> None:  # fmt: skip
         super().__init__()
         self.url, self.retry, self.block_size = url, retry, block_size
         self._open_object, self._on_retry = open_object, on_retry
-        self.offset = 0  # bytes handed out so far: where a reopened read continues
+        self.offset = start  # the next byte to hand out: where a reopened read continues
         self.retries = 0
         self.size: int | None = None
         self._obj: Any = None
@@ -549,8 +550,10 @@ def open_stream(
     retry: Retry | None = None,
     client: str = "auto",
     on_retry: Callable[[], None] | None = None,
+    start: int = 0,
 ) -> IO[bytes]:
-    """Open ``url`` for sequential binary reading. Raises ``NotFoundError`` or ``StorageError`` naming the URL.
+    """Open ``url`` for sequential binary reading from byte ``start``. Raises ``NotFoundError`` or
+    ``StorageError`` naming the URL.
 
     A remote object is read in ranged requests of ``block_size`` bytes through ``client`` (``stream_client``)
     and resumes at the offset reached after a transient failure, within ``retry`` (default ``Retry()``);
@@ -565,15 +568,18 @@ def open_stream(
         return _PipeStream(url)  # type: ignore[return-value]
     if is_local(url):
         try:
-            return open(local_path(url), "rb", buffering=block_size)  # noqa: SIM115
+            f = open(local_path(url), "rb", buffering=block_size)  # noqa: SIM115
         except FileNotFoundError:
             raise NotFoundError(f"{display(url)}: no such file") from None
         except OSError as exc:
             raise StorageError(f"{display(url)}: {exc}") from exc
+        if start:
+            f.seek(start)
+        return f
     chosen = stream_client(url, storage_options, client)
     opener = functools.partial(_open_object, url, storage_options, chosen, block_size)
     raw = ResilientStream(url, opener, retry=Retry() if retry is None else retry, on_retry=on_retry,
-                          block_size=block_size)  # fmt: skip
+                          block_size=block_size, start=start)  # fmt: skip
     return io.BufferedReader(raw, buffer_size=block_size)  # type: ignore[return-value]
 
 
@@ -597,6 +603,17 @@ def read_json(url: str, *, storage_options: dict[str, Any] | None = None) -> Any
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{display(url)} is not valid JSON: {exc}") from None
+
+
+def size(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
+    """The size in bytes of a file or object."""
+    if is_local(url):
+        return os.path.getsize(local_path(url))
+    fs, path = filesystem(url, storage_options)
+    try:
+        return int(fs.size(path))
+    except FileNotFoundError:
+        raise NotFoundError(f"{url}: no such object") from None
 
 
 def exists(url: str, *, storage_options: dict[str, Any] | None = None) -> bool:

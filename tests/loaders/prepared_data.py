@@ -63,12 +63,13 @@ def jpeg_bytes(rng: np.random.Generator, colour: Sequence[int], width: int, heig
     return buf.getvalue()
 
 
-def write_shard(path: Path, samples: Sequence[dict]) -> None:
-    """Write one WebDataset tar; ``samples`` are ``{"__key__", "jpg", "cls", "json"}`` with bytes values."""
+def write_shard(path: Path, samples: Sequence[dict]) -> list[int]:
+    """Write one WebDataset tar; ``samples`` are ``{"__key__", "jpg", "cls", "json"}`` with bytes values. Returns
+    the samples' byte offsets."""
     from in21k.dataset import write_samples
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_samples(str(path), ((s["__key__"], {k: v for k, v in s.items() if k != "__key__"}) for s in samples))
+    return write_samples(str(path), ((s["__key__"], {k: v for k, v in s.items() if k != "__key__"}) for s in samples))
 
 
 def make_prepared_dataset(
@@ -80,12 +81,14 @@ def make_prepared_dataset(
     image_size: int | tuple[int, int],
     seed: int,
     corrupt_keys: Sequence[str] = (),
+    stats: bool = True,
 ) -> Path:
     """Write a prepared dataset under ``root`` and return ``root``.
 
     ``image_size`` is the stored size (an int for square images, or ``(width, height)``); samples go to
     classes round-robin; keys are ``<wnid>_<NNNN>`` unique over both splits, in shard order.
-    ``corrupt_keys``: samples whose ``.jpg`` is replaced by truncated bytes (for bad-data tests).
+    ``corrupt_keys``: samples whose ``.jpg`` is replaced by truncated bytes (for bad-data tests). ``stats``: write
+    each shard's stats file with its sample offsets, as ``prepare`` does (without: a dataset of another tool).
     """
     from in21k.dataset import DatasetWriter
     from in21k.tree import SemanticTree
@@ -126,7 +129,9 @@ def make_prepared_dataset(
                 }
                 samples.append({"__key__": key, "jpg": data, "cls": str(c).encode(), "json": json.dumps(meta).encode()})
             name = f"{split}/in21k-{split}-{shard_index:06d}.tar"
-            write_shard(root / name, samples)
+            offsets = write_shard(root / name, samples)
+            if stats:
+                writer.write_stats(split, shard_index, {"num_samples": len(offsets), "offsets": offsets})
             splits[split].append((name, int(length)))
     writer.write_info(num_classes=num_classes, splits=splits, name="imagenet-21k-p-test",
                       config={"image_size": [width, height], "seed": seed})  # fmt: skip

@@ -156,3 +156,24 @@ def test_four_ranks_checkpointed_resume_on_two_and_three(prepared: Path, tmp_pat
         after = spawn(world, workers, prepared, tmp_path / f"on{world}", state)
         assert len({len(r["keys"]) for r in after}) == 1  # equal steps per rank
         check_epoch(set(table.values()), before + [r["keys"] for r in after], repeated_before + after[0]["repeated"])
+
+
+def test_a_range_inside_a_shard_starts_at_its_byte_offset(tmp_path: Path) -> None:
+    """With the shards' sample offsets (``prepare`` writes them in the stats files) a reader whose range starts
+    inside a shard opens it right there; without them (another tool's dataset) it reads up to that sample.
+    Both give the same batches."""
+    kw = dict(num_classes=4, shard_lengths_train=[9, 9], shard_lengths_val=[10], image_size=16, seed=6)
+    with_offsets = make_prepared_dataset(tmp_path / "a", **kw)
+    without = make_prepared_dataset(tmp_path / "b", stats=False, **kw)
+    table = key_by_digest(with_offsets, "validation")
+    runs = {}
+    for name, root in (("offsets", with_offsets), ("read", without)):
+        ranks = [create_loader(data=str(root), split="validation", batch_size=2, num_workers=0, decode="none",
+                               rank=r, world_size=3) for r in range(3)]  # fmt: skip
+        runs[name] = [run(ld, table) for ld in ranks]
+        known = [ld.spec.read.offsets.known for ld in ranks[1:]]  # ranks 1 and 2 start inside the one shard
+        if name == "offsets":
+            assert all(k and all(isinstance(v, list) and len(v) == 10 for v in k.values()) for k in known)
+        else:
+            assert all(k and all(v is None for v in k.values()) for k in known)
+    assert runs["offsets"] == runs["read"]

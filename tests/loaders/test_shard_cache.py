@@ -22,8 +22,11 @@ def cache_bytes(root: Path) -> int:
     import fcntl
 
     with open(root / ".lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _count(root)
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        try:
+            return _count(root)
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
 
 
 def _count(root: Path) -> int:
@@ -98,7 +101,6 @@ def test_several_processes_share_one_cache_within_its_limit(tmp_path: Path) -> N
              for i in range(4)]  # fmt: skip
     for p in procs:
         p.start()
-    # Started after the forks: a child must not inherit the watcher's lock (flock belongs to the open file).
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     for p in procs:

@@ -72,7 +72,7 @@ def _bench_shard(args: tuple) -> tuple[str, int]:
                 {"jpg": buf.getvalue(), "cls": str(int(label)).encode()},
             )
 
-    return Path(path).name, write_samples(path, samples())
+    return Path(path).name, len(write_samples(path, samples()))
 
 
 def make_bench_data(root: str | Path, *, images: int, shards: int, tree_name: str = "fall11", image_size: int = 224,

@@ -5,7 +5,8 @@ the shards that are still cached from local disk. The cache is a folder of whole
 
 - **Atomic entries.** A shard is downloaded into ``.partial/<name>.<pid>`` and renamed to its entry name
   only once complete (and flushed), so a reader never sees a half-written shard; a download killed
-  mid-way leaves only its partial file, which the next user of the cache deletes (its process is gone).
+  mid-way leaves only its partial file, which the next user of the cache deletes (the downloader holds a
+  lock on it while alive).
 - **Bounded.** ``limit`` bytes, never exceeded: before a download, under a lock on ``.lock``, the space
   it needs is reserved (the partial file is sized up front) and the least recently used entries are
   deleted until entries + reservations + the new shard fit. A shard larger than the whole limit is not
@@ -68,12 +69,14 @@ class ShardCache:
 
     @contextlib.contextmanager
     def _lock(self, path: Path) -> Iterator[None]:
+        # POSIX record locks (lockf), not flock: they belong to the process, so a DataLoader forking its workers
+        # while a lock is held cannot hand the lock to a child that would keep it.
         with open(path, "a+b") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.lockf(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                fcntl.lockf(f, fcntl.LOCK_UN)
 
     def open(self, url: str, *, size: Callable[[], int], download: Callable[[], IO[bytes]]) -> IO[bytes] | None:
         """The cached shard ``url`` opened for reading (downloaded first on a miss), or ``None`` when it cannot
@@ -91,20 +94,21 @@ class ShardCache:
                 self.stats.hits += 1
                 return hit
             nbytes = size()
-            partial = self._reserve(entry.name, nbytes) if nbytes <= self.limit else None
-            if partial is None:
+            reserved = self._reserve(entry.name, nbytes) if nbytes <= self.limit else None
+            if reserved is None:
                 self.stats.bypassed += 1
                 return None
+            partial, dst = reserved
             try:
-                with download() as src, open(partial, "r+b") as dst:
+                with download() as src:
                     copied = 0
                     while chunk := src.read(COPY_BLOCK):
                         dst.write(chunk)
                         copied += len(chunk)
-                    if copied != nbytes:
-                        raise OSError(f"{url}: downloaded {copied} of {nbytes} bytes")
-                    dst.flush()
-                    os.fsync(dst.fileno())
+                if copied != nbytes:
+                    raise OSError(f"{url}: downloaded {copied} of {nbytes} bytes")
+                dst.flush()
+                os.fsync(dst.fileno())
                 # Opened before it becomes an entry: another worker may evict the entry the moment it appears,
                 # and an open file stays readable.
                 f = open(partial, "rb")  # noqa: SIM115 - the caller closes it
@@ -114,6 +118,8 @@ class ShardCache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(partial)
                 raise
+            finally:
+                dst.close()  # releases the partial's lock: it is an entry now, or gone
             self.stats.misses += 1
             return f
 
@@ -125,13 +131,13 @@ class ShardCache:
         _touch(entry)  # the most recently used now
         return f
 
-    def _reserve(self, name: str, nbytes: int) -> Path | None:
-        """Room for ``nbytes`` (evicting the least recently used entries) and a partial file sized to hold it."""
+    def _reserve(self, name: str, nbytes: int) -> tuple[Path, IO[bytes]] | None:
+        """Room for ``nbytes`` (evicting the least recently used entries): a partial file sized to hold it, open
+        for writing and locked for the download's whole life (``None``: other downloads hold the space)."""
         with self._lock(self.root / ".lock"):
             entries, reserved = [], 0
             for p in (self.root / ".partial").iterdir():
-                pid = p.name.rsplit(".", 1)[-1]
-                if pid.isdigit() and not _alive(int(pid)):
+                if _abandoned(p):
                     log.info("shard cache: removing %s, left by a download that did not finish", p.name)
                     p.unlink(missing_ok=True)
                     continue
@@ -148,9 +154,10 @@ class ShardCache:
             if used + nbytes > self.limit:  # other downloads hold the space: read this one from storage
                 return None
             partial = self.root / ".partial" / f"{name}.{os.getpid()}"
-            with open(partial, "wb") as f:
-                f.truncate(nbytes)  # the reservation: counted by every other worker from now on
-            return partial
+            f = open(partial, "wb")  # noqa: SIM115 - closed by ``open`` once the download is over
+            fcntl.lockf(f, fcntl.LOCK_EX)  # held while downloading: a partial nobody holds is abandoned
+            f.truncate(nbytes)  # the reservation: counted by every other worker from now on
+            return partial, f
 
 
 def _touch(path: Path) -> None:
@@ -167,11 +174,16 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
+def _abandoned(partial: Path) -> bool:
+    """Whether no live download holds ``partial``'s lock (its process died: a lock goes with its process,
+    zombies included, where a pid check would not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(partial, "rb+") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+            fcntl.lockf(f, fcntl.LOCK_UN)
+            return True
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True

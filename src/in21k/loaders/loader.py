@@ -41,8 +41,17 @@ from torch.utils.data import IterableDataset
 from in21k.config import check_keys
 from in21k.dataset import PreparedDataset, Shard
 from in21k.errors import ConfigError, DataError
+from in21k.loaders.cache import ShardCache
 from in21k.loaders.options import LoaderOptions
-from in21k.loaders.pipeline import IMAGE_EXTS, RawSample, ReadOptions, StreamStats, WorkerStream, chunked
+from in21k.loaders.pipeline import (
+    IMAGE_EXTS,
+    RawSample,
+    ReadOptions,
+    SampleOffsets,
+    StreamStats,
+    WorkerStream,
+    chunked,
+)
 from in21k.loaders.splitting import EpochPlan, Segment, batches_done, plan_epoch, remaining, shuffle_seed
 from in21k.loaders.transforms import (
     MIIL_MEAN,
@@ -476,13 +485,11 @@ class StreamingLoader:
 
         plan = self.plan()
         start = self.start_step
-        stats = {"shards_read": 0, "shard_errors": 0, "corrupt": 0, "fresh_buffers": 0, "retries": 0}
         rank_workers = plan.workers[self.spec.rank]
         bs = self.spec.batch_size
         self._stats = {
             "epoch": self.epoch, "rank": self.spec.rank, "steps": plan.steps, "start_step": start, "batches": 0,
-            "samples": 0, "corrupt_skipped": 0, "shards_read": 0, "shard_errors": 0, "fresh_buffers": 0,
-            "read_retries": 0,
+            "samples": 0, **dict.fromkeys(_COUNTERS.values(), 0),
             "repeated": sum(max(0, w.batches * bs - w.samples) for w in rank_workers), "dropped": 0,
             "segment": plan.segment,
         }  # fmt: skip
@@ -496,14 +503,10 @@ class StreamingLoader:
                 else:
                     flat, sizes, labels, delta = item
                     images = list(torch.split(flat, sizes.tolist()))
-                for k in stats:
-                    stats[k] += int(delta[k])
-                self._stats.update(
-                    batches=self._stats["batches"] + 1, samples=self._stats["samples"] + len(labels),
-                    corrupt_skipped=stats["corrupt"], shards_read=stats["shards_read"],
-                    shard_errors=stats["shard_errors"], fresh_buffers=stats["fresh_buffers"],
-                    read_retries=stats["retries"],
-                )  # fmt: skip
+                for counter, name in _COUNTERS.items():
+                    self._stats[name] += int(delta[counter])
+                self._stats["batches"] += 1
+                self._stats["samples"] += len(labels)
                 del item  # hold no reference to a batch the consumer has let go of
                 yield images, labels
                 del images, labels
@@ -523,6 +526,10 @@ class StreamingLoader:
 
 
 STATE_SCHEMA = "in21k.loader-state/1"
+# The workers' StreamStats counters -> their names in epoch_stats().
+_COUNTERS = {"shards_read": "shards_read", "shard_errors": "shard_errors", "corrupt": "corrupt_skipped",
+             "fresh_buffers": "fresh_buffers", "retries": "read_retries", "cache_hits": "cache_hits",
+             "cache_misses": "cache_misses"}  # fmt: skip
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -597,8 +604,11 @@ def create_loader(
         shards=tuple(shards), split=split, num_classes=ds.num_classes, batch_size=batch_size,
         num_workers=workers, seed=seed, train=train, rank=rank, world_size=world_size, decode=decode,
         corrupt=options.corrupt, image_size=image_size,
-        read=ReadOptions(options.storage_options, options.allow_pipe, options.shard_errors,
-                         retry=options.retry_policy(), client=options.read_client),
+        read=ReadOptions(
+            options.storage_options, options.allow_pipe, options.shard_errors, retry=options.retry_policy(),
+            client=options.read_client, offsets=SampleOffsets(ds, split),
+            cache=ShardCache(options.cache_dir, options.cache_bytes()) if options.cache_dir else None,
+        ),
         interleave=options.interleave, shuffle_block=options.shuffle_block, fingerprint=ds.fingerprint(),
     )  # fmt: skip
     loader = StreamingLoader(

@@ -59,6 +59,16 @@ class LoaderOptions:
     read_retry_delay: float = field(
         default=0.5, metadata=_h("first wait before a retry; doubles each time, with jitter, up to 30 s", "SECONDS")
     )
+    cache_dir: str | None = field(
+        default=None,
+        metadata=_h("keep remote shards in this local folder (shared by the node's workers and ranks), so that "
+                    "later epochs read them from local disk", "DIR"),
+    )  # fmt: skip
+    cache_limit: Any = field(
+        default="50G",
+        metadata=_h("most bytes the shard cache holds, never exceeded (least recently used shards go first); "
+                    "a number, or with a K/M/G/T suffix (powers of 1000)", "BYTES"),
+    )  # fmt: skip
     interleave: int = field(default=4, metadata=_h("shards each worker reads at once, sample by sample", "N"))
     shuffle_block: int = field(default=2048, metadata=_h("samples per shuffle block (training)", "N"))
     prefetch_factor: int = field(default=2, metadata=_h("batches each worker prepares ahead", "N"))
@@ -69,6 +79,8 @@ class LoaderOptions:
 
     def validate(self) -> None:
         self.storage_options = json_option("loader.storage_options", self.storage_options)
+        if self.cache_dir is not None:
+            self.cache_bytes()  # a bad limit is an error now, not in a worker
         self.timm_args = json_option("loader.timm_args", self.timm_args)
         if self.transform not in TRANSFORMS:
             raise ConfigError(f"loader.transform: unknown transform {self.transform!r}; choose {', '.join(TRANSFORMS)}")
@@ -95,7 +107,31 @@ class LoaderOptions:
             if getattr(self, name) < 1:
                 raise ConfigError(f"loader.{name} must be >= 1, got {getattr(self, name)}")
 
+    def cache_bytes(self) -> int:
+        """``cache_limit`` in bytes."""
+        return parse_bytes("loader.cache_limit", self.cache_limit)
+
     def retry_policy(self) -> Retry:
         """How long a broken object-storage read is retried (``read_retries``, ``read_retry_*``)."""
         return Retry(attempts=self.read_retries, seconds=float(self.read_retry_seconds),
                      base_delay=float(self.read_retry_delay))  # fmt: skip
+
+
+def parse_bytes(name: str, value: Any) -> int:
+    """A byte count given as a number or as text with a K/M/G/T suffix (powers of 1000): ``"50G"``, ``"1.5T"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number of bytes, got {value!r}")
+    if isinstance(value, (int, float)):
+        count = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().upper().removesuffix("B")
+        scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(text[-1:], 1.0)
+        try:
+            count = float(text[:-1] if scale != 1.0 else text) * scale
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of bytes like 200G or 5e10, got {value!r}") from None
+    else:
+        raise ConfigError(f"{name} must be a number of bytes, got {value!r}")
+    if count < 1:
+        raise ConfigError(f"{name} must be at least 1 byte, got {value!r}")
+    return int(count)

@@ -31,10 +31,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from in21k.dataset import Shard, split_member
+from in21k.dataset import PreparedDataset, Shard, split_member
 from in21k.errors import DataError
+from in21k.loaders.cache import ShardCache
 from in21k.loaders.splitting import Range, WorkerPlan, block_permutation, lane_consumed, lanes_of
-from in21k.storage import Retry, open_stream
+from in21k.storage import Retry, is_pipe, is_remote, open_stream
+from in21k.storage import size as remote_size
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +66,35 @@ class StreamStats:
     corrupt: int = 0
     fresh_buffers: int = 0  # batches built in freshly allocated shared memory (no free ring slot)
     retries: int = 0  # object-storage reads retried after a transient failure (storage.Retry)
+    cache_hits: int = 0  # shards read from the local shard cache
+    cache_misses: int = 0  # shards downloaded into it
 
     def take(self) -> dict[str, int]:
         out = {"shards_read": self.shards_read, "shard_errors": self.shard_errors, "corrupt": self.corrupt,
-               "fresh_buffers": self.fresh_buffers, "retries": self.retries}  # fmt: skip
+               "fresh_buffers": self.fresh_buffers, "retries": self.retries, "cache_hits": self.cache_hits,
+               "cache_misses": self.cache_misses}  # fmt: skip
         self.shards_read = self.shard_errors = self.corrupt = self.fresh_buffers = self.retries = 0
+        self.cache_hits = self.cache_misses = 0
         return out
 
     def count_retry(self) -> None:
         self.retries += 1
+
+
+@dataclass
+class SampleOffsets:
+    """Byte offsets of each shard's samples (``prepare`` records them in the shard's stats file), so that a
+    worker whose range starts inside a shard opens it there with one ranged read instead of reading the
+    samples before it. Fetched once per shard and kept, per worker; ``None`` for a shard without them."""
+
+    dataset: PreparedDataset
+    split: str
+    known: dict[int, list[int] | None] = field(default_factory=dict)
+
+    def __call__(self, shard: Shard) -> list[int] | None:
+        if shard.index not in self.known:
+            self.known[shard.index] = self.dataset.sample_offsets(self.split, shard)
+        return self.known[shard.index]
 
 
 @dataclass
@@ -82,6 +104,8 @@ class ReadOptions:
     policy: str = "skip"
     retry: Retry = field(default_factory=Retry)  # how long a broken object-storage read is retried
     client: str = "auto"  # storage.stream_client's choice
+    cache: ShardCache | None = None  # loader.cache_dir: remote shards kept on local disk
+    offsets: SampleOffsets | None = None  # where samples start, to open a shard mid-way
 
 
 class TarFormatError(DataError):
@@ -162,16 +186,37 @@ def tar_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
         yield name, data
 
 
+def open_shard(shard: Shard, start: int, opts: ReadOptions, stats: StreamStats) -> IO[bytes]:
+    """The shard's bytes from byte ``start``: from the local cache when one is set (a miss downloads the shard
+    into it first), else streamed from storage."""
+    url = shard.url
+    if opts.cache is not None and is_remote(url):
+        cache = opts.cache
+        hits, misses = cache.stats.hits, cache.stats.misses
+        cached = cache.open(url, size=lambda: remote_size(url, storage_options=opts.storage_options),
+                            download=lambda: open_stream(url, storage_options=opts.storage_options, retry=opts.retry,
+                                                         client=opts.client, on_retry=stats.count_retry))  # fmt: skip
+        stats.cache_hits += cache.stats.hits - hits
+        stats.cache_misses += cache.stats.misses - misses
+        if cached is not None:
+            cached.seek(start)
+            return cached
+    return open_stream(url, storage_options=opts.storage_options, allow_pipe=opts.allow_pipe, retry=opts.retry,
+                       client=opts.client, on_retry=stats.count_retry, start=start)  # fmt: skip
+
+
 def tar_samples(shard: Shard, *, skip: int, opts: ReadOptions, stats: StreamStats) -> Iterator[RawSample]:
     """Samples ``skip .. shard.length-1`` of one shard; unreadable positions become error samples (or raise)."""
     url = shard.url
     produced = skip
     stats.shards_read += 1
+    # Where to start reading: at sample ``skip`` itself when the shard's sample offsets are known.
+    offsets = opts.offsets(shard) if skip and opts.offsets is not None and not is_pipe(url) else None
+    start, first = (offsets[skip], skip) if offsets else (0, 0)
     try:
-        with open_stream(url, storage_options=opts.storage_options, allow_pipe=opts.allow_pipe, retry=opts.retry,
-                         client=opts.client, on_retry=stats.count_retry) as stream:  # fmt: skip
+        with open_shard(shard, start, opts, stats) as stream:
             current: RawSample | None = None
-            index = -1
+            index = first - 1
             for name, data in tar_members(stream):
                 parts = split_member(name)
                 if parts is None:

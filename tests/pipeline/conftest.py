@@ -21,7 +21,7 @@ def ray_local():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # a new instance, not a running cluster
     yield ray
     if started:
         ray.shutdown()

@@ -316,7 +316,7 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
             progress=False,
         )
         pcfg.validate()
-        ray.init(num_cpus=n_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=n_cpus, include_dashboard=False)  # a new instance, not a running cluster
         try:
             # Warm the worker pool (process start, imports of PIL/pyarrow/fsspec) so one-off start-up is not
             # billed to a job that, for real, runs for hours.

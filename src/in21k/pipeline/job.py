@@ -77,7 +77,9 @@ def _connect(cfg: PrepareConfig) -> bool:
         # node processes start (they read these from the environment); a user's own values win.
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False)
+        # address="local": always a new instance. Without it Ray attaches to any cluster already running on this
+        # machine (found through /tmp/ray), whose workers may lack this process's environment (credentials).
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
     return True
 
 

@@ -9,18 +9,15 @@ with anonymous access, as Google's own client libraries do.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from in21k.benchmarks.servers import ServerProcess
 from in21k.errors import SetupError
 
 
@@ -40,7 +37,7 @@ def _binary() -> Path:
 
 
 @dataclass
-class LocalGCS:
+class LocalGCS(ServerProcess):
     url: str
     proc: subprocess.Popen | None = field(default=None, repr=False)
     log_path: Path | None = None
@@ -63,32 +60,6 @@ class LocalGCS:
             if exc.code != 409:  # 409: it exists already
                 raise
         return name
-
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[None]:
-        """Export ``STORAGE_EMULATOR_HOST`` in ``os.environ`` for the duration."""
-        old = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            yield
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
 
 
 def start_local_gcs(workdir: str | Path, *, timeout: float = 60.0) -> LocalGCS:

@@ -9,17 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from in21k.benchmarks.servers import ServerProcess
 
 
 def _free_port_pair(offset: int = 10000) -> int:
@@ -40,7 +40,7 @@ def _free_port_pair(offset: int = 10000) -> int:
 
 
 @dataclass
-class LocalS3:
+class LocalS3(ServerProcess):
     endpoint_url: str
     key: str
     secret: str
@@ -94,47 +94,12 @@ class LocalS3:
             count += 1
         return count
 
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[None]:
-        """Export the server's endpoint and credentials in ``os.environ`` for the duration."""
-        old = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            yield
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-    def kill(self) -> None:
-        """End the server at once (SIGKILL to its process group), as a crash would; ``restart`` brings it back."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-
     def restart(self, timeout: float = 90.0) -> None:
         """Start the server again on the same data folder and ports (after ``stop`` or ``kill``)."""
         if self.proc is not None or self.workdir is None:
             raise RuntimeError("restart() needs a server started by start_local_s3 and stopped since")
         again = start_local_s3(self.workdir, key=self.key, secret=self.secret, ports=self.ports, timeout=timeout)
         self.proc, self.log_path = again.proc, again.log_path
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
 
 
 def start_local_s3(

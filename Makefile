@@ -23,11 +23,12 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help install system-packages wordnet test test-quick demo lint clean
+.PHONY: help install system-packages wordnet test test-cluster test-quick demo lint clean
 
 help:
 	@echo "make demo    install everything, then run the product end to end on synthetic data"
-	@echo "make test    install everything (with test extras), then run the whole test suite"
+	@echo "make test    install everything (with test extras), then run the test suite (all but the cluster tests)"
+	@echo "make test-cluster   the slowest tests: a multi-node Ray cluster and torchrun agents, kills and outages"
 	@echo "make install / make wordnet / make lint / make clean"
 
 system-packages: $(VENV)/.system-packages
@@ -72,10 +73,13 @@ install: $(VENV)/.installed $(WORDNET_DIR)/.complete
 wordnet: $(WORDNET_DIR)/.complete
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not cluster"
+
+test-cluster: install
+	$(PY) -m pytest -q -p no:cacheprovider -m cluster
 
 test-quick: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not ray and not slow and not s3 and not dist"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not ray and not slow and not s3 and not gcs and not dist and not cluster"
 
 demo: install
 	$(VENV)/bin/in21k demo --out $(DEMO_OUT)

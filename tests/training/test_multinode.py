@@ -33,7 +33,7 @@ from tests.training.torchrun import (
     wait_for_checkpoint,
 )
 
-pytestmark = [pytest.mark.dist, pytest.mark.s3, pytest.mark.slow]
+pytestmark = [pytest.mark.dist, pytest.mark.s3, pytest.mark.slow, pytest.mark.cluster]
 
 EPOCHS, STEPS_PER_EPOCH = 2, 4
 TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "4",

@@ -105,6 +105,7 @@ def test_torchrun_launchers_rendezvous_restart_and_resume():
 
 
 @pytest.mark.dist
+@pytest.mark.cluster
 @pytest.mark.slow
 def test_torchrun_launcher_trains_on_two_nodes_here(tmp_path):
     """docker/torchrun-multinode.sh as it is, started twice like on two nodes (each in a process session of its own,

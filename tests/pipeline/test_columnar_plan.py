@@ -79,8 +79,12 @@ def reference_plan(index: dict[str, list], cfg, hash_fn=seeded_hash) -> dict:
         perm = np.random.default_rng(seed).permutation(len(rows))
         return [[rows[int(i)] for i in part] for part in np.array_split(perm, count)]
 
-    shards = cut(train, num_train_shards(len(train), cfg), cfg.seed)
-    shards += cut(val, math.ceil(len(val) / cfg.shard_size), cfg.seed + 1)
+    def count(n: int) -> int:  # "Shard count": ceil(n / size), up to a multiple where shards stay >= half size
+        rounded = math.ceil(math.ceil(n / cfg.shard_size) / cfg.shard_multiple) * cfg.shard_multiple
+        return rounded if n / rounded >= cfg.shard_size / 2 else math.ceil(n / cfg.shard_size)
+
+    shards = cut(train, num_train_shards(len(train), cfg) if cfg.num_train_shards else count(len(train)), cfg.seed)
+    shards += cut(val, count(len(val)), cfg.seed + 1)
     return {"classes": classes, "shards": shards, "unsharded": unsharded}
 
 
@@ -130,6 +134,18 @@ def test_columnar_plan_equals_the_per_member_reference(seed: int) -> None:
     got = columnar(make_plan(index, cfg))
     assert got == reference_plan(index, cfg)
     assert any(len(s) for s in got["shards"]) and len(got["shards"]) > 5
+
+
+@pytest.mark.parametrize("multiple", [3, 4])
+def test_both_splits_follow_the_shard_multiple(multiple: int) -> None:
+    index = odd_index(5)
+    cfg = prep_config("/raw", "/out", min_images=35, val_per_class=6, shard_size=5, shard_multiple=multiple)
+    plan = make_plan(index, cfg)
+    counts = Counter(s.split for s in plan.shards)
+    assert counts["validation"] > math.ceil(plan.num_samples("validation") / 5)  # rounded up: more shards
+    assert counts["train"] % multiple == 0 and counts["validation"] % multiple == 0, counts
+    assert min(s.num_rows for s in plan.shards) >= 2  # about half of --shard-size at least
+    assert columnar(plan) == reference_plan(index, cfg)
 
 
 def test_hash_ties_are_settled_by_the_key(monkeypatch) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from in21k.errors import StorageError
 from in21k.pipeline import prepare
 from tests.pipeline.conftest import prep_config, raw_arg, synth_report
 
@@ -179,12 +180,12 @@ def test_a_shard_that_keeps_failing_stops_the_job_and_a_rerun_resumes(releases, 
     prepare(prep_config(str(raw), dst, max_retries=1))
     complete = shard_bytes(dst)
     # Unfinish two shards, then take away a class tar they read: the index is cached, so only those
-    # shard tasks see the loss, fail (OSError), are retried, and the job stops naming the shard.
+    # shard tasks see the loss; a missing file is no outage, so the job stops at once, naming the shard.
     for name in ("train-000000", "train-000001"):
         (dst / "stats" / f"{name}.json").unlink()
     missing = pq.read_table(dst / "manifest" / "train-000000.parquet").column("source")[0].as_py()
     Path(missing).rename(missing + ".away")
-    with pytest.raises(RuntimeError, match=r"shard train/in21k-train-00000[01]\.tar failed after 1 retries"):
+    with pytest.raises(StorageError, match=r"shard train/in21k-train-00000[01]\.tar failed: .*No such file"):
         prepare(prep_config(str(raw), dst, max_retries=1))
     Path(missing + ".away").rename(missing)
     summary = prepare(prep_config(str(raw), dst, max_retries=1))

@@ -52,6 +52,27 @@ def test_s3_to_s3_with_storage_options(s3_server, releases, reference, ray_local
     assert not [p for p in fs.find(f"{bucket}/out") if p.endswith(".tmp")]
 
 
+def test_a_resumed_job_on_s3_finishes(s3_server, releases, reference, ray_local) -> None:
+    """A rerun over finished shards on S3: the listing of stats/ that decides what to redo must not hide, later, the
+    stats files the rerun's tasks write (fsspec caches listings)."""
+    import fsspec
+
+    bucket = s3_server.make_bucket("in21k-prepare-resume")
+    s3_server.upload_dir(releases["class-tars"], bucket, "raw")
+    cfg = dict(storage_options=s3_server.storage_options)
+    summary = prepare(prep_config(f"s3://{bucket}/raw", f"s3://{bucket}/out", **cfg))
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **s3_server.storage_options)
+    stats = sorted(fs.ls(f"{bucket}/out/stats"))
+    for path in stats[1:]:  # one shard finished, the others to redo
+        fs.rm(path)
+    again = prepare(prep_config(f"s3://{bucket}/raw", f"s3://{bucket}/out", **cfg))
+    assert (again["shards_skipped"], again["shards_run"]) == (1, len(stats) - 1)
+    assert again["written"] == summary["written"]
+    info = json.loads(fs.cat_file(f"{bucket}/out/_info.json"))
+    remote = {f: fs.cat_file(f"{bucket}/out/{f}") for s in info["splits"].values() for f in s["filenames"]}
+    assert remote == local_shards(reference)
+
+
 def test_cli_reads_s3_with_credentials_from_the_environment(s3_server, releases, reference, tmp_path) -> None:
     bucket = s3_server.make_bucket("in21k-prepare-env")
     s3_server.upload_dir(releases["class-tars"], bucket, "raw")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from in21k.dataset import sample_key
-from in21k.pipeline.plan import make_plan, num_train_shards
+from in21k.pipeline.plan import make_plan, num_shards, num_train_shards
 from in21k.pipeline.sources import Container, describe, index_container, list_nested_tars, open_source
 from tests.pipeline.conftest import prep_config
 
@@ -69,6 +69,35 @@ def test_damaged_tar_keeps_members_before_the_damage(tmp_path: Path) -> None:
     path.write_bytes(blob[:1024] + b"\x07" * 700)  # 1st member intact, then a garbage header
     rows = index_container(Container("n01440764", "tar", str(path)))
     assert rows["member"] == ["n01440764_0.JPEG"] and rows["error"]
+
+
+def test_an_unreachable_object_store_is_no_damage(tmp_path: Path, monkeypatch) -> None:
+    """A tar that cannot be read for a transient reason (connection refused midway) must fail its index task, to be
+    retried, not enter the cached index as damaged with the members read so far."""
+    from in21k.pipeline import sources
+
+    blob = tar_bytes(members_of("n01440764", 40))
+
+    class Flaky(io.BytesIO):
+        def read(self, n: int = -1) -> bytes:
+            if self.tell() > 2048:
+                raise ConnectionRefusedError("connection refused by the object store")
+            return super().read(n)
+
+    class FlakyFS:
+        def open(self, *args, **kwargs):
+            return Flaky(blob)
+
+        def size(self, path: str) -> int:
+            return len(blob)
+
+    monkeypatch.setattr(sources, "filesystem", lambda url, options=None: (FlakyFS(), url))
+    monkeypatch.setattr(sources, "SCAN_READ", 1024)
+    with pytest.raises(ConnectionRefusedError):
+        index_container(Container("n01440764", "tar", "s3://bucket/raw/n01440764.tar"))
+    # A local file that fails the same way is what it was before: damage, with the members before it.
+    rows = index_container(Container("n01440764", "tar", str(tmp_path / "n01440764.tar")))
+    assert rows["error"].startswith("cannot read: ConnectionRefusedError")
 
 
 def test_source_errors_are_clear(tmp_path: Path) -> None:
@@ -159,6 +188,11 @@ def test_shard_count_defaults_fit_the_cluster() -> None:
     assert num_train_shards(11_797_632, cfg) == 8192
     assert num_train_shards(3000, cfg) == 2  # small data: no rounding to 4096 near-empty shards
     assert num_train_shards(10, prep_config("/raw", "/out", num_train_shards=64)) == 10
+    # Validation follows the same rule: fall11's 561,052 images keep ceil(n / 1500) = 375 shards under 4096 (rounding
+    # would make them ~137 images), and are rounded up to 384 for 64 readers.
+    assert num_shards(561_052, cfg) == 375
+    assert num_shards(561_052, prep_config("/raw", "/out", shard_size=1500, shard_multiple=64)) == 384
+    assert num_shards(0, cfg) == 0
 
 
 def test_shard_tar_bytes_match_tarfile(tmp_path: Path) -> None:

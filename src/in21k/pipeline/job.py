@@ -4,10 +4,20 @@ Order of work: check the config, the output and the raw source (errors before an
 if needed; index the class tars (parallel tasks, headers only, each writing its part of the index under
 ``_work/index/``; ``_work/index.json``, written last, lists the parts and marks the index complete); load
 the index into columns and plan on the driver; with ``--plan-only``, print the plan and stop; otherwise
-run one task per unfinished shard (retried by Ray, a bounded number in flight, each given only its own
+run one task per unfinished shard (retried as below, a bounded number in flight, each given only its own
 rows); write the dataset-level files. A shard whose stats file exists is never redone, so a rerun after a
 crash (even ``kill -9``) finishes the job with the same bytes. Ray is started only when there is work for
 it: a ``--plan-only`` rerun over a cached index needs none.
+
+Failed tasks (``_completed``, for the index tasks and the shard tasks alike): Ray itself runs a task again when its
+worker process or node was lost (``max_retries``, system failures only). A task that raised is handled here, on
+the driver: after a transient storage error (``storage.is_transient``: the object store unreachable, throttling,
+5xx) it is submitted again after an exponential backoff with jitter, each retry logged with the task, the attempt
+and the error, within the budget ``retries``/``retry_seconds``; anything else, or a spent budget, cancels the
+tasks in flight and stops the job (finished shards are kept for the rerun). Why here: Ray's own retry of a raised
+exception comes back at once, with no backoff; a task that retried inside itself would hold a CPU while it
+waits; and a task waiting here for its retry keeps its place in the window of submitted tasks, so an outage does
+not start new shards that would fail too.
 
 The driver holds the index and the plan as columns (``sources.Index``, ``plan.Plan``): about 50 bytes per
 member at the peak (fall11: 1.2 GB in all, docs/scaling.md); it never gathers index rows or manifest rows
@@ -16,6 +26,7 @@ as Python objects.
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import logging
@@ -27,12 +38,13 @@ from typing import Any
 
 from in21k import storage
 from in21k.dataset import stats_name
-from in21k.errors import ConfigError, DataError, StorageError
+from in21k.errors import ConfigError, DataError, In21kError, StorageError
 from in21k.pipeline import sources
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.plan import Plan, make_plan
 from in21k.pipeline.report import finalize, plan_summary, write_unsharded_manifest
 from in21k.pipeline.shard import ShardSettings, write_shard
+from in21k.progress import progress
 from in21k.storage import Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +56,9 @@ INDEX_SCHEMA = "in21k.index/1"
 PLAN_FILE = "_work/plan.json"  # what --plan-only printed
 CONTAINERS_PER_INDEX_TASK = 16
 INDEX_PARTS_PER_READ = 64
+RETRY_BASE_DELAY = 1.0  # seconds before a task's first retry after a storage error; doubled each time
+RETRY_MAX_DELAY = 60.0
+WINDOW_REFRESH = 10.0  # seconds between looks at the cluster's CPUs (nodes join and leave while shards run)
 
 
 def check_output(store: Store, cfg: PrepareConfig) -> None:
@@ -64,14 +79,31 @@ def check_output(store: Store, cfg: PrepareConfig) -> None:
 LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def cluster_address(cfg: PrepareConfig) -> str | None:
+    """The Ray cluster to run on: ``--ray-address``, else ``RAY_ADDRESS`` (``ray job submit`` sets it for the job's
+    entrypoint), else None: a local Ray started for this job (also for ``--ray-address local``)."""
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
+
 def _connect(cfg: PrepareConfig) -> bool:
-    """Connect to Ray; returns whether we started it (only then do we shut it down)."""
+    """Start or join Ray in this process; returns whether it did (then ``ray.shutdown()`` ends what it began).
+
+    On a cluster, ``ray.shutdown()`` only disconnects this driver: the cluster and its nodes stay up. A local Ray
+    started here is stopped by it.
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True)
+    address = cluster_address(cfg)
+    if address:
+        if cfg.num_cpus is not None:
+            log.warning("--num-cpus applies to a local Ray only: ignored on the cluster at %s", address)
+        # Nothing of LOCAL_RAY_ENV here: a cluster has its own settings (auth, its nodes' addresses).
+        ray.init(address=address, log_to_driver=True)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        log.info("joined the Ray cluster at %s: %d CPUs", ray.get_runtime_context().gcs_address, cpus)
     else:
         # A Ray started for this one job: no auth token, loopback only, no usage reporting. Set before the
         # node processes start (they read these from the environment); a user's own values win.
@@ -81,6 +113,95 @@ def _connect(cfg: PrepareConfig) -> bool:
         # machine (found through /tmp/ray), whose workers may lack this process's environment (credentials).
         ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
     return True
+
+
+def _brief(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _completed(fn: Callable[..., Any], names: list[str], args: Callable[[int], tuple], cfg: PrepareConfig, *,
+               window: Callable[[], int]) -> Iterator[tuple[int, Any]]:  # fmt: skip
+    """Run task ``i`` = ``fn(*args(i))`` for each of ``names`` (what messages call the tasks) as Ray tasks, and
+    yield ``(i, result)`` as each finishes. ``args(i)`` is called at each submission, so arguments exist only for
+    the tasks in flight.
+
+    At most ``window()`` tasks are submitted or waiting for a retry at a time. Ray retries a task whose worker or
+    node was lost (``cfg.max_retries``); a task that raised a transient storage error is submitted again after an
+    exponential backoff (``cfg.retries``, ``cfg.retry_seconds``), each retry logged as a warning. Anything else
+    raises, after cancelling the tasks in flight (a task's output lands whole or not at all, so that is safe).
+    """
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=False)(fn)
+    policy = storage.Retry(attempts=cfg.retries, seconds=cfg.retry_seconds, base_delay=RETRY_BASE_DELAY,
+                           max_delay=RETRY_MAX_DELAY)  # fmt: skip
+    queue = list(range(len(names) - 1, -1, -1))  # popped from the end: tasks in order
+    pending: dict[Any, int] = {}
+    waiting: list[tuple[float, int]] = []  # heap of (when to submit again, task): tasks backing off
+    backoff: dict[int, tuple[Iterator[float], float, int]] = {}  # task -> (its delays, first failure, retries)
+    limit, looked = window(), time.monotonic()
+    try:
+        while queue or pending or waiting:
+            now = time.monotonic()
+            if now - looked > WINDOW_REFRESH:
+                limit, looked = window(), now
+            while waiting and waiting[0][0] <= now:
+                i = heapq.heappop(waiting)[1]
+                pending[remote.remote(*args(i))] = i
+            while queue and len(pending) + len(waiting) < limit:
+                i = queue.pop()
+                pending[remote.remote(*args(i))] = i
+            timeout = max(0.0, waiting[0][0] - now) if waiting else None
+            if not pending:
+                time.sleep(timeout or 0.0)
+                continue
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the task itself raised
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    delays, began, retries = backoff.get(i) or (policy.delays(), time.monotonic(), 0)
+                    wait = next(delays, None) if storage.is_transient(cause) else None
+                    if wait is None:
+                        raise _failure(names[i], cause, retries, time.monotonic() - began, cfg) from exc
+                    backoff[i] = (delays, began, retries + 1)
+                    log.warning("%s failed (%s); retry %d of %d in %.1f s", names[i], _brief(cause),
+                                retries + 1, cfg.retries, wait)  # fmt: skip
+                    heapq.heappush(waiting, (time.monotonic() + wait, i))
+                    continue
+                except ray.exceptions.RayError as exc:  # its worker or node was lost more than max_retries times
+                    raise RuntimeError(
+                        f"{names[i]}: its Ray worker process or node was lost, and Ray's --max-retries "
+                        f"({cfg.max_retries}) are used up: {_brief(exc)}\nFinished shards are kept: rerun the same "
+                        "command to resume."
+                    ) from exc
+                if i in backoff:
+                    log.info("%s succeeded after %d retries", names[i], backoff.pop(i)[2])
+                yield i, result
+    finally:
+        for ref in pending:  # only when stopping early: an error, or the driver interrupted
+            ray.cancel(ref)
+
+
+def _failure(name: str, cause: BaseException, retries: int, seconds: float, cfg: PrepareConfig) -> Exception:
+    """The error that stops the job when task ``name`` raised ``cause`` and is not retried (again)."""
+    rerun = "Finished shards are kept: rerun the same command to resume."
+    if storage.is_transient(cause):
+        if not retries:  # --retries 0 or --retry-seconds 0
+            return StorageError(f"{name} failed with {_brief(cause)} (retries are off). {rerun}")
+        return StorageError(
+            f"{name} failed {retries + 1} times over {seconds:.0f} s, the last time with {_brief(cause)}: the "
+            f"storage is unreachable or overloaded. {rerun} --retries ({cfg.retries}) and --retry-seconds "
+            f"({cfg.retry_seconds:g}) set how long an outage is ridden out."
+        )
+    message = f"{name} failed: {cause}\n{rerun}"
+    if isinstance(cause, In21kError):
+        # Keep the family (the command line prints these without a traceback) and the built-in base class.
+        return StorageError(message) if isinstance(cause, OSError) else DataError(message)
+    return RuntimeError(message)
 
 
 def _index_part(part: int, containers: list[sources.Container], out: str, storage_options: Any) -> dict[str, Any]:
@@ -97,8 +218,6 @@ def _index_part(part: int, containers: list[sources.Container], out: str, storag
 
 def _build_index(source: sources.RawSource, cfg: PrepareConfig, connect: Callable[[], None]) -> dict[str, Any]:
     """Index every container (tars in Ray tasks; folder listings here) into parts; returns the index's list."""
-    from tqdm import tqdm
-
     containers = source.containers
     batches = [
         containers[i : i + CONTAINERS_PER_INDEX_TASK] for i in range(0, len(containers), CONTAINERS_PER_INDEX_TASK)
@@ -110,18 +229,16 @@ def _build_index(source: sources.RawSource, cfg: PrepareConfig, connect: Callabl
         parts[i] = _index_part(i, batches[i], cfg.out, cfg.storage_options)
     if remote:
         connect()
-        import ray
+        names = [f"index part {i} ({batches[i][0].wnid}..{batches[i][-1].wnid})" for i in remote]
 
-        task = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=True)(_index_part)
-        pending = {task.remote(i, batches[i], cfg.out, cfg.storage_options): i for i in remote}
+        def task_args(k: int) -> tuple:
+            return remote[k], batches[remote[k]], cfg.out, cfg.storage_options
+
         n_tars = sum(len(batches[i]) for i in remote)
-        with tqdm(total=n_tars, unit="tar", desc="indexing class tars", disable=not cfg.progress) as bar:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    i = pending.pop(ref)
-                    parts[i] = ray.get(ref)
-                    bar.update(len(batches[i]))
+        with progress(total=n_tars, unit="tar", desc="indexing class tars", enabled=cfg.progress) as bar:
+            for k, part in _completed(_index_part, names, task_args, cfg, window=lambda: len(names)):
+                parts[remote[k]] = part
+                bar.update(len(batches[remote[k]]))
     listed = [p for p in parts if p is not None]
     return {
         "schema": INDEX_SCHEMA,
@@ -160,10 +277,15 @@ def _load_index(store: Store, meta: dict[str, Any]) -> sources.Index:
     return sources.Index.from_parts(tables(), rows=meta["rows"], names_bytes=meta["member_bytes"])
 
 
-def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
+def _shard_window() -> int:
+    """How many shards to keep submitted: twice the cluster's CPUs, which bounds the driver's and object store's
+    memory for 10^4 shards; looked at again while shards run, as nodes join (an autoscaler) or leave."""
     import ray
-    from tqdm import tqdm
 
+    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
     settings = ShardSettings(
         out=cfg.out,
         storage_options=cfg.storage_options,
@@ -183,38 +305,20 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
             len(plan.shards) - len(todo),
             len(plan.shards),
         )
-    task = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=True)(write_shard)
-    # A bounded window of submitted shards keeps the driver's and object store's memory flat for 10^4 shards.
-    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    queue = list(reversed(todo))
-    pending: dict[Any, Any] = {}
+    names = [f"shard {spec.filename}" for spec in todo]
     written = rejected = 0
-    with tqdm(
-        total=total, initial=done_samples, unit="img", desc="writing shards", smoothing=0.1, disable=not cfg.progress
+    shards_done = len(plan.shards) - len(todo)
+    with progress(
+        total=total, initial=done_samples, unit="img", desc="writing shards", smoothing=0.1, enabled=cfg.progress
     ) as bar:
-        while queue or pending:
-            while queue and len(pending) < window:
-                spec = queue.pop()
-                # Each task gets its own rows only, built now: a small Arrow table, not the whole plan.
-                pending[task.remote(plan.shard_spec(spec), settings)] = spec
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                spec = pending.pop(ref)
-                try:
-                    stats = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    for other in pending:  # a shard is written whole or not at all, so cancelling is safe
-                        ray.cancel(other)
-                    raise RuntimeError(
-                        f"shard {spec.filename} failed after {cfg.max_retries} retries: {exc}\nFinished shards are "
-                        "kept: fix the cause and rerun the same command to resume."
-                    ) from exc
-                written += stats["num_samples"]
-                rejected += stats["rejected"]
-                bar.update(spec.num_rows)
-                bar.set_postfix(
-                    shards=f"{len(plan.shards) - len(queue) - len(pending)}/{len(plan.shards)}", refresh=False
-                )
+        # Each task gets its own rows only, built when it is submitted: a small Arrow table, not the whole plan.
+        for i, stats in _completed(write_shard, names, lambda i: (plan.shard_spec(todo[i]), settings), cfg,
+                                   window=_shard_window):  # fmt: skip
+            written += stats["num_samples"]
+            rejected += stats["rejected"]
+            shards_done += 1
+            bar.update(todo[i].num_rows)
+            bar.set_postfix(shards=f"{shards_done}/{len(plan.shards)}", refresh=False)
     return {
         "shards_run": len(todo),
         "shards_skipped": len(plan.shards) - len(todo),
@@ -275,7 +379,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         if meta is not None:
             log.info("reusing the index of an earlier run (%d members)", meta["rows"])
         else:
-            source = sources.open_source(cfg.raw, staging=cfg.staging, storage_options=cfg.storage_options)
+            source = sources.open_source(
+                cfg.raw, staging=cfg.staging, storage_options=cfg.storage_options, show_progress=cfg.progress
+            )
             log.info("raw release %s: layout %s, %d classes", cfg.raw, source.layout, len(source.containers))
             meta = _build_index(source, cfg, connect)
             store.write_json(INDEX_FILE, meta, compact=True)
@@ -324,6 +430,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         run = _run_shards(plan, store, cfg)
         timings["shards"] = time.perf_counter() - t
         plan.release_index()  # the report needs only the shard list and the class decisions
+        # The tasks wrote files that this process's cached listings (fsspec's, of stats/ when resuming) do not
+        # hold: an object store would answer "not found" from the stale listing.
+        store.invalidate_cache()
         timings["total"] = time.perf_counter() - t0
         report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors)
     finally:

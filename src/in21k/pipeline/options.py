@@ -79,7 +79,11 @@ class PrepareConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of the validation split and the shard permutation"})
     ray_address: str | None = field(
-        default=None, metadata={"help": "Ray cluster address (e.g. auto, ray://head:10001); default: local Ray"}
+        default=None,
+        metadata={
+            "help": "Ray cluster address (e.g. auto, ray://head:10001); default: RAY_ADDRESS if set (as in a job "
+            "that `ray job submit` runs), else a local Ray"
+        },
     )
     num_cpus: int | None = field(default=None, metadata={"help": "CPUs for a local Ray (default: all)"})
     staging: str | None = field(
@@ -92,7 +96,21 @@ class PrepareConfig:
     max_image_pixels: int = field(
         default=89_478_485, metadata={"help": "reject images with more pixels than this (decompression bombs)"}
     )
-    max_retries: int = field(default=3, metadata={"help": "retries of a failed Ray task (a shard is the unit)"})
+    max_retries: int = field(
+        default=3,
+        metadata={"help": "Ray's retries of a task whose worker process or node was lost (a shard is the unit)"},
+    )
+    retries: int = field(
+        default=10,
+        metadata={
+            "help": "retries of a task that failed on a transient storage error (connection refused or reset, "
+            "timeout, HTTP 5xx, throttling), each after an exponential backoff (1 s doubling, at most 60 s)"
+        },
+    )
+    retry_seconds: float = field(
+        default=300.0,
+        metadata={"help": "a task's retries after a storage error stop this many seconds after its first failure"},
+    )
     storage_options: Any = field(
         default=None,
         metadata={
@@ -141,6 +159,8 @@ class PrepareConfig:
             raise ConfigError("--num-cpus must be at least 1")
         if self.max_retries < 0:
             raise ConfigError("--max-retries must be >= 0")
+        if self.retries < 0 or self.retry_seconds < 0:
+            raise ConfigError("--retries and --retry-seconds must be >= 0 (0: fail at the first storage error)")
         bad = [w for w in self.exclude_subtree if len(w) != 9 or w[0] != "n" or not w[1:].isdigit()]
         if bad:
             raise ConfigError(f"--exclude-subtree takes wnids like n00007846; not wnids: {', '.join(bad)}")

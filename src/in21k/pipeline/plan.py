@@ -236,16 +236,22 @@ class Plan:
         return self.index
 
 
-def num_train_shards(n: int, cfg: PrepareConfig) -> int:
-    """Train shard count: given, or ceil(n / shard_size) rounded up to ``shard_multiple`` where sensible."""
+def num_shards(n: int, cfg: PrepareConfig) -> int:
+    """Shard count of a split of ``n`` samples: ceil(n / shard_size), rounded up to a multiple of ``shard_multiple``
+    (the loader workers of the whole cluster) where shards then keep at least half of ``shard_size``; small
+    splits keep few shards."""
     if n == 0:
         return 0
-    if cfg.num_train_shards is not None:
-        return min(cfg.num_train_shards, n)
     count = math.ceil(n / cfg.shard_size)
     rounded = math.ceil(count / cfg.shard_multiple) * cfg.shard_multiple
-    # Rounding up only where shards keep at least half the target size; small datasets keep few shards.
     return rounded if n / rounded >= cfg.shard_size / 2 else count
+
+
+def num_train_shards(n: int, cfg: PrepareConfig) -> int:
+    """Train shard count: ``--num-train-shards`` if given (at most one shard per sample), else ``num_shards``."""
+    if cfg.num_train_shards is not None:
+        return min(cfg.num_train_shards, n)
+    return num_shards(n, cfg)
 
 
 def _excluded(wnid: str, excluded: set[str]) -> bool:
@@ -386,8 +392,7 @@ def make_plan(index: Index | dict[str, list], cfg: PrepareConfig) -> Plan:
     val_order = val_order.astype(order_dtype(n))
     np.random.default_rng(cfg.seed + 1).shuffle(val_order)
     shards = _cut("train", len(train_order), num_train_shards(len(train_order), cfg))
-    n_val_shards = math.ceil(len(val_order) / cfg.shard_size) if len(val_order) else 0
-    shards += _cut("validation", len(val_order), n_val_shards)
+    shards += _cut("validation", len(val_order), num_shards(len(val_order), cfg))
     unsharded = _rows_where(~kept_row | dup, order_dtype(n))
     planned = kept_row & ~dup
     counts = {

@@ -10,21 +10,29 @@ The shard's rows arrive as a small Arrow table (``ShardSpec.rows``); each sample
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from in21k.dataset import ShardTarWriter, manifest_name, sample_key, stats_name
+from in21k.errors import StorageError
 from in21k.pipeline.imaging import ImageResult, ResizeMode, process_image
 from in21k.pipeline.plan import ShardSpec
-from in21k.storage import RangeReader, Store
+from in21k.storage import RangeReader, Retry, Store, is_transient
 
 MAX_ERRORS_KEPT = 20
+# Reads ride out a blip (a reset connection, a short 503) in place, without redoing the shard. Anything longer fails
+# the shard, and the job's backoff takes over: its budget is the user's (--retries, --retry-seconds), its log lines
+# name the shard and the attempt, and a shard waiting for its retry holds no CPU.
+READ_RETRY = Retry(attempts=3, seconds=15.0)
 MANIFEST_FIELDS = (
     ("wnid", "string"),
     ("member", "string"),
@@ -73,11 +81,44 @@ class ShardSettings:
     read_batch: int = 32
 
 
+class _ShardName(logging.Filter):
+    """Prefixes the storage layer's log lines (read retries) with the shard they happen for."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.prefix = name.replace("%", "%%") + ": "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and not record.msg.startswith(self.prefix):
+            record.msg = self.prefix + record.msg
+        return True
+
+
+@contextlib.contextmanager
+def _storage_logs_name(name: str) -> Iterator[None]:
+    storage_log = logging.getLogger("in21k.storage")
+    named = _ShardName(name)
+    storage_log.addFilter(named)
+    try:
+        yield
+    finally:
+        storage_log.removeFilter(named)
+
+
 def write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
-    """Write ``spec``'s tar, manifest part and stats; returns the stats. Raises only for I/O failures."""
+    """Write ``spec``'s tar, manifest part and stats; returns the stats. Raises only for I/O failures.
+
+    Nothing is retried here beyond a short ``READ_RETRY`` of reads: a storage error fails the shard, and the caller
+    runs it again (in21k.pipeline.job: after a backoff, within the job's budget), which gives the same bytes.
+    """
+    with _storage_logs_name(f"shard {spec.filename}"):
+        return _write_shard(spec, settings)
+
+
+def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
     start, cpu_start = time.perf_counter(), time.process_time()
     store = Store(settings.out, settings.storage_options)
-    reader = RangeReader(settings.storage_options)
+    reader = RangeReader(settings.storage_options, retry=READ_RETRY)
     tmp = store.temp_file(spec.filename)
     writer = ShardTarWriter(tmp)
     manifest: list[dict[str, Any]] = []
@@ -93,9 +134,11 @@ def write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
             ranges = [(r["source"], r["offset"], r["size"]) for r in batch]
             for row, data in zip(batch, reader.fetch(ranges), strict=True):
                 if isinstance(data, Exception):
-                    # A member the storage would not give back: an infrastructure failure, so the shard
-                    # fails and Ray retries it rather than recording good data as bad.
-                    raise OSError(f"reading {row['source']} at {row['offset']} ({row['key']}): {data}") from data
+                    # A member the storage would not give back (``reader`` has already ridden out what it could):
+                    # the shard fails rather than recording good data as bad. A transient error stays an OSError,
+                    # which the job retries after a backoff; a missing file or denied access is not retried.
+                    where = f"reading {row['source']} at {row['offset']} ({row['key']}): {type(data).__name__}: {data}"
+                    raise (OSError(where) if is_transient(data) else StorageError(where)) from data
                 bytes_read += len(data)
                 if len(data) != row["size"]:
                     # The tar header promised more bytes than the file holds (a tar cut short).

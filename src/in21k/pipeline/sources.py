@@ -31,7 +31,8 @@ from typing import Any, Literal
 import numpy as np
 
 from in21k.errors import DataError, StorageError
-from in21k.storage import filesystem, fs_is_local, full_url
+from in21k.progress import progress
+from in21k.storage import filesystem, fs_is_local, full_url, is_remote, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +140,14 @@ def index_container(container: Container, storage_options: dict[str, Any] | None
             scanned = _tar_members_fast(window, length)
             if scanned is None:  # anything unusual: tarfile reads it, from the start
                 window.seek(0)
-                found, error = _tar_members_tolerant(window)
+                found, error = _tar_members_tolerant(window, raise_transient=is_remote(container.url))
             else:
                 found = scanned
     except OSError as exc:
+        if is_remote(container.url) and is_transient(exc):
+            # The object store is unreachable or overloaded, not the tar damaged: recording the tar as damaged
+            # would drop its members from the cached index for good. The task fails and the job retries it.
+            raise
         error = f"cannot read: {type(exc).__name__}: {exc}"
     for name, offset, size in found:
         rows["wnid"].append(container.wnid)
@@ -217,10 +222,12 @@ def _tar_members_fast(fileobj: Any, length: int) -> list[tuple[str, int, int]] |
     return out if np.array_equal(sums, np.asarray(checksums, np.int64)) else None
 
 
-def _tar_members_tolerant(fileobj: Any) -> tuple[list[tuple[str, int, int]], str]:
+def _tar_members_tolerant(fileobj: Any, *, raise_transient: bool = True) -> tuple[list[tuple[str, int, int]], str]:
     """(name, data offset, size) of each regular file from headers alone (tarfile seeks over the data).
 
-    A damaged archive keeps the members read before the damage: ``(members, error)``.
+    A damaged archive keeps the members read before the damage: ``(members, error)``. A read that failed for a
+    transient reason (``is_transient``: the object store unreachable) is no damage and raises, unless
+    ``raise_transient`` is false.
     """
     out: list[tuple[str, int, int]] = []
     try:
@@ -239,6 +246,8 @@ def _tar_members_tolerant(fileobj: Any) -> tuple[list[tuple[str, int, int]], str
         if fileobj.read(512).strip(b"\0"):
             return out, f"damaged tar: unreadable header at byte {tar.offset} after {len(out)} members"
     except (tarfile.TarError, OSError) as exc:
+        if raise_transient and isinstance(exc, OSError) and is_transient(exc):
+            raise  # a failed read, not damage
         return out, f"damaged tar after {len(out)} members: {exc}"
     finally:
         tar.close()
@@ -511,7 +520,7 @@ def list_nested_tars(fs: Any, path: str) -> list[Container]:
     """The class tars inside an uncompressed outer tar, by their absolute offsets (headers only)."""
     url = full_url(fs, path)
     with fs.open(path, "rb", block_size=INDEX_BLOCK_SIZE, cache_type="readahead") as f:
-        members, error = _tar_members_tolerant(f)
+        members, error = _tar_members_tolerant(f, raise_transient=is_remote(url))  # an outage must not drop classes
     if error and not members:
         raise DataError(f"{url!r} is not a readable tar archive ({error})")
     if error:
@@ -539,15 +548,15 @@ def list_class_folders(fs: Any, path: str) -> list[Container]:
     return [Container(w, "files", "", files=tuple(sorted(files))) for w, files in sorted(by_wnid.items())]
 
 
-def stage_gz(fs: Any, path: str, staging: str, storage_options: dict[str, Any] | None = None) -> str:
+def stage_gz(
+    fs: Any, path: str, staging: str, storage_options: dict[str, Any] | None = None, *, show_progress: bool = True
+) -> str:
     """Stream a ``.tar.gz`` outer archive ONCE into per-class tars under ``staging``; returns ``staging``.
 
     A finished staging (marker file ``_staging_complete.json``) is reused; an interrupted one is redone,
     class tar by class tar, each written whole (local: temp file + rename; object stores: one PUT).
     """
     import json
-
-    from tqdm import tqdm
 
     sfs, spath = filesystem(staging, storage_options)
     marker = posixpath.join(spath, STAGING_DONE)
@@ -567,7 +576,7 @@ def stage_gz(fs: Any, path: str, staging: str, storage_options: dict[str, Any] |
     count = 0
     with (
         fs.open(path, "rb", block_size=8 << 20) as raw,
-        tqdm(total=total, unit="B", unit_scale=True, desc="staging .tar.gz", disable=None) as bar,
+        progress(total=total, unit="B", unit_scale=True, desc="staging .tar.gz", enabled=show_progress) as bar,
     ):
         counted = _CountingReader(raw, bar)
         with tarfile.open(fileobj=counted, mode="r|gz") as tar:
@@ -609,8 +618,11 @@ class _CountingReader(io.RawIOBase):
         return len(data)
 
 
-def open_source(url: str, *, staging: str | None, storage_options: dict[str, Any] | None = None) -> RawSource:
-    """Detect the layout and list the class containers of a raw release (stages a .tar.gz first)."""
+def open_source(
+    url: str, *, staging: str | None, storage_options: dict[str, Any] | None = None, show_progress: bool = True
+) -> RawSource:
+    """Detect the layout and list the class containers of a raw release (stages a .tar.gz first, with a progress
+    bar or log lines unless ``show_progress`` is false)."""
     layout, fs, path = describe(url, storage_options)
     note = ""
     if layout == "class-tars":
@@ -620,7 +632,7 @@ def open_source(url: str, *, staging: str | None, storage_options: dict[str, Any
     elif layout == "whole-tar-gz":
         if not staging:
             raise DataError("a .tar.gz release needs --staging (a folder or prefix for the per-class tars)")
-        stage_gz(fs, path, staging, storage_options)
+        stage_gz(fs, path, staging, storage_options, show_progress=show_progress)
         sfs, spath = filesystem(staging, storage_options)
         containers = list_class_tars(sfs, spath)
         note = f"streamed once from {url} into class tars at {staging}"

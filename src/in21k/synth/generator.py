@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from in21k.config import config_to_dict
 from in21k.errors import ConfigError
+from in21k.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -331,42 +332,42 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
     report_classes = []
     members_by_class: dict[str, dict[str, str]] = {}
     class_blobs: list[tuple[str, bytes]] = []
-    from tqdm import tqdm
-
-    for wnid, n in tqdm(list(zip(all_wnids, sizes, strict=True)), desc="synth classes", unit="class", disable=None):
-        numbers = rng.choice(np.arange(1, 10 * hi + 100), size=int(n), replace=False)
-        kinds: Counter = Counter()
-        members: list[tuple[str, bytes]] = []
-        record: dict[str, str] = {}
-        for number in numbers:  # random order, like the real tars
-            name = f"{wnid}_{int(number)}.JPEG"
-            kind = _pick_kind(rng, cfg)
-            img = render(paths[wnid], _size(rng, cfg), rng)
-            members.append((name, _encode(img, kind, cfg.quality, rng)))
-            kinds[kind] += 1
-            record[name] = kind
-        members_by_class[wnid] = record
-        report_classes.append(
-            {
-                "wnid": wnid,
-                "name": names.get(wnid, ""),
-                "wordnet_noun": wnid in chosen,
-                "members": int(n),
-                "readable": sum(kinds[k] for k in READABLE_KINDS),
-                "kinds": {k: kinds[k] for k in KINDS},
-            }
-        )
-        if cfg.layout == "folders":
-            folder = out / wnid
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, data in members:
-                (folder / name).write_bytes(data)
-        else:
-            blob = tar_bytes(members)
-            if cfg.layout == "class-tars":
-                (out / f"{wnid}.tar").write_bytes(blob)
+    with progress(total=len(all_wnids), desc="synth classes", unit="class") as bar:
+        for wnid, n in zip(all_wnids, sizes, strict=True):
+            numbers = rng.choice(np.arange(1, 10 * hi + 100), size=int(n), replace=False)
+            kinds: Counter = Counter()
+            members: list[tuple[str, bytes]] = []
+            record: dict[str, str] = {}
+            for number in numbers:  # random order, like the real tars
+                name = f"{wnid}_{int(number)}.JPEG"
+                kind = _pick_kind(rng, cfg)
+                img = render(paths[wnid], _size(rng, cfg), rng)
+                members.append((name, _encode(img, kind, cfg.quality, rng)))
+                kinds[kind] += 1
+                record[name] = kind
+            members_by_class[wnid] = record
+            report_classes.append(
+                {
+                    "wnid": wnid,
+                    "name": names.get(wnid, ""),
+                    "wordnet_noun": wnid in chosen,
+                    "members": int(n),
+                    "readable": sum(kinds[k] for k in READABLE_KINDS),
+                    "kinds": {k: kinds[k] for k in KINDS},
+                }
+            )
+            if cfg.layout == "folders":
+                folder = out / wnid
+                folder.mkdir(parents=True, exist_ok=True)
+                for name, data in members:
+                    (folder / name).write_bytes(data)
             else:
-                class_blobs.append((f"{wnid}.tar", blob))
+                blob = tar_bytes(members)
+                if cfg.layout == "class-tars":
+                    (out / f"{wnid}.tar").write_bytes(blob)
+                else:
+                    class_blobs.append((f"{wnid}.tar", blob))
+            bar.update()
     files = sorted(p.name for p in out.iterdir() if p.name not in (REPORT_NAME, SYNSETS_NAME))
     if cfg.layout == "whole-tar":
         outer = tar_bytes(class_blobs)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from in21k.errors import ConfigError
+from in21k.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,6 @@ def write_fall11_scale(out: str | Path, *, members: int = FALL11_MEMBERS, seed: 
     Also writes ``out/synth_report.json`` (totals, per-class counts, the prepare options that
     reproduce fall11's pruning, and the counts ``prepare`` must then plan) and ``out/synsets.txt``.
     """
-    from tqdm import tqdm
-
     if members < MIN_MEMBERS:
         raise ConfigError(f"--members must be at least {MIN_MEMBERS:,} for fall11's shape (got {members:,})")
     kept_classes, kept_members, dropped_classes, dropped_members = _scaled_shape(members)
@@ -202,7 +201,7 @@ def write_fall11_scale(out: str | Path, *, members: int = FALL11_MEMBERS, seed: 
     wnids = sorted(sizes)
     t0 = time.perf_counter()
     written_bytes = 0
-    with tqdm(total=members, unit="member", unit_scale=True, desc="fall11-shaped tars", disable=None) as bar:
+    with progress(total=members, unit="member", unit_scale=True, desc="fall11-shaped tars") as bar:
         for wnid in wnids:
             n = int(sizes[wnid])
             numbers = rng.permutation(3 * n + 10)[:n] + 1  # distinct image numbers, random order

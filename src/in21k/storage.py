@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import functools
 import gc
 import http.client
@@ -231,6 +232,9 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line[:300]}"
 
 
+_LOCAL_PERMANENT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG})
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a failed remote read may succeed when tried again.
 
@@ -241,6 +245,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, IncompleteReadError):
         return True
     if isinstance(exc, (In21kError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_PERMANENT:  # a full or read-only local disk stays so
         return False
     text = f"{type(exc).__name__} {exc}".lower()
     if any(marker in text for marker in _PERMANENT):
@@ -397,19 +403,60 @@ class _ObstoreObject:
 
 
 class _FsspecObject:
-    """One object through fsspec (s3fs, gcsfs, http), without fsspec's read cache: one GET per ``readinto``."""
+    """One object through fsspec (s3fs, gcsfs, http), without fsspec's read cache: one GET per ``readinto``.
+
+    An HTTP server without range requests (e.g. ``python -m http.server``) answers every GET with the whole
+    file; fsspec then refuses reads past byte 0, and this object falls back to one streaming GET per open,
+    reading and discarding the bytes before the wanted offset (logged once per process).
+    """
 
     def __init__(self, fs: Any, path: str, block_size: int) -> None:
+        self._fs, self._path = fs, path
         self._file = fs.open(path, "rb", block_size=block_size, cache_type="none")
         self.size: int | None = getattr(self._file, "size", None)
+        self._streaming = False
 
     def readinto(self, offset: int, view: memoryview) -> int:
-        if self._file.tell() != offset:
-            self._file.seek(offset)  # only after a reopen (a streaming HTTP response cannot: not resumable)
+        if not self._streaming:
+            try:
+                if self._file.tell() != offset:
+                    self._file.seek(offset)  # at a start offset, or after a reopen
+                return self._file.readinto(view)
+            except ValueError as exc:
+                if "support range requests" not in str(exc):
+                    raise
+                self._stream_from_start()
+        if self._file.tell() > offset:
+            self._file.close()
+            self._stream_from_start()
+        _skip(self._file, offset - self._file.tell())
         return self._file.readinto(view)
+
+    def _stream_from_start(self) -> None:
+        global _warned_no_ranges
+        if not _warned_no_ranges:
+            _warned_no_ranges = True
+            log.info("%s: the server does not support range requests; reading from the start of each file",
+                     self._path)  # fmt: skip
+        self._file.close()
+        self._file = self._fs.open(self._path, "rb", block_size=0)
+        self._streaming = True
 
     def close(self) -> None:
         self._file.close()
+
+
+_warned_no_ranges = False
+
+
+def _skip(f: Any, n: int) -> None:
+    """Read and drop ``n`` bytes of a stream that cannot seek; a stream ending first is an incomplete read."""
+    buf = bytearray(min(n, READ_BLOCK))
+    while n > 0:
+        got = f.readinto(memoryview(buf)[: min(n, len(buf))])
+        if not got:
+            raise IncompleteReadError(f"the response ended {n} bytes before the requested offset")
+        n -= got
 
 
 def _open_object(url: str, storage_options: dict[str, Any] | None, client: str, block_size: int, fresh: bool) -> Any:

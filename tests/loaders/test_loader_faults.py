@@ -60,7 +60,8 @@ def test_which_failures_are_transient() -> None:
     permanent = [
         FileNotFoundError("no such key"), storage.NotFoundError("s3://b/k: no such object"),
         OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body."),
-        TypeError("a bug"), ValueError("a bug"),
+        TypeError("a bug"), ValueError("a bug"), OSError(28, "No space left on device"),
+        OSError(30, "Read-only file system"),
     ]  # fmt: skip
     assert all(storage.is_transient(e) for e in transient)
     assert not any(storage.is_transient(e) for e in permanent)

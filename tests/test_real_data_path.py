@@ -12,21 +12,17 @@ endpoints from the environment, as on a user's machine. The same prepare writes 
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from in21k import storage
 from in21k.dataset import INFO_FILE, TREE_FILE
+from tests.http_static import static_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.gcs, pytest.mark.slow]
 
@@ -119,23 +115,6 @@ def test_s3_gcs_and_http(raw, images, s3_server, gcs_server, tmp_path) -> None:
     with s3_server.activate():
         for name in (INFO_FILE, TREE_FILE):
             (local / name).write_bytes(storage.read_bytes(f"{s3_url}/{name}"))
-    with static_server(local) as http_url:
+    with static_server(local, ranges=True) as http_url:
         result = last_json(in21k("train", "--data", http_url, "--out", str(tmp_path / "http-run"), *TRAIN))
     assert result["steps"] == 4 and result["val"]["samples"] > 0
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@contextlib.contextmanager
-def static_server(root: Path) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -1,42 +1,27 @@
-"""Streaming over HTTP from a local server (127.0.0.1) gives the batches of local disk."""
+"""Streaming over HTTP from a local server (127.0.0.1) gives the batches of local disk, whether the server
+answers byte-range requests (ranges start mid-shard at byte offsets) or only whole files (the loader then
+reads each shard from byte 0 and skips to the offset)."""
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from in21k.loaders import create_loader
+from tests.http_static import ranges_served, static_server
 from tests.loaders.loader_helpers import batch_keys, key_by_digest
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@pytest.fixture()
-def http_root(prepared: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(prepared))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_http_gives_the_same_batches_as_local_disk(prepared: Path, http_root: str) -> None:
+@pytest.mark.parametrize("ranges", [False, True], ids=["whole-files", "byte-ranges"])
+def test_http_gives_the_same_batches_as_local_disk(prepared: Path, ranges: bool) -> None:
     table = key_by_digest(prepared, "train")
     kw = dict(split="train", batch_size=4, num_workers=2, seed=2, decode="none")
     local = create_loader(data=str(prepared), **kw)
-    remote = create_loader(data=http_root, **kw)
-    assert batch_keys(remote, table) == batch_keys(local, table)
-    with pytest.raises(FileNotFoundError, match="_info.json"):
-        create_loader(data=http_root + "/nowhere", split="train", batch_size=4, num_workers=0)
+    before = ranges_served()
+    with static_server(prepared, ranges=ranges) as http_root:
+        remote = create_loader(data=http_root, **kw)
+        assert batch_keys(remote, table) == batch_keys(local, table)
+        assert (ranges_served() > before) == ranges
+        with pytest.raises(FileNotFoundError, match="_info.json"):
+            create_loader(data=http_root + "/nowhere", split="train", batch_size=4, num_workers=0)

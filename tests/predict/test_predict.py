@@ -4,11 +4,7 @@ server, ``--json`` and ``--plot``."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,7 @@ import torch
 
 from in21k.cli import main
 from in21k.tree import SemanticTree
+from tests.http_static import static_server
 from tests.loaders.prepared_data import class_colour, jpeg_bytes, make_prepared_dataset
 
 
@@ -116,25 +113,11 @@ def test_predict_original_format_with_our_tree_and_fall11(trained, images, tmp_p
     assert len(r["path"]) >= 2 and len(r["levels"]) == fall11.num_levels
 
 
-@contextlib.contextmanager
-def serve(folder: Path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 def test_predict_urls_and_plot(trained, images, tmp_path, capsys):
     _, run = trained
     tree = SemanticTree.load(trained[0] / "tree.json")
     png = tmp_path / "out" / "pred.png"
-    with serve(images) as base:
+    with static_server(images) as base:
         rc = main(
             [
                 "predict",

@@ -20,7 +20,7 @@ def test_bench_loader_json(prepared: Path, capsys: pytest.CaptureFixture[str]) -
     result = json.loads(capsys.readouterr().out)
     rates = result["img_per_s"]
     assert set(rates) == {"ours", "ours_no_decode", "imagefolder", "imagefolder_original", "limit", "limit_turbo",
-                          "limit_turbo_fast"}  # fmt: skip
+                          "limit_turbo_fast", "limit_turbo_batches"}  # fmt: skip
     assert all(v > 0 for v in rates.values())
     assert result["ratios"]["ours_vs_limit"] == pytest.approx(rates["ours"] / rates["limit"], rel=1e-2)
     # Ratios are rounded to 3 decimals: at 32 px the decode-only limit is far faster than a whole loader.
@@ -47,9 +47,9 @@ def test_bench_loader_eval_with_peers(prepared: Path, capsys: pytest.CaptureFixt
     rates = result["img_per_s"]
     installed = {p for p, module in (("webdataset", "webdataset"), ("timm_wds", "webdataset"), ("litdata", "litdata"))
                  if importlib.util.find_spec(module) is not None}  # fmt: skip
-    assert {"ours", "limit", "limit_turbo", "limit_turbo_fast"} | installed <= set(rates)
+    assert {"ours", "limit", "limit_turbo", "limit_turbo_fast", "limit_turbo_batches"} | installed <= set(rates)
     ours_and_limits = {"ours", "ours_no_decode", "imagefolder", "imagefolder_original", "limit", "limit_turbo",
-                       "limit_turbo_fast"}  # fmt: skip
+                       "limit_turbo_fast", "limit_turbo_batches"}  # fmt: skip
     assert set(rates) - ours_and_limits == installed
     assert all(v > 0 for v in rates.values())
     assert "ours_vs_turbo_limit >= 0.85" in result["targets"]

@@ -346,15 +346,21 @@ def _limit_worker(args: tuple[int, int, str, int, Any]) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _turbo_limit_worker(args: tuple[int, int, str, int, Any], *, fast: bool = False) -> tuple[float, float]:
+def _largest_image_buffer(jpegs: list[bytes]) -> Any:
+    """A flat uint8 buffer that holds the largest of ``jpegs`` decoded to RGB."""
     import numpy as np
+    import simplejpeg
+
+    largest = max(h * w for h, w, _, _ in (simplejpeg.decode_jpeg_header(d) for d in set(jpegs)))
+    return np.empty(largest * 3, dtype=np.uint8)
+
+
+def _turbo_limit_worker(args: tuple[int, int, str, int, Any], *, fast: bool = False) -> tuple[float, float]:
     import simplejpeg
 
     index, workers, _name, _size, barrier = args
     mine = _LIMIT_SAMPLES[index::workers]
-    # One buffer that holds the largest image, reused for every decode: libjpeg-turbo's work and nothing else.
-    largest = max(h * w for h, w, _, _ in (simplejpeg.decode_jpeg_header(d) for d in set(mine)))
-    out = np.empty(largest * 3, dtype=np.uint8)
+    out = _largest_image_buffer(mine)  # reused for every decode: libjpeg-turbo's work and nothing else
     flags = {"fastdct": fast, "fastupsample": fast}
     simplejpeg.decode_jpeg(mine[0], colorspace="RGB", buffer=out, **flags)
     barrier.wait()
@@ -384,8 +390,7 @@ def _turbo_batches_limit_worker(args: tuple[int, int, str, int, Any]) -> tuple[f
     mem = mmap.mmap(-1, slots * batch_size * h * w * 3)
     ring = np.frombuffer(mem, dtype=np.uint8).reshape(slots * batch_size, h, w, 3)
     ring[:] = 0
-    spare = np.empty(max(hh * ww for hh, ww, _, _ in (simplejpeg.decode_jpeg_header(d) for d in set(mine))) * 3,
-                     dtype=np.uint8)  # fmt: skip
+    spare = _largest_image_buffer(mine)
     barrier.wait()
     start, cpu = time.perf_counter(), time.process_time()
     for i, data in enumerate(mine):

@@ -78,18 +78,10 @@ def start_local_gcs(workdir: str | Path, *, timeout: float = 60.0) -> LocalGCS:
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = LocalGCS(url, proc=proc, log_path=log_path)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SetupError(f"fake-gcs-server exited with {proc.returncode}; see {log_path}")
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2).close()
-                return server
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SetupError(f"fake-gcs-server did not answer on {url} within {timeout:.0f} s") from None
-                time.sleep(0.2)
+        server.wait_until_answers(f"{url}/storage/v1/b", name="fake-gcs-server", deadline=time.monotonic() + timeout,
+                                  log_path=log_path, poll=0.2)  # fmt: skip
     except BaseException:
         server.stop()
         raise
+    return server

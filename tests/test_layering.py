@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"tree", "loaders"},
     "predict": {"tree", "loaders", "training"},
     "synth": {"tree"},
-    "demo": {"tree", "synth"},
+    "demo": {"tree", "synth", "training"},  # the run directory's names (training.rundir), read after `in21k train`
     "benchmarks": {"tree", "synth", "pipeline", "loaders", "training", "predict"},
 }
 

@@ -28,9 +28,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.gcs, pytest.mark.slow
 
 PREPARE = ["--min-images", "12", "--val-per-class", "3", "--shard-size", "16", "--no-progress"]
 TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--amp", "none",
-         "--loader.num-workers", "1", "--max-steps-per-epoch", "4", "--val-max-batches", "2", "--no-plot"]  # fmt: skip
+         "--loader.num-workers", "1", "--run.max-steps-per-epoch", "4", "--run.val-max-batches", "2",
+         "--no-plot"]  # fmt: skip
 FINETUNE = ["--epochs", "1", "--batch-size", "8", "--amp", "none", "--loader.num-workers", "1", "--head-init", "map",
-            "--max-steps-per-epoch", "3", "--val-max-batches", "2", "--image-size", "32"]  # fmt: skip
+            "--run.max-steps-per-epoch", "3", "--run.val-max-batches", "2", "--image-size", "32"]  # fmt: skip
 
 
 def in21k(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:

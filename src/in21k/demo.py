@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
+from in21k.training.rundir import CURVES, METRICS, MODEL, RunDir, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _chance_semantic_top1(tree: Any, val_counts: dict[int, int], levels: list[in
     return hits / pairs if pairs else 0.0
 
 
-def _figures(out: Path, prepared: Path, run_dir: Path, min_images: int) -> dict[str, str]:
+def _figures(out: Path, prepared: Path, run: RunDir, min_images: int) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,10 +141,10 @@ def _figures(out: Path, prepared: Path, run_dir: Path, min_images: int) -> dict[
     plt.close(fig)
     figs["rejection reasons"] = "rejections.png"
 
-    if (run_dir / "curves.png").exists():
-        shutil.copyfile(run_dir / "curves.png", out / "training_curves.png")
+    if run.curves.exists():
+        shutil.copyfile(run.curves, out / "training_curves.png")
         figs["training curves"] = "training_curves.png"
-    vals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    vals = read_metrics(run.metrics, "val")
     if vals:
         per_level = vals[-1]["per_level"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -169,7 +170,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo_config.yaml")
     conf = Path(cfg.configs_dir)
-    raw, prepared, run_dir = out / "raw", out / "prepared", out / "run"
+    raw, prepared, run = out / "raw", out / "prepared", RunDir(out / "run")
     report_dir = out / "report"
     timings: dict[str, float] = {}
     if not (raw / "synth_report.json").exists():
@@ -177,7 +178,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     prep_cfg = conf / "prepare" / "demo.yaml"
     _run("prepare", ["prepare", "--raw", str(raw), "--out", str(prepared), "--config", str(prep_cfg)], timings)
     train_cfg = str(conf / "train" / "demo.yaml")
-    train_argv = ["train", "--data", str(prepared), "--out", str(run_dir), "--config", train_cfg,
+    train_argv = ["train", "--data", str(prepared), "--out", str(run.root), "--config", train_cfg,
                   "--resume", "auto"]  # fmt: skip
     if cfg.epochs is not None:
         train_argv += ["--epochs", str(cfg.epochs)]
@@ -186,7 +187,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     report_dir.mkdir(parents=True, exist_ok=True)
     predict_out = _run(
         "predict",
-        ["predict", "--checkpoint", str(run_dir / "model.pt"), "--json", "--plot", str(report_dir / "predictions.png"),
+        ["predict", "--checkpoint", str(run.model), "--json", "--plot", str(report_dir / "predictions.png"),
          *[h["file"] for h in heldout]],
         timings,
     )  # fmt: skip
@@ -205,9 +206,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         rows.append({"image": Path(h["file"]).name, "correct": f"{ok}/{len(truth)}",
                      "true": [tree.names[j].split(",")[0] for j in tree.path(h["index"])],
                      "names": [p["name"].split(",")[0] for p in pred["path"]]})  # fmt: skip
-    figs = _figures(report_dir, prepared, run_dir, int(yaml.safe_load(prep_cfg.read_text()).get("min_images", 500)))
+    figs = _figures(report_dir, prepared, run, int(yaml.safe_load(prep_cfg.read_text()).get("min_images", 500)))
     prep_report = json.loads((prepared / "report.json").read_text())
-    vals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    vals = read_metrics(run.metrics, "val")
     final = vals[-1] if vals else {}
     levels_used = [int(k) for k in final.get("per_level", {})]
     val_counts = {c["index"]: c["validation"] for c in prep_report["classes"]}
@@ -284,7 +285,7 @@ def _main(args: argparse.Namespace) -> int:
         f"  report:        {out / 'report' / 'report.md'} (figures beside it)\n"
         f"  raw release:   {out / 'raw'} (synth_report.json counts every member)\n"
         f"  prepared data: {out / 'prepared'} (report.md, manifest/, train/, validation/)\n"
-        f"  training run:  {out / 'run'} (metrics.jsonl, curves.png, model.pt)\n"
+        f"  training run:  {out / 'run'} ({METRICS}, {CURVES}, {MODEL})\n"
         f"  semantic top-1 {summary['semantic_top1']:.3f} vs chance {summary['chance_semantic_top1']:.3f}",
         file=sys.stderr,
     )

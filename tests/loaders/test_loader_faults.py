@@ -138,7 +138,7 @@ def test_a_spent_retry_budget_raises_naming_the_shard(faults_data, s3_server) ->
 
 # ------------------------------------------------------------------------------------------ restart
 TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--amp", "none",
-         "--no-plot", "--log-every", "1", "--loader.num-workers", "1", "--loader.transform", "eval",
+         "--no-plot", "--run.log-every", "1", "--loader.num-workers", "1", "--loader.transform", "eval",
          "--loader.interleave", "1", "--loader.shuffle-block", "8", "--loader.read-retry-delay", "0.25",
          "--seed", "3"]  # fmt: skip
 

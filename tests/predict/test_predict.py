@@ -26,7 +26,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     run = root / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--model", "resnet10t", "--image-size", "32",
                  "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
-                 "--val-max-batches", "1", "--loader.transform", "eval"]) == 0  # fmt: skip
+                 "--run.val-max-batches", "1", "--loader.transform", "eval"]) == 0  # fmt: skip
     return data, run
 
 

@@ -22,7 +22,7 @@ def pretrained(tmp_path_factory) -> Path:
                                  image_size=32, seed=7)  # fmt: skip
     assert main(["train", "--data", str(data), "--out", str(root / "run"), "--model", "resnet10t", "--image-size",
                  "32", "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
-                 "--val-max-batches", "1"]) == 0  # fmt: skip
+                 "--run.val-max-batches", "1"]) == 0  # fmt: skip
     return root / "run" / "model.pt"
 
 

@@ -35,7 +35,7 @@ def test_head_map_initialises_exactly_the_overlapping_rows(pretrained):
     assert init_head(trained.model, tree=trained.tree, class_names=classes, mode="random").mapped == {}
 
 
-FT = ["--epochs", "2", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--log-every", "1",
+FT = ["--epochs", "2", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--run.log-every", "1",
       "--warmup-epochs", "0.5", "--lr", "0.003"]  # fmt: skip
 
 

@@ -77,7 +77,7 @@ def data(tmp_path_factory) -> Path:
 
 # No augmentation (--loader.transform eval): on 64 images at 32 px the loss trend is then a clean signal.
 COMMON = ["--image-size", "32", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
-          "--val-max-batches", "1", "--log-every", "1", "--loader.transform", "eval"]  # fmt: skip
+          "--run.val-max-batches", "1", "--run.log-every", "1", "--loader.transform", "eval"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_kd_with_original_format_teacher_and_exact_resume(data, teacher_run, tmp
     original = tmp_path / "resnet10t_miil_21k.pth"
     torch.save({"state_dict": state}, original)  # the original's published layout
     base = ["--data", str(data), "--model", "resnet10t", "--epochs", "1", "--teacher", str(original),
-            "--save-every", "2", "--keep-last", "10", *COMMON]  # fmt: skip
+            "--run.save-every", "2", "--run.keep-last", "10", *COMMON]  # fmt: skip
     args = [*base, "--teacher-model", "resnet10t"]
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), *args]) == 0

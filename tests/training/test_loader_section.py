@@ -23,7 +23,7 @@ from in21k.training.config import TrainConfig
 from tests.loaders.prepared_data import make_prepared_dataset
 
 TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--amp", "none",
-         "--no-plot", "--log-every", "1"]  # fmt: skip
+         "--no-plot", "--run.log-every", "1"]  # fmt: skip
 
 
 def test_every_create_loader_option_has_a_key_in_the_section():

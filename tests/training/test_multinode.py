@@ -37,8 +37,8 @@ pytestmark = [pytest.mark.dist, pytest.mark.s3, pytest.mark.slow, pytest.mark.cl
 
 EPOCHS, STEPS_PER_EPOCH = 2, 4
 TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "4",
-         "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--ema", "--save-every", "2",
-         "--log-every", "2", "--keep-last", "2", "--amp", "none", "--no-plot", "--resume", "auto"]  # fmt: skip
+         "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--ema", "--run.save-every", "2",
+         "--run.log-every", "2", "--run.keep-last", "2", "--amp", "none", "--no-plot", "--resume", "auto"]  # fmt: skip
 MAX_RESTARTS = 3
 # torch >= 2.4 shares the agent's rendezvous store with the workers by default; then an agent that joins a later
 # rendezvous round (the replacement of a lost node) waits for keys the others published only in round 0, and both

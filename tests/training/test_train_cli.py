@@ -33,8 +33,8 @@ def test_alternative_recipe_with_gpu_decode_path_on_cpu(data, tmp_path, capsys):
     rc = main(["train", "--data", str(data), "--out", str(run), "--config", str(cfg), "--init", str(in1k),
                "--resume", "auto",
                "--model", "mobilenetv3_small_050", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
-               "--loader.num-workers", "0", "--gpu-decode", "--amp", "bf16", "--channels-last", "--log-every", "1",
-               "--val-max-batches", "1"])  # fmt: skip
+               "--loader.num-workers", "0", "--gpu-decode", "--amp", "bf16", "--channels-last", "--run.log-every", "1",
+               "--run.val-max-batches", "1"])  # fmt: skip
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["steps"] == 3  # 24 samples / batch 4 = 6 batches, 2 per optimizer step
@@ -81,8 +81,8 @@ def test_resume_from_mid_run_checkpoint_is_exact_with_ema_accum_and_gpu_decode(d
 
     args = ["--data", str(data), "--model", "resnet10t", "--image-size", "32", "--epochs", "2", "--batch-size", "2",
             "--loader.num-workers", "1", "--gpu-decode", "--ema", "--ema-decay", "0.5", "--accum-steps", "2",
-            "--save-every", "1", "--keep-last", "20", "--amp", "none", "--no-plot",
-            "--val-max-batches", "1"]  # fmt: skip
+            "--run.save-every", "1", "--run.keep-last", "20", "--amp", "none", "--no-plot",
+            "--run.val-max-batches", "1"]  # fmt: skip
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), *args]) == 0
     mid = full / "checkpoints" / "ckpt-000000004.pt"  # step 4 of 6 per epoch: mid-epoch 0
@@ -104,8 +104,8 @@ def test_resume_with_other_loader_workers_trains_the_rest_of_the_epoch(data, tmp
     import shutil
 
     args = ["--data", str(data), "--model", "resnet10t", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
-            "--save-every", "2", "--keep-last", "20", "--amp", "none", "--no-plot", "--val-max-batches", "1",
-            "--log-every", "1"]  # fmt: skip
+            "--run.save-every", "2", "--run.keep-last", "20", "--amp", "none", "--no-plot",
+            "--run.val-max-batches", "1", "--run.log-every", "1"]  # fmt: skip
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), "--loader.num-workers", "1", *args]) == 0
     mid = full / "checkpoints" / "ckpt-000000002.pt"  # 24 samples / 4 = 6 steps per epoch: step 2 is mid-epoch 0
@@ -130,7 +130,7 @@ def test_default_workers_on_a_two_shard_dataset(data, tmp_path, caplog):
     with caplog.at_level("INFO"):
         assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "resnet10t",
                      "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--amp", "none", "--no-plot",
-                     "--max-steps-per-epoch", "2", "--val-max-batches", "1"]) == 0  # fmt: skip
+                     "--run.max-steps-per-epoch", "2", "--run.val-max-batches", "1"]) == 0  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if "loader worker(s) per rank instead of 8" in r.getMessage()]
     assert lines == [
         "split 'train': 2 shard(s) for 1 rank(s): 2 loader worker(s) per rank instead of 8",

@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 EPOCHS, STEPS_PER_EPOCH = 2, 8
 TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "4",
-         "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--save-every", "3",
-         "--log-every", "2", "--keep-last", "2", "--amp", "none", "--no-plot"]  # fmt: skip
+         "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--run.save-every", "3",
+         "--run.log-every", "2", "--run.keep-last", "2", "--amp", "none", "--no-plot"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_finetune_under_torchrun_resumes_exactly(pretrained, folders, tmp_path):
     """``in21k finetune`` is the same engine: 2 ranks on class folders, killed after its first checkpoint, resumed
     with --resume auto, ends with the weights (and EMA) of the uninterrupted run, bit for bit."""
     args = ["finetune", "--checkpoint", str(pretrained), "--data", str(folders), "--head-init", "map", "--epochs", "2",
-            "--batch-size", "4", "--loader.num-workers", "1", "--amp", "none", "--log-every", "1", "--save-every", "2",
-            "--keep-last", "2"]  # fmt: skip
+            "--batch-size", "4", "--loader.num-workers", "1", "--amp", "none", "--run.log-every", "1",
+            "--run.save-every", "2", "--run.keep-last", "2"]  # fmt: skip
     full = tmp_path / "full"
     # 40 training images: 20 per rank, 5 batches of 4 per epoch; the 10 validation images split over ranks and summed.
     out = finish(torchrun([*args, "--out", str(full)]))

@@ -1,5 +1,6 @@
 """Class folders (``ROOT/train/<class>/*.jpg``, ``ROOT/val/<class>/*``) as a loader with the streaming
-loader's interface: ``set_epoch(epoch, start_step)``, ``len``, batches of ``(uint8 [B,3,H,W], labels)``.
+loader's interface: ``set_epoch(epoch, start_step)``, ``len``, batches of ``(uint8 [B,3,H,W], labels)``,
+``state_dict``/``load_state_dict`` and ``epoch_stats`` (what the training engine asks of a training loader).
 
 For ``in21k finetune`` on datasets that were never prepared (ImageNet-1K's usual layout). Classes are the
 sorted folder names of ``train/``; ``val/`` (or ``validation/``) must not add classes.
@@ -8,7 +9,9 @@ Training: one permutation per epoch (the same on every rank, from ``(seed, epoch
 to the ranks and cut so that every rank gets the same number of full batches. Evaluation: every
 ``world_size``-th file from ``rank`` on, nothing dropped or repeated (counts are summed over ranks).
 Each sample's augmentation is seeded from ``(seed, epoch, rank, position)``, so a run resumed at a step
-sees exactly the pixels an uninterrupted one would, whatever the worker count.
+sees exactly the pixels an uninterrupted one would, whatever the worker count. The order is a function of
+``(seed, epoch)`` only, so the loader has no state of its own to checkpoint: the engine's position (epoch,
+batch) is enough to resume.
 """
 
 from __future__ import annotations
@@ -107,10 +110,24 @@ class FolderLoader:
         self.batch_size, self.num_workers, self.seed, self.train = batch_size, num_workers, seed, train
         self.rank, self.world_size = rank, world_size
         self.epoch = self.start_step = 0
-        self.corrupt = 0
+        self.corrupt = 0  # undecodable images skipped in the current (or last) epoch
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch, self.start_step = epoch, start_step
+
+    def state_dict(self, *, epoch: int, step: int) -> None:
+        """Nothing beyond the engine's position: the order is a function of ``(seed, epoch)``."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise DataError(
+            "the checkpoint holds the streaming loader's position of a prepared dataset, but --data is now a class "
+            "folder tree: resume with the --data the run was started with"
+        )
+
+    def epoch_stats(self) -> dict[str, Any]:
+        """This rank's count of undecodable training images skipped in the current (or last) epoch."""
+        return {"corrupt_skipped": self.corrupt}
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -132,6 +149,7 @@ class FolderLoader:
         import torch
 
         skip = self.start_step * self.batch_size
+        self.corrupt = 0
         self.start_step = 0  # a finished (or abandoned) resumed epoch must not make the next one start mid-way
         items = [(i, _sample_seed(self.seed, self.epoch, self.rank, p)) for p, i in enumerate(self.indices())][skip:]
         dl = torch.utils.data.DataLoader(

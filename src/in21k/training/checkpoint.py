@@ -1,9 +1,9 @@
 """Training checkpoints: atomic writes, keep the last K, find the newest, load with ``weights_only=True``.
 
-A checkpoint is ``RUN_DIR/checkpoints/ckpt-<step>.pt``: a dict of plain data and tensors only (model,
-optimizer, scaler and EMA state dicts, the step, the loader position, the RNG states), so loading
-needs no pickle of arbitrary objects. It is written to a temporary name, flushed to disk and renamed,
-so a killed run leaves either the old set or the new file, never a half-written one.
+A checkpoint is ``RUN_DIR/checkpoints/ckpt-<step>.pt`` (the names are ``training.rundir``'s): a dict of plain
+data and tensors only (model, optimizer, scaler and EMA state dicts, the step, the loader position, the RNG
+states), so loading needs no pickle of arbitrary objects. It is written to a temporary name, flushed to disk
+and renamed, so a killed run leaves either the old set or the new file, never a half-written one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +18,24 @@ import numpy as np
 import torch
 
 from in21k.errors import ConfigError, DataError
+from in21k.training.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 
 
 class CheckpointManager:
     """Checkpoints of one run directory."""
 
-    def __init__(self, run_dir: str | Path, *, keep_last: int = 3) -> None:
+    def __init__(self, run_dir: str | Path | RunDir, *, keep_last: int = 3) -> None:
         if keep_last < 1:
             raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
-        self.dir = Path(run_dir) / "checkpoints"
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.dir = self.run.checkpoints
         self.keep_last = keep_last
 
     def list(self) -> list[Path]:
         """Complete checkpoints, oldest first (by step)."""
-        if not self.dir.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
-        return [p for _, p in sorted(found)]
+        return self.run.list_checkpoints()
 
     def latest(self) -> Path | None:
         found = self.list()
@@ -47,7 +43,7 @@ class CheckpointManager:
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"ckpt-{step:09d}.pt"
+        path = self.run.checkpoint(step)
         atomic_save(state, path)
         for old in self.list()[: -self.keep_last]:
             old.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import json
 import os
 
 from in21k.config import add_config_args, config_from_args, print_config_requested
+from in21k.training.rundir import CHECKPOINTS, CONFIG, CURVES, HEAD_INIT, LOGS, METRICS, MODEL
 
 EPILOG = """\
 examples:
@@ -39,7 +40,7 @@ def register(commands) -> None:
         help="train a timm model with the semantic softmax (torchrun for several processes/nodes)",
         description="Train any timm model on a prepared dataset with the semantic softmax loss (or plain "
         "cross-entropy). Defaults are the original recipe (Adam 3e-4, OneCycle per step, wd 1e-4 on "
-        "weights only, AMP). Writes RUN_DIR/config.yaml, metrics.jsonl, logs/, checkpoints/, curves.png, model.pt.",
+        f"weights only, AMP). Writes RUN_DIR/{CONFIG}, {METRICS}, {LOGS}/, {CHECKPOINTS}/, {CURVES}, {MODEL}.",
     )
     parser.epilog = EPILOG
     add_config_args(parser, TrainConfig)
@@ -72,8 +73,8 @@ def register_finetune(commands) -> None:
         "ROOT/val/<class>/; one process or torchrun (DDP). Recipe of the original's transfer notes by default "
         "(Adam 2e-4, wd 1e-4, cosine with warmup, EMA, label smoothing 0.1); --optimizer sgd|adamw. "
         "--head-init map initialises the new head's rows of classes whose folder name is a wnid of the 21K tree "
-        "from the 21K head. Writes RUN_DIR/config.yaml, head_init.json, metrics.jsonl, logs/, checkpoints/ "
-        "(one per epoch; --resume auto), model.pt.",
+        f"from the 21K head. Writes RUN_DIR/{CONFIG}, {HEAD_INIT}, {METRICS}, {LOGS}/, {CHECKPOINTS}/ "
+        f"(one per epoch; --resume auto), {MODEL}.",
     )
     parser.epilog = """\
 examples:

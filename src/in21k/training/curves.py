@@ -1,9 +1,10 @@
-"""The PNG of a run's training curves, drawn from its ``metrics.jsonl`` (matplotlib, Agg backend)."""
+"""The PNG of a run's training curves (``curves.png``), drawn from its ``metrics.jsonl`` (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from in21k.training.rundir import read_metrics
 
 
 def plot_curves(metrics_path: Path, out: Path) -> Path | None:
@@ -15,9 +16,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if r["kind"] == "train"]
-    val = [r for r in rows if r["kind"] == "val"]
+    train, val = read_metrics(metrics_path, "train"), read_metrics(metrics_path, "val")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
     axes[0].set(title="train loss", xlabel="step")

@@ -1,8 +1,9 @@
-"""The training engine: one rank's training state, and the one way to step, checkpoint and resume it.
+"""The training engine: one rank's training state, and the one way to fit, step, checkpoint and resume it.
 
 ``in21k train`` (semantic softmax, KD) and ``in21k finetune`` (single label) are compositions over this
-module: each builds its model, data, loss and schedule, wraps them in an ``Engine`` and runs
-``Engine.run_epoch`` / ``validate`` / ``save``. What the engine owns:
+module: each builds its model, data, loss, schedule and validation inside a ``run_session``, hands them to
+an ``Engine`` (everything through the constructor), calls ``Engine.start`` (resume or fresh), ``Engine.fit``
+(the epochs) and ``Engine.save_model`` (the final model file). What the engine owns:
 
 - the state: the model (``model``, unwrapped: what is saved; ``wrapped``: DDP and/or ``torch.compile``,
   what is called), optimizer, ``GradScaler``, EMA, the lr schedule (an array indexed by optimizer step)
@@ -13,8 +14,14 @@ module: each builds its model, data, loss and schedule, wraps them in an ``Engin
   resolution, decided by rank 0 and broadcast so every rank restores the same file;
 - buffer agreement: after an epoch, rank 0's buffers (BatchNorm statistics) go to every rank, so all ranks
   validate, checkpoint and end with the same weights;
-- the metrics window (losses summed on the device, one host sync per metrics line) and ``metrics.jsonl``;
-- the per-rank session: process group, ``RUN_DIR/logs/rank-R.log``, console output from rank 0 only.
+- the fit loop (``fit``): per epoch, the rest of the epoch, buffer agreement, validation of the model and
+  the EMA through the command's ``Validation``, the ``val`` record and log line, the epoch-end checkpoint;
+- the metrics window (losses summed on the device, one host sync per metrics line) and the ``train``,
+  ``val`` and ``loader`` records of ``metrics.jsonl``;
+- the per-rank session (``run_session``): process group, ``RUN_DIR/logs/rank-R.log``, console output from
+  rank 0 only, ``config.yaml``, the device.
+
+File names and the model file's format are ``training.rundir``'s.
 
 Resume is exact: a run killed at any point and resumed from its newest checkpoint ends with weights
 bit-identical to an uninterrupted run (tests/training), because the loader restarts at the saved batch,
@@ -24,7 +31,6 @@ augmentation is seeded per batch, and the RNG states continue where they were.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
@@ -32,16 +38,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from in21k.config import save_config
 from in21k.errors import ConfigError, DataError, SetupError
 from in21k.training import distributed as du
 from in21k.training.checkpoint import CheckpointManager, atomic_save, load_checkpoint, rng_state, set_rng_state
+from in21k.training.config import RunOptions
 from in21k.training.optim import ModelEma, autocast_dtype, set_lr
+from in21k.training.rundir import MetricsWriter, RunDir, model_file
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +85,9 @@ def build_device(choice: str, info: du.DistInfo) -> torch.device:
     return torch.device("cuda", info.local_rank)
 
 
-def setup_logging(run_dir: Path, rank: int) -> logging.Handler:
+def setup_logging(run: RunDir, rank: int) -> logging.Handler:
     """Every rank logs to ``RUN_DIR/logs/rank-R.log``; only rank 0 keeps console output (errors aside)."""
-    path = run_dir / "logs" / f"rank-{rank}.log"
+    path = run.log(rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     handler = logging.FileHandler(path)
@@ -95,34 +104,25 @@ def setup_logging(run_dir: Path, rank: int) -> logging.Handler:
 
 
 @contextlib.contextmanager
-def rank_session(run_dir: Path, *, deterministic: bool = False) -> Iterator[du.DistInfo]:
-    """This process as one rank: joins torchrun's process group (if any), logs to its file, leaves cleanly."""
+def run_session(run: RunDir, cfg: Any) -> Iterator[tuple[du.DistInfo, torch.device]]:
+    """This process as one rank of the run ``cfg`` (a train or finetune config) describes: joins torchrun's
+    process group (if any), logs to its file, writes ``config.yaml`` (rank 0), picks the device; leaves cleanly.
+    """
     info = du.init_distributed()
-    handler = setup_logging(run_dir, info.rank)
+    handler = setup_logging(run, info.rank)
     try:
-        if deterministic:
+        if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         elif torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True
-        yield info
+        if info.rank == 0:
+            save_config(cfg, run.config)
+        yield info, build_device(cfg.device, info)
     finally:
         du.destroy()
         logging.getLogger().removeHandler(handler)
         handler.close()
-
-
-class MetricsWriter:
-    """JSON lines on rank 0 (appends, so a resumed run continues the same file)."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 class LossWindow:
@@ -171,21 +171,70 @@ def feed_batches(loader: Any, feed: Callable, *, device: torch.device, start: in
 
 
 # ----------------------------------------------------------------------------------------- engine
+class TrainLoader(Protocol):
+    """What the engine needs of a training loader: the streaming loader (``in21k.loaders.create_loader``) and
+    the class-folder loader (``in21k.loaders.folders.FolderLoader``) both provide it."""
+
+    start_step: int  # where the current epoch starts (after ``set_epoch`` or ``load_state_dict``)
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]: ...
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None: ...
+    def state_dict(self, *, epoch: int, step: int) -> dict[str, Any] | None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def epoch_stats(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class EpochSettings:
-    """How ``run_epoch`` runs: the cap on optimizer steps per epoch, logging and saving cadence."""
+    """How ``run_epoch`` runs: the cap on optimizer steps per epoch, logging and saving cadence, and the feed's
+    read-ahead (``prefetch`` batches in a thread; only with loader ``workers``)."""
 
     log_every: int
     save_every: int
     max_steps: int | None = None  # per epoch (smoke runs)
     prefetch: int = 0
+    workers: int = 0
     progress: bool = True
 
+    @classmethod
+    def from_run(cls, run: RunOptions, *, prefetch: int = 0, workers: int = 0) -> EpochSettings:
+        return cls(log_every=run.log_every, save_every=run.save_every, max_steps=run.max_steps_per_epoch,
+                   prefetch=prefetch, workers=workers)  # fmt: skip
 
-def epoch_batches(loader: Any, accum_steps: int, max_steps: int | None) -> int:
-    """Loader batches an epoch (or the rest of an elastically resumed one) trains on: whole optimizer steps."""
+
+@dataclass
+class Validation:
+    """How ``Engine.fit`` validates after every epoch: ``evaluate(model)`` returns the metrics of one model on the
+    validation split (collective: every rank calls it), ``headline`` the ``(key, label)`` pairs of the epoch's
+    log line (the first one also for the EMA)."""
+
+    evaluate: Callable[[nn.Module], dict[str, Any]]
+    headline: tuple[tuple[str, str], ...]
+
+    def summary(self, record: dict[str, Any]) -> str:
+        parts = [f"{label} {record[key]:.4f}" for key, label in self.headline]
+        if "ema" in record:
+            key, label = self.headline[0]
+            parts.append(f"EMA {label} {record['ema'][key]:.4f}")
+        return ", ".join(parts)
+
+
+def epoch_steps(loader: Any, accum_steps: int, max_steps: int | None) -> int:
+    """Optimizer steps of an epoch (or the rest of an elastically resumed one): whole steps, capped."""
     steps = len(loader) // accum_steps
-    return (steps if max_steps is None else min(steps, max_steps)) * accum_steps
+    return steps if max_steps is None else min(steps, max_steps)
+
+
+def steps_per_epoch(loader: Any, *, batch_size: int, accum_steps: int = 1, max_steps: int | None = None) -> int:
+    """``epoch_steps`` of the training loader; a split too small for one optimizer step is a ``ConfigError``."""
+    steps = epoch_steps(loader, accum_steps, max_steps)
+    if steps < 1:
+        raise ConfigError(
+            f"the train split ({len(loader)} batches of {batch_size} per rank) gives no full optimizer step per "
+            "epoch: lower --batch-size" + (" (or --accum-steps)" if accum_steps > 1 else "")
+        )
+    return steps
 
 
 class Engine:
@@ -197,10 +246,13 @@ class Engine:
         optimizer: torch.optim.Optimizer,
         schedule: np.ndarray,
         *,
+        train_loader: TrainLoader,
         device: torch.device,
         info: du.DistInfo,
         checkpoints: CheckpointManager,
+        metrics: MetricsWriter,
         schema: str,
+        checkpoint_extra: dict[str, Any],
         batch_size: int,
         amp: str = "none",
         ema_decay: float | None = None,
@@ -210,15 +262,16 @@ class Engine:
         seed: int = 0,
     ) -> None:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
-        self.device, self.info, self.checkpoints, self.schema = device, info, checkpoints, schema
+        self.train_loader = train_loader  # its position goes into every checkpoint
+        self.device, self.info, self.checkpoints, self.metrics = device, info, checkpoints, metrics
+        self.schema = schema
+        self.checkpoint_extra = checkpoint_extra  # what the command adds to every checkpoint (model name, config...)
         self.grad_clip, self.accum_steps, self.seed = grad_clip, accum_steps, seed
         self.batch_size = batch_size  # per rank and (micro-)batch
-        self.train_loader: Any = None  # set by the composition: its position goes into every checkpoint
         self.amp_dtype = autocast_dtype(amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.ema = ModelEma(model, decay=ema_decay) if ema_decay is not None else None
         self.pos = Position()
-        self.extra: dict[str, Any] = {}  # what the composition adds to every checkpoint (model name, config...)
         wrapped: nn.Module = model
         if info.enabled:
             wrapped = nn.parallel.DistributedDataParallel(
@@ -276,20 +329,49 @@ class Engine:
         self.pos.samples += self.global_batch
         return lr
 
+    # ------------------------------------------------------------------ the epochs
+    def fit(
+        self,
+        epochs: int,
+        *,
+        feed: Callable,
+        compute_loss: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+        validation: Validation,
+        settings: EpochSettings,
+    ) -> dict[str, Any]:
+        """Train from the current position to the end of epoch ``epochs - 1``; returns the last validation metrics
+        of the model (``{}`` when no epoch was left).
+
+        Per epoch: the rest of the epoch (``run_epoch``), rank 0's buffers to every rank, ``validation`` of the
+        model (and the EMA), one ``val`` record in ``metrics.jsonl`` and one log line, and a checkpoint.
+        ``feed(images, labels, seed=...)`` puts a loader batch on the device as ``(x, y)``;
+        ``compute_loss(x, y)`` returns ``{"loss": total, ...parts}`` (every entry is logged).
+        """
+        last: dict[str, Any] = {}
+        while self.pos.epoch < epochs:
+            self.run_epoch(feed, compute_loss, settings)
+            epoch = self.pos.epoch
+            self.end_epoch()
+            last = validation.evaluate(self.model)
+            record = {"kind": "val", "epoch": epoch, "step": self.pos.step, **last}
+            if self.ema is not None:
+                record["ema"] = validation.evaluate(self.ema.module)
+            self.metrics.write(record)
+            log.info("epoch %d: val %s", epoch, validation.summary(record))
+            self.save()
+        return last
+
     def run_epoch(
         self,
-        loader: Any,
         feed: Callable,
         compute_loss: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
         settings: EpochSettings,
-        metrics: MetricsWriter,
-        workers: int = 0,
     ) -> None:
         """The rest of epoch ``pos.epoch`` from batch ``pos.batch_in_epoch``; checkpoints every ``save_every``
-        optimizer steps (not at the epoch's end: the caller saves after validating)."""
-        pos, epoch = self.pos, self.pos.epoch
+        optimizer steps (not at the epoch's end: ``fit`` saves after validating)."""
+        pos, epoch, loader, metrics = self.pos, self.pos.epoch, self.train_loader, self.metrics
         loader.set_epoch(epoch, start_step=pos.batch_in_epoch)
-        total = epoch_batches(loader, self.accum_steps, settings.max_steps)
+        total = epoch_steps(loader, self.accum_steps, settings.max_steps) * self.accum_steps
         bar = self._progress(total) if settings.progress else None
         window = LossWindow(self.device)
         global_batch = self.batch_size * self.info.world_size  # images per (micro-)batch over all ranks
@@ -298,7 +380,7 @@ class Engine:
             return batch_seed(self.seed, epoch, batch, self.info.rank)
 
         batches = feed_batches(loader, feed, device=self.device, start=pos.batch_in_epoch, seed_of=seed_of,
-                               prefetch=settings.prefetch, workers=workers)  # fmt: skip
+                               prefetch=settings.prefetch, workers=settings.workers)  # fmt: skip
         self.model.train()
         with contextlib.ExitStack() as stack:
             stream = stack.enter_context(contextlib.closing(batches))
@@ -328,17 +410,17 @@ class Engine:
                         bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{img_s:.0f}")
                 if pos.step % settings.save_every == 0 and not end:
                     self.save()
-        self._report_loader(loader, metrics, epoch)
+        self._report_loader(epoch)
 
-    def _report_loader(self, loader: Any, metrics: MetricsWriter, epoch: int) -> None:
+    def _report_loader(self, epoch: int) -> None:
         """The loader's counts of the epoch (bad samples, unreadable shards, padding) into the log and metrics."""
-        stats = loader.epoch_stats() if hasattr(loader, "epoch_stats") else {}
+        stats = self.train_loader.epoch_stats()
         if not stats:
             return
         problems = {k: stats[k] for k in ("corrupt_skipped", "shard_errors") if stats.get(k)}
         if problems:
             log.warning("epoch %d, rank %d: the loader skipped bad data: %s", epoch, self.info.rank, problems)
-        metrics.write({"kind": "loader", "epoch": epoch, **stats})
+        self.metrics.write({"kind": "loader", "epoch": epoch, **stats})
 
     def _progress(self, total: int) -> Any:
         if not self.main:
@@ -374,9 +456,7 @@ class Engine:
             torch.distributed.all_gather_object(rngs, rng_state())
         else:
             rngs = [rng_state()]
-        loader = None
-        if hasattr(self.train_loader, "state_dict"):  # the streaming loader (class folders have no state)
-            loader = self.train_loader.state_dict(epoch=self.pos.epoch, step=self.pos.batch_in_epoch)
+        loader = self.train_loader.state_dict(epoch=self.pos.epoch, step=self.pos.batch_in_epoch)
         return {
             "schema": self.schema, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -386,7 +466,7 @@ class Engine:
 
     def save(self) -> None:
         """Checkpoint at the current position (collective: every rank calls it; rank 0 writes)."""
-        state = self.state_dict(**self.extra)
+        state = self.state_dict(**self.checkpoint_extra)
         if self.main:
             log.info("saved %s", self.checkpoints.save(state, self.pos.step))
         du.barrier()
@@ -412,7 +492,7 @@ class Engine:
         else:
             log.warning("checkpoint from %s ranks, now %s: RNG states not restored", len(rngs), du.get_world_size())
         self.pos = Position.from_dict(state["position"], global_batch=self.global_batch)
-        if state.get("loader") and hasattr(self.train_loader, "load_state_dict"):
+        if state.get("loader"):
             # The loader decides where the epoch continues: at the same batch with the same configuration, or,
             # on another world size or worker count, at the start of the rest of the epoch's unseen samples.
             self.train_loader.load_state_dict(state["loader"])
@@ -433,10 +513,12 @@ class Engine:
         np.random.seed(s)
         random.seed(s)
 
-    def save_final(self, payload: dict[str, Any], path: Path) -> None:
-        """Rank 0 writes the final model file (atomically)."""
+    def save_model(self, path: Path, task: str, **fields: Any) -> None:
+        """Rank 0 writes the final model file (``rundir.model_file``: the model's and the EMA's weights and
+        ``fields``), atomically."""
         if self.main:
-            atomic_save(payload, path)
+            ema = self.ema.state_dict() if self.ema is not None else None
+            atomic_save(model_file(task, model=self.model.state_dict(), ema=ema, **fields), path)
 
     def finish(self) -> str:
         """Every rank's parameter digest; raises if the replicas diverged (a bug). Returns the digest."""
@@ -455,6 +537,24 @@ def resolve_resume(checkpoints: CheckpointManager, resume: str | None) -> Path |
     return path
 
 
-def check_steps(steps_per_epoch: int, what: str) -> None:
-    if steps_per_epoch < 1:
-        raise ConfigError(f"{what} gives no full optimizer step per epoch: lower --batch-size (or --accum-steps)")
+def eval_logits(model: nn.Module, loader: Any, feed: Callable, autocast: Callable, *,
+                max_batches: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """``(float32 logits, labels)`` of the validation batches, the model in eval mode.
+
+    What every command's ``Validation.evaluate`` iterates; callers run it under ``torch.no_grad()`` (a grad-mode
+    switch inside a generator would leak into the caller between yields). The model's training mode is
+    restored when the loop ends.
+    """
+    was_training = model.training
+    model.eval()
+    loader.set_epoch(0)
+    try:
+        for i, (images, labels) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = feed(images, labels)
+            with autocast():
+                logits = model(x)
+            yield logits.float(), y
+    finally:
+        model.train(was_training)

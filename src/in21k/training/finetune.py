@@ -18,9 +18,10 @@ network sees what it was pretrained on; ``--loader.transform`` only chooses geom
 How many rows were mapped is logged and written to ``RUN_DIR/head_init.json``.
 
 A composition over ``training.engine`` like ``in21k train``: one process or ``torchrun`` (DDP; each rank
-reads its part of the data: its shards, or every ``world_size``-th file of the class folders), checkpoints
-every ``--save-every`` steps and at every epoch end, and ``--resume auto`` continues exactly where the newest
-one stopped. The class-folder loader is ``in21k.loaders.folders``.
+reads its part of the data: its shards, or every ``world_size``-th file of the class folders), the same
+``Engine.fit`` loop, checkpoints every ``--run.save-every`` steps and at every epoch end, and ``--resume auto``
+continues exactly where the newest one stopped. The class-folder loader is ``in21k.loaders.folders``; the
+run directory and the model file are ``training.rundir``'s.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from in21k.config import config_to_dict, save_config
+from in21k.config import config_to_dict
 from in21k.errors import ConfigError, DataError
 from in21k.training import distributed as du
 from in21k.training.checkpoint import CheckpointManager
@@ -42,24 +43,22 @@ from in21k.training.config import FinetuneConfig
 from in21k.training.engine import (
     Engine,
     EpochSettings,
-    MetricsWriter,
-    build_device,
-    check_steps,
-    rank_session,
+    Validation,
+    eval_logits,
     resolve_resume,
+    run_session,
+    steps_per_epoch,
 )
 from in21k.training.feed import DecodedFeed
 from in21k.training.losses import SingleLabelLoss
 from in21k.training.optim import build_optimizer, cosine_schedule, param_groups
 from in21k.training.pretrained import classifier_layer, read_trained_model
-from in21k.training.train import eval_logits
+from in21k.training.rundir import CHECKPOINT_SCHEMAS, SINGLE_LABEL, MetricsWriter, RunDir
 
 if TYPE_CHECKING:
     from in21k.tree import SemanticTree
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "in21k.finetune-checkpoint/1"
 
 
 # ----------------------------------------------------------------------------------------- head
@@ -186,15 +185,12 @@ def evaluate(model: nn.Module, loader, feed, autocast, *, max_batches: int | Non
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run ``in21k finetune`` in this process (alone, or as one rank of a torchrun job)."""
-    run_dir = Path(cfg.out)
-    with rank_session(run_dir) as info:
-        return _finetune(cfg, run_dir, info)
+    rundir = RunDir(cfg.out)
+    with run_session(rundir, cfg) as (info, device):
+        return _finetune(cfg, rundir, info, device)
 
 
-def _finetune(cfg: FinetuneConfig, run_dir: Path, info: du.DistInfo) -> dict[str, Any]:
-    if info.rank == 0:
-        save_config(cfg, run_dir / "config.yaml")
-    device = build_device(cfg.device, info)
+def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: torch.device) -> dict[str, Any]:
     trained = read_trained_model(cfg.checkpoint, model_name=cfg.model, tree=cfg.tree, image_size=cfg.image_size,
                                  weights=cfg.weights)  # fmt: skip
     data = open_data(cfg, image_size=trained.image_size, rank=info.rank, world_size=info.world_size)
@@ -202,63 +198,43 @@ def _finetune(cfg: FinetuneConfig, run_dir: Path, info: du.DistInfo) -> dict[str
     torch.manual_seed(cfg.seed)  # the new head's random rows: the same on every rank
     head = init_head(model, tree=trained.tree, class_names=data.class_names, mode=cfg.head_init)
     if info.rank == 0:
-        (run_dir / "head_init.json").write_text(json.dumps(head.to_dict(data.class_names, trained.tree), indent=1))
+        rundir.head_init.write_text(json.dumps(head.to_dict(data.class_names, trained.tree), indent=1))
     model.train().to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     feed = DecodedFeed(device=device, mean=trained.mean, std=trained.std, channels_last=cfg.channels_last)
     loss_fn = SingleLabelLoss(label_smoothing=cfg.label_smoothing)
-    steps_per_epoch = len(data.train)
-    if cfg.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    check_steps(steps_per_epoch, f"the training split (batch size {cfg.batch_size})")
-    schedule = cosine_schedule(steps_per_epoch * cfg.epochs, lr=cfg.lr, min_lr=cfg.min_lr,
-                               warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)))  # fmt: skip
-    checkpoints = CheckpointManager(run_dir, keep_last=cfg.keep_last)
+    steps = steps_per_epoch(data.train, batch_size=cfg.batch_size, max_steps=cfg.run.max_steps_per_epoch)
+    schedule = cosine_schedule(steps * cfg.epochs, lr=cfg.lr, min_lr=cfg.min_lr,
+                               warmup_steps=int(round(cfg.warmup_epochs * steps)))  # fmt: skip
+    checkpoints = CheckpointManager(rundir, keep_last=cfg.run.keep_last)
     engine = Engine(
-        model, build_optimizer_for(model, cfg), schedule, device=device, info=info, checkpoints=checkpoints,
-        schema=SCHEMA, batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
+        model, build_optimizer_for(model, cfg), schedule, train_loader=data.train, device=device, info=info,
+        checkpoints=checkpoints, metrics=MetricsWriter(rundir.metrics, info.rank == 0),
+        schema=CHECKPOINT_SCHEMAS["finetune"],
+        checkpoint_extra={"config": config_to_dict(cfg), "model_name": trained.model_name,
+                          "classes": data.class_names},
+        batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
         grad_clip=cfg.grad_clip, seed=cfg.seed,
     )  # fmt: skip
-    engine.extra = {"config": config_to_dict(cfg), "model_name": trained.model_name, "classes": data.class_names}
-    engine.train_loader = data.train
     engine.start(resolve_resume(checkpoints, cfg.resume))
     log.info("fine-tuning %s on %s: %d classes, %d steps/epoch x %d epochs (%s, lr %g), world size %d",
-             trained.model_name, device, len(data.class_names), steps_per_epoch, cfg.epochs, cfg.optimizer, cfg.lr,
+             trained.model_name, device, len(data.class_names), steps, cfg.epochs, cfg.optimizer, cfg.lr,
              info.world_size)  # fmt: skip
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", engine.main)
-    settings = EpochSettings(log_every=cfg.log_every, save_every=cfg.save_every, max_steps=cfg.max_steps_per_epoch)
 
     def compute_loss(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss": loss_fn(engine.forward(x), y)}
 
-    last: dict[str, Any] = {}
-    while engine.pos.epoch < cfg.epochs:
-        engine.run_epoch(data.train, feed, compute_loss, settings, metrics)
-        epoch = engine.pos.epoch
-        engine.end_epoch()
-        last = evaluate(engine.model, data.val, feed, engine.autocast, max_batches=cfg.val_max_batches)
-        record = {"kind": "val", "epoch": epoch, "step": engine.pos.step, **last}
-        if engine.ema is not None:
-            record["ema"] = evaluate(engine.ema.module, data.val, feed, engine.autocast,
-                                     max_batches=cfg.val_max_batches)  # fmt: skip
-        metrics.write(record)
-        log.info("epoch %d: val top-1 %.4f, top-5 %.4f%s", epoch, last["top1"], last["top5"],
-                 f", EMA top-1 {record['ema']['top1']:.4f}" if engine.ema is not None else "")  # fmt: skip
-        engine.save()
-    corrupt = getattr(data.train, "corrupt", 0)
-    if corrupt:
-        log.warning("%d training images could not be decoded and were skipped", corrupt)
-    engine.save_final(
-        {
-            "task": "single-label", "model": model.state_dict(),
-            "ema": engine.ema.state_dict() if engine.ema is not None else None, "model_name": trained.model_name,
-            "image_size": trained.image_size, "mean": list(trained.mean), "std": list(trained.std),
-            "classes": data.class_names, "source_checkpoint": cfg.checkpoint, "config": config_to_dict(cfg),
-        },
-        run_dir / "model.pt",
+    def validate(m: nn.Module) -> dict[str, Any]:
+        return evaluate(m, data.val, feed, engine.autocast, max_batches=cfg.run.val_max_batches)
+
+    last = engine.fit(cfg.epochs, feed=feed, compute_loss=compute_loss, settings=EpochSettings.from_run(cfg.run),
+                      validation=Validation(validate, headline=(("top1", "top-1"), ("top5", "top-5"))))  # fmt: skip
+    engine.save_model(
+        rundir.model, SINGLE_LABEL, model_name=trained.model_name, image_size=trained.image_size, mean=trained.mean,
+        std=trained.std, config=config_to_dict(cfg), classes=data.class_names, source_checkpoint=cfg.checkpoint,
     )  # fmt: skip
     digest = engine.finish()
-    return {"run_dir": str(run_dir), "epochs": cfg.epochs, "steps": engine.pos.step, "classes": len(data.class_names),
-            "head_mapped_rows": len(head.mapped), "world_size": info.world_size, "param_digest": digest,
-            "val": last}  # fmt: skip
+    return {"run_dir": str(rundir.root), "epochs": cfg.epochs, "steps": engine.pos.step,
+            "classes": len(data.class_names), "head_mapped_rows": len(head.mapped), "world_size": info.world_size,
+            "param_digest": digest, "val": last}  # fmt: skip

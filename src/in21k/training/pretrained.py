@@ -1,16 +1,21 @@
-"""Trained 21K models from a file: our ``model.pt`` and ``checkpoints/ckpt-*.pt``, and the original's published format.
+"""Trained 21K models from a file: our model files and checkpoints, and the original's published format.
 
 One reader for everything that consumes a trained semantic-softmax model (the KD teacher, ``in21k predict``,
-``in21k finetune``). Every file is read with ``torch.load(weights_only=True)``.
+``in21k finetune``). Every file is read with ``torch.load(weights_only=True)``, and what it is comes from its
+schema (``training.rundir.identify``, which also knows the formats):
 
-- **Ours, final** (``RUN_DIR/model.pt``): ``{"model", "ema", "model_name", "image_size", "mean", "std",
-  "tree", "config"}``: architecture, tree and preprocessing all come from the file.
-- **Ours, checkpoint** (``RUN_DIR/checkpoints/ckpt-<step>.pt``, schema ``in21k.train-checkpoint/1``): the
-  architecture and config come from the file; the tree from the run's ``--tree`` or its prepared dataset
-  (``config["data"]``, any storage URL) when it can still be read, else it must be given.
-- **The original's published weights** (e.g. ``resnet50_miil_21k.pth``): a plain state dict, possibly under
-  ``state_dict`` (or ``model``); the architecture name and the tree must be given (``fall11`` is built in).
-  Preprocessing is the original's: squash, no mean/std normalisation.
+- **Our model file** (``RUN_DIR/model.pt``, schema ``in21k.model/1``, task ``semantic-softmax``):
+  architecture, tree and preprocessing all come from the file. Model files written before the schema field
+  are read the same way.
+- **Our checkpoint** of ``in21k train`` (``RUN_DIR/checkpoints/ckpt-<step>.pt``): the architecture and config
+  come from the file; the tree from the run's ``--tree`` or its prepared dataset (``config["data"]``, any
+  storage URL) when it can still be read, else it must be given.
+- **Foreign files**, e.g. the original's published weights (``resnet50_miil_21k.pth``) or a timm state dict:
+  a plain state dict, possibly under ``state_dict`` (or ``model``); the architecture name and the tree must
+  be given (``fall11`` is built in). Preprocessing is the original's: squash, no mean/std normalisation.
+
+A single-label model or checkpoint of ``in21k finetune`` is refused (it has no semantic 21K head), and so is
+a file of an in21k schema this version does not know.
 """
 
 from __future__ import annotations
@@ -25,13 +30,12 @@ from torch import nn
 
 from in21k import storage
 from in21k.errors import ConfigError, DataError, StorageError
+from in21k.training.rundir import SINGLE_LABEL, identify
 
 if TYPE_CHECKING:
     from in21k.tree import SemanticTree
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_SCHEMA = "in21k.train-checkpoint/1"
 
 
 @dataclass
@@ -45,7 +49,7 @@ class TrainedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     transform: str  # the loader transform whose eval variant matches the model's validation preprocessing
-    kind: str  # "model.pt", "checkpoint" or "state_dict" (the original's format)
+    kind: str  # "model" (our model file), "checkpoint" (ours) or "foreign" (a plain state dict: the original's format)
     weights: str  # "model" or "ema"
 
 
@@ -64,7 +68,7 @@ def _load_tree(tree: SemanticTree | str | None) -> SemanticTree | None:
 
 
 def _checkpoint_tree(obj: dict[str, Any], path: Path) -> SemanticTree:
-    """The tree of one of our files: carried in it (model.pt), or the run's ``--tree`` or dataset (checkpoints)."""
+    """The tree of one of our files: carried in it (model files), or the run's ``--tree`` or dataset (checkpoints)."""
     from in21k.dataset import PreparedDataset
     from in21k.tree import BUILTIN_TREES, SemanticTree
 
@@ -106,14 +110,14 @@ def read_trained_model(
     if weights not in ("model", "ema"):
         raise ConfigError(f"weights must be 'model' or 'ema', got {weights!r}")
     obj = load_weights_file(path)
-    if isinstance(obj, dict) and obj.get("task") == "single-label":
+    what = identify(obj, path)
+    if what.task == SINGLE_LABEL:
         raise DataError(
             f"{path} is a fine-tuned single-label model (in21k finetune): it has no semantic 21K head to read"
         )
     tree = _load_tree(tree)
-    ours = isinstance(obj, dict) and isinstance(obj.get("model_name"), str) and _tensors(obj.get("model")) is not None
-    if ours:
-        kind = "checkpoint" if obj.get("schema") == CHECKPOINT_SCHEMA else "model.pt"
+    kind = what.kind
+    if kind != "foreign":
         cfg = obj.get("config") or {}
         if model_name and model_name != obj["model_name"]:
             raise ConfigError(f"{path} holds a {obj['model_name']} model, not {model_name}; drop --model or fix it")
@@ -140,7 +144,6 @@ def read_trained_model(
             tf = build_transform(transform, image_size=image_size, train=False)
             mean, std = tf.mean, tf.std
     else:
-        kind = "state_dict"
         state = None
         if isinstance(obj, dict):
             for key in (None, "state_dict", "model"):

@@ -4,20 +4,24 @@ Run one process, or one per GPU (or CPU slot) under torchrun. Every rank reads i
 ``in21k.loaders.create_loader`` (from local disk or any storage URL), trains a DDP-wrapped timm model with
 the semantic softmax loss (or plain cross-entropy; optionally plus semantic KD from a teacher), validates
 every epoch (semantic top-1 and per-level accuracy, all-reduced), and rank 0 writes ``metrics.jsonl``,
-checkpoints and, at the end, ``curves.png`` and ``model.pt``.
+checkpoints and, at the end, ``curves.png`` and ``model.pt`` (the run directory: ``training.rundir``).
+
+A sample's way through the code: ``build_loader`` (the streaming loader: shard -> decoded, augmented uint8
+batch) -> ``build_feed`` (to the device, normalised; on the device also decoded with ``--gpu-decode``) ->
+``Engine.run_epoch`` -> ``Run.compute_loss`` (the model's logits -> ``SemanticSoftmaxLoss``, plus KD) -> the
+engine's backward and optimizer step. After each epoch ``Engine.fit`` calls ``Run.validate``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from in21k.config import config_to_dict, save_config
+from in21k.config import config_to_dict
 from in21k.errors import DataError
 from in21k.training import distributed as du
 from in21k.training.checkpoint import CheckpointManager
@@ -26,11 +30,11 @@ from in21k.training.curves import plot_curves
 from in21k.training.engine import (
     Engine,
     EpochSettings,
-    MetricsWriter,
-    build_device,
-    check_steps,
-    rank_session,
+    Validation,
+    eval_logits,
     resolve_resume,
+    run_session,
+    steps_per_epoch,
 )
 from in21k.training.feed import build_feed
 from in21k.training.kd import SemanticKDLoss, Teacher, build_teacher
@@ -39,10 +43,9 @@ from in21k.training.losses import build_loss
 from in21k.training.metrics import SemanticAccuracy, semantic_accuracy
 from in21k.training.model import build_model, load_init_checkpoint
 from in21k.training.optim import build_optimizer, build_schedule
+from in21k.training.rundir import CHECKPOINT_SCHEMAS, SEMANTIC, MetricsWriter, RunDir
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_SCHEMA = "in21k.train-checkpoint/1"
 
 
 # ----------------------------------------------------------------------------------------- build_*
@@ -78,28 +81,6 @@ def build_train_model(cfg: TrainConfig, num_classes: int, device: torch.device, 
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-def eval_logits(model, loader, feed, autocast, *, max_batches: int | None):
-    """``(float32 logits, labels)`` of the validation batches, the model in eval mode.
-
-    Shared by the semantic validation here and the single-label one of ``finetune``; callers run it under
-    ``torch.no_grad()`` (a grad-mode switch inside a generator would leak into the caller between yields).
-    The model's training mode is restored when the loop ends.
-    """
-    was_training = model.training
-    model.eval()
-    loader.set_epoch(0)
-    try:
-        for i, (images, labels) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = feed(images, labels)
-            with autocast():
-                logits = model(x)
-            yield logits.float(), y
-    finally:
-        model.train(was_training)
-
-
 @torch.no_grad()
 def evaluate(model, loader, feed, levels: SemanticLevels, loss_fn, autocast, *, max_batches: int | None) -> dict:
     acc: SemanticAccuracy | None = None
@@ -149,10 +130,10 @@ class Run:
 
     def validate(self, model: nn.Module) -> dict[str, Any]:
         return evaluate(model, self.val_loader, self.val_feed, self.levels, self.loss_fn, self.engine.autocast,
-                        max_batches=self.cfg.val_max_batches)  # fmt: skip
+                        max_batches=self.cfg.run.val_max_batches)  # fmt: skip
 
 
-def build_run(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: torch.device) -> Run:
+def build_run(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: torch.device) -> Run:
     from in21k.dataset import PreparedDataset
 
     dataset = PreparedDataset.open(cfg.data, storage_options=cfg.loader.storage_options)
@@ -169,7 +150,7 @@ def build_run(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: tor
                    mean=train_loader.mean, std=train_loader.std, channels_last=cfg.channels_last)
         for train in (True, False)
     ]  # fmt: skip
-    checkpoints = CheckpointManager(run_dir, keep_last=cfg.keep_last)
+    checkpoints = CheckpointManager(rundir, keep_last=cfg.run.keep_last)
     resume_from = resolve_resume(checkpoints, cfg.resume)
     if resume_from is not None and cfg.init:
         log.info("resuming from %s: --init %s is not applied", resume_from, cfg.init)
@@ -178,21 +159,19 @@ def build_run(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: tor
     loss_fn.to(device)
     levels = loss_fn.levels if hasattr(loss_fn, "levels") else SemanticLevels(tree).to(device)
     optimizer = build_optimizer(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(train_loader) // cfg.accum_steps
-    if cfg.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    check_steps(steps_per_epoch, f"the train split ({len(train_loader)} batches of {cfg.batch_size} per rank)")
+    steps = steps_per_epoch(train_loader, batch_size=cfg.batch_size, accum_steps=cfg.accum_steps,
+                            max_steps=cfg.run.max_steps_per_epoch)  # fmt: skip
     schedule = build_schedule(
-        cfg.schedule, steps_per_epoch * cfg.epochs, lr=cfg.lr, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
+        cfg.schedule, steps * cfg.epochs, lr=cfg.lr, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
         final_div_factor=cfg.final_div_factor, warmup_steps=cfg.warmup_steps, min_lr=cfg.min_lr,
     )  # fmt: skip
     engine = Engine(
-        model, optimizer, schedule, device=device, info=info, checkpoints=checkpoints, schema=CHECKPOINT_SCHEMA,
+        model, optimizer, schedule, train_loader=train_loader, device=device, info=info, checkpoints=checkpoints,
+        metrics=MetricsWriter(rundir.metrics, info.rank == 0), schema=CHECKPOINT_SCHEMAS["train"],
+        checkpoint_extra={"model_name": cfg.model, "num_classes": tree.num_classes, "config": config_to_dict(cfg)},
         batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
         grad_clip=cfg.grad_clip, accum_steps=cfg.accum_steps, compile=cfg.compile, seed=cfg.seed,
     )  # fmt: skip
-    engine.extra = {"model_name": cfg.model, "num_classes": tree.num_classes, "config": config_to_dict(cfg)}
-    engine.train_loader = train_loader
     teacher = kd_fn = None
     if cfg.teacher:
         # Rebuilt from --teacher on every start, a resume included: checkpoints hold the student only. Built
@@ -209,51 +188,31 @@ def build_run(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: tor
     )  # fmt: skip
 
 
-def do_train(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: torch.device) -> dict[str, Any]:
-    if info.rank == 0:
-        save_config(cfg, run_dir / "config.yaml")
-    run = build_run(cfg, run_dir=run_dir, info=info, device=device)
+def do_train(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: torch.device) -> dict[str, Any]:
+    run = build_run(cfg, rundir=rundir, info=info, device=device)
     engine = run.engine
     log.info(
         "training %s on %s: %d classes, %d levels in the loss, %d steps/epoch x %d epochs, world size %d",
         cfg.model, device, run.tree.num_classes, run.levels.num_levels, len(engine.schedule) // cfg.epochs,
         cfg.epochs, info.world_size,
     )  # fmt: skip
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", engine.main)
-    settings = EpochSettings(log_every=cfg.log_every, save_every=cfg.save_every, max_steps=cfg.max_steps_per_epoch,
-                             prefetch=cfg.prefetch)  # fmt: skip
-    last_val: dict[str, Any] = {}
-    while engine.pos.epoch < cfg.epochs:
-        engine.run_epoch(run.train_loader, run.train_feed, run.compute_loss, settings, metrics,
-                         workers=cfg.loader.num_workers)  # fmt: skip
-        epoch = engine.pos.epoch
-        engine.end_epoch()
-        last_val = run.validate(engine.model)
-        record = {"kind": "val", "epoch": epoch, "step": engine.pos.step, **last_val}
-        if engine.ema is not None:
-            record["ema"] = run.validate(engine.ema.module)
-        metrics.write(record)
-        log.info("epoch %d: val semantic top-1 %.4f, top-1 %.4f, loss %.4f", epoch, last_val["semantic_top1"],
-                 last_val["top1"], last_val["loss"])  # fmt: skip
-        engine.save()
-    engine.save_final(
-        {
-            "model": engine.model.state_dict(), "ema": engine.ema.state_dict() if engine.ema is not None else None,
-            "model_name": cfg.model, "image_size": cfg.image_size, "mean": list(run.train_loader.mean),
-            "std": list(run.train_loader.std), "tree": run.tree.to_dict(), "config": config_to_dict(cfg),
-        },
-        run_dir / "model.pt",
+    headline = (("semantic_top1", "semantic top-1"), ("top1", "top-1"), ("loss", "loss"))
+    settings = EpochSettings.from_run(cfg.run, prefetch=cfg.prefetch, workers=cfg.loader.num_workers)
+    last_val = engine.fit(cfg.epochs, feed=run.train_feed, compute_loss=run.compute_loss,
+                          validation=Validation(run.validate, headline), settings=settings)  # fmt: skip
+    engine.save_model(
+        rundir.model, SEMANTIC, model_name=cfg.model, image_size=cfg.image_size, mean=run.train_loader.mean,
+        std=run.train_loader.std, config=config_to_dict(cfg), tree=run.tree.to_dict(),
     )  # fmt: skip
     if engine.main and cfg.plot:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        plot_curves(rundir.metrics, rundir.curves)
     digest = engine.finish()
-    return {"run_dir": str(run_dir), "epochs": cfg.epochs, "steps": engine.pos.step, "world_size": info.world_size,
+    return {"run_dir": str(rundir.root), "epochs": cfg.epochs, "steps": engine.pos.step, "world_size": info.world_size,
             "param_digest": digest, "val": last_val}  # fmt: skip
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run ``in21k train`` in this process (one rank of a torchrun job, or alone)."""
-    run_dir = Path(cfg.out)
-    with rank_session(run_dir, deterministic=cfg.deterministic) as info:
-        device = build_device(cfg.device, info)
-        return do_train(cfg, run_dir=run_dir, info=info, device=device)
+    rundir = RunDir(cfg.out)
+    with run_session(rundir, cfg) as (info, device):
+        return do_train(cfg, rundir=rundir, info=info, device=device)

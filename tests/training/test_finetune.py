@@ -57,6 +57,7 @@ def test_finetune_class_folders_with_head_map_and_exact_resume(pretrained, folde
     assert max(lrs) == pytest.approx(0.003) and lrs[-1] < lrs[4]  # warmup then cosine
     final = torch.load(full / "model.pt", map_location="cpu", weights_only=True)
     assert final["classes"] == sorted(IN_TREE + NOT_IN_TREE) and final["task"] == "single-label"
+    assert final["schema"] == "in21k.model/1" and final["source_checkpoint"] == str(pretrained)
     # Resume: the epoch-1 checkpoint in a fresh run dir continues to the same weights.
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)

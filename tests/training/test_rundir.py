@@ -35,7 +35,8 @@ def test_a_model_file_from_before_the_schema_field_still_loads(pretrained, saved
     assert identify(legacy, path).legacy
     old, new = read_trained_model(path), read_trained_model(pretrained)
     assert old.kind == "model" and old.tree.wnids == new.tree.wnids and (old.mean, old.std) == (new.mean, new.std)
-    assert all(torch.equal(a, b) for a, b in zip(old.model.state_dict().values(), new.model.state_dict().values()))
+    theirs = new.model.state_dict()
+    assert all(torch.equal(tensor, theirs[name]) for name, tensor in old.model.state_dict().items())
     # A fine-tuned model of that time carried only task: "single-label"; it is still refused as one.
     torch.save({**legacy, "task": "single-label", "classes": ["a"]}, path)
     with pytest.raises(DataError, match="fine-tuned single-label model"):
@@ -60,8 +61,15 @@ def test_a_foreign_state_dict_is_the_only_guess(saved, tmp_path):
 
 
 def test_the_model_file_is_built_with_its_tasks_fields_only():
-    common = {"model": {}, "ema": None, "model_name": "m", "image_size": 8, "mean": (0, 0, 0), "std": (1, 1, 1),
-              "config": {}}  # fmt: skip
+    common = {
+        "model": {},
+        "ema": None,
+        "model_name": "m",
+        "image_size": 8,
+        "mean": (0, 0, 0),
+        "std": (1, 1, 1),
+        "config": {},
+    }
     assert model_file("single-label", **common, classes=["a"], source_checkpoint="x")["task"] == "single-label"
     with pytest.raises(TypeError):
         model_file(SEMANTIC, **common, classes=["a"])

@@ -1,4 +1,4 @@
-"""``in21k train``: semantic-softmax training of a timm model on a prepared dataset (torchrun for several processes)."""
+"""``in21k train`` and ``in21k finetune`` on the command line (torchrun for several processes)."""
 
 from __future__ import annotations
 
@@ -18,18 +18,25 @@ examples:
 """
 
 
-def _train(args: argparse.Namespace) -> int:
-    from in21k.training.config import TrainConfig
-
-    cfg = config_from_args(args, TrainConfig)
+def _run(args: argparse.Namespace, config: type, command: str) -> int:
+    """Resolve the command's config (``--print-config`` stops there), run it, print its result line (rank 0)."""
+    cfg = config_from_args(args, config)
     if print_config_requested(args, cfg):
         return 0
-    from in21k.training.train import train
-
-    result = train(cfg)
+    if command == "train":
+        from in21k.training.train import train as run
+    else:
+        from in21k.training.finetune import finetune as run
+    result = run(cfg)
     if os.environ.get("RANK", "0") == "0":  # the process group is gone by now; torchrun's variable remains
         print(json.dumps(result))
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from in21k.training.config import TrainConfig
+
+    return _run(args, TrainConfig, "train")
 
 
 def register(commands) -> None:
@@ -51,15 +58,7 @@ def register(commands) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     from in21k.training.config import FinetuneConfig
 
-    cfg = config_from_args(args, FinetuneConfig)
-    if print_config_requested(args, cfg):
-        return 0
-    from in21k.training.finetune import finetune
-
-    result = finetune(cfg)
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(result))
-    return 0
+    return _run(args, FinetuneConfig, "finetune")
 
 
 def register_finetune(commands) -> None:

@@ -199,8 +199,13 @@ class EpochSettings:
 
     @classmethod
     def from_run(cls, run: RunOptions, *, prefetch: int = 0, workers: int = 0) -> EpochSettings:
-        return cls(log_every=run.log_every, save_every=run.save_every, max_steps=run.max_steps_per_epoch,
-                   prefetch=prefetch, workers=workers)  # fmt: skip
+        return cls(
+            log_every=run.log_every,
+            save_every=run.save_every,
+            max_steps=run.max_steps_per_epoch,
+            prefetch=prefetch,
+            workers=workers,
+        )
 
 
 @dataclass
@@ -537,8 +542,9 @@ def resolve_resume(checkpoints: CheckpointManager, resume: str | None) -> Path |
     return path
 
 
-def eval_logits(model: nn.Module, loader: Any, feed: Callable, autocast: Callable, *,
-                max_batches: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+def eval_logits(
+    model: nn.Module, loader: Any, feed: Callable, autocast: Callable, *, max_batches: int | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(float32 logits, labels)`` of the validation batches, the model in eval mode.
 
     What every command's ``Validation.evaluate`` iterates; callers run it under ``torch.no_grad()`` (a grad-mode

@@ -205,8 +205,9 @@ def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: to
     feed = DecodedFeed(device=device, mean=trained.mean, std=trained.std, channels_last=cfg.channels_last)
     loss_fn = SingleLabelLoss(label_smoothing=cfg.label_smoothing)
     steps = steps_per_epoch(data.train, batch_size=cfg.batch_size, max_steps=cfg.run.max_steps_per_epoch)
-    schedule = cosine_schedule(steps * cfg.epochs, lr=cfg.lr, min_lr=cfg.min_lr,
-                               warmup_steps=int(round(cfg.warmup_epochs * steps)))  # fmt: skip
+    schedule = cosine_schedule(
+        steps * cfg.epochs, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=int(round(cfg.warmup_epochs * steps))
+    )
     checkpoints = CheckpointManager(rundir, keep_last=cfg.run.keep_last)
     engine = Engine(
         model, build_optimizer_for(model, cfg), schedule, train_loader=data.train, device=device, info=info,
@@ -228,8 +229,13 @@ def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: to
     def validate(m: nn.Module) -> dict[str, Any]:
         return evaluate(m, data.val, feed, engine.autocast, max_batches=cfg.run.val_max_batches)
 
-    last = engine.fit(cfg.epochs, feed=feed, compute_loss=compute_loss, settings=EpochSettings.from_run(cfg.run),
-                      validation=Validation(validate, headline=(("top1", "top-1"), ("top5", "top-5"))))  # fmt: skip
+    last = engine.fit(
+        cfg.epochs,
+        feed=feed,
+        compute_loss=compute_loss,
+        settings=EpochSettings.from_run(cfg.run),
+        validation=Validation(validate, headline=(("top1", "top-1"), ("top5", "top-5"))),
+    )
     engine.save_model(
         rundir.model, SINGLE_LABEL, model_name=trained.model_name, image_size=trained.image_size, mean=trained.mean,
         std=trained.std, config=config_to_dict(cfg), classes=data.class_names, source_checkpoint=cfg.checkpoint,

@@ -70,33 +70,15 @@ class RunDir:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.config = self.root / CONFIG
+        self.metrics = self.root / METRICS
+        self.checkpoints = self.root / CHECKPOINTS
+        self.curves = self.root / CURVES
+        self.head_init = self.root / HEAD_INIT
+        self.model = self.root / MODEL
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS
-
-    @property
-    def curves(self) -> Path:
-        return self.root / CURVES
-
-    @property
-    def head_init(self) -> Path:
-        return self.root / HEAD_INIT
-
-    @property
-    def model(self) -> Path:
-        return self.root / MODEL
 
     def log(self, rank: int) -> Path:
         return self.root / LOGS / f"rank-{rank}.log"
@@ -151,10 +133,17 @@ def model_file(
     if task not in TASK_FIELDS or set(task_fields) != set(TASK_FIELDS[task]):
         raise TypeError(f"a {task!r} model file takes {TASK_FIELDS.get(task)}, got {sorted(task_fields)}")
     return {
-        "schema": MODEL_SCHEMA, "task": task, "model": dict(model), "ema": dict(ema) if ema is not None else None,
-        "model_name": model_name, "image_size": int(image_size), "mean": list(mean), "std": list(std),
-        "config": config, **task_fields,
-    }  # fmt: skip
+        "schema": MODEL_SCHEMA,
+        "task": task,
+        "model": model,
+        "ema": ema,
+        "model_name": model_name,
+        "image_size": int(image_size),
+        "mean": list(mean),
+        "std": list(std),
+        "config": config,
+        **task_fields,
+    }
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,9 @@ def build_run(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: to
     loss_fn.to(device)
     levels = loss_fn.levels if hasattr(loss_fn, "levels") else SemanticLevels(tree).to(device)
     optimizer = build_optimizer(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = steps_per_epoch(train_loader, batch_size=cfg.batch_size, accum_steps=cfg.accum_steps,
-                            max_steps=cfg.run.max_steps_per_epoch)  # fmt: skip
+    steps = steps_per_epoch(
+        train_loader, batch_size=cfg.batch_size, accum_steps=cfg.accum_steps, max_steps=cfg.run.max_steps_per_epoch
+    )
     schedule = build_schedule(
         cfg.schedule, steps * cfg.epochs, lr=cfg.lr, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
         final_div_factor=cfg.final_div_factor, warmup_steps=cfg.warmup_steps, min_lr=cfg.min_lr,
@@ -198,8 +199,13 @@ def do_train(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: tor
     )  # fmt: skip
     headline = (("semantic_top1", "semantic top-1"), ("top1", "top-1"), ("loss", "loss"))
     settings = EpochSettings.from_run(cfg.run, prefetch=cfg.prefetch, workers=cfg.loader.num_workers)
-    last_val = engine.fit(cfg.epochs, feed=run.train_feed, compute_loss=run.compute_loss,
-                          validation=Validation(run.validate, headline), settings=settings)  # fmt: skip
+    last_val = engine.fit(
+        cfg.epochs,
+        feed=run.train_feed,
+        compute_loss=run.compute_loss,
+        validation=Validation(run.validate, headline),
+        settings=settings,
+    )
     engine.save_model(
         rundir.model, SEMANTIC, model_name=cfg.model, image_size=cfg.image_size, mean=run.train_loader.mean,
         std=run.train_loader.std, config=config_to_dict(cfg), tree=run.tree.to_dict(),

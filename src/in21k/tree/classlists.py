@@ -16,9 +16,10 @@ are kept as aliases of the two ImageNet-21K-P lists.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from in21k.errors import ConfigError, DataError
@@ -40,11 +41,12 @@ class ClassList:
         return len(self.wnids)
 
 
-def _timm_info() -> Any:
-    try:
-        return resources.files("timm.data") / "_info"
-    except ModuleNotFoundError:
-        raise ConfigError("timm is not installed, so its class lists are not available; install timm") from None
+def _timm_info() -> Path:
+    """timm's ``data/_info`` folder, found without importing timm (which imports torch: seconds)."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("timm is not installed, so its class lists are not available; install timm")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
 
 
 def timm_list_names() -> list[str]:
@@ -84,10 +86,10 @@ def load_class_list(spec: str, *, storage_options: dict[str, Any] | None = None)
     name = ALIASES.get(spec, spec)
     known = timm_list_names()
     if name in known:
-        import timm
+        from importlib.metadata import version  # not `import timm`: that imports torch, seconds for a version
 
         ref = _timm_info() / f"{name}{SYNSETS_SUFFIX}"
-        where = f"timm {timm.__version__}: timm/data/_info/{name}{SYNSETS_SUFFIX}"
+        where = f"timm {version('timm')}: timm/data/_info/{name}{SYNSETS_SUFFIX}"
         return ClassList(name, tuple(parse_wnids(ref.read_text(), where)), where)
     try:
         text = storage.read_bytes(spec, storage_options=storage_options).decode()

@@ -10,7 +10,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PILLOW_SIMD_VERSION := 12.1.1.post0
 # pillow-simd's speed comes from AVX2; build with it where the CPU has it.
 SIMD_CC := cc$(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo " -mavx2")
-APT_PACKAGES := wordnet-base wordnet-sense-index libjpeg62-turbo-dev zlib1g-dev gcc
+APT_PACKAGES := wordnet-base wordnet-sense-index libjpeg62-turbo-dev libwebp-dev zlib1g-dev gcc
 WORDNET_SRC := /usr/share/wordnet
 # nltk searches <sys.prefix>/nltk_data by default, so the venv's python finds WordNet with no variable set.
 WORDNET_DIR := $(VENV)/nltk_data/corpora/wordnet

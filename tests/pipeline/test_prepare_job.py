@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -101,14 +102,19 @@ def test_every_member_is_accounted_for(prepared, releases, layout) -> None:
             assert kind in ("jpeg", "cmyk", "gray", "png") and (r["width"], r["height"]) == (224, 224)
 
 
-def test_layouts_give_identical_shards(prepared) -> None:
+def test_layouts_give_identical_shards(prepared, releases) -> None:
     reference = shard_bytes(prepared["class-tars"][0])
     assert reference
     for layout in ("whole-tar", "whole-tar-gz", "folders"):
         assert shard_bytes(prepared[layout][0]) == reference, layout
     gz_out = prepared["whole-tar-gz"][0]
     assert (gz_out / "_staging" / "_staging_complete.json").is_file()
-    assert "streamed once" in json.loads((gz_out / "report.json").read_text())["note"]
+    report = json.loads((gz_out / "report.json").read_text())
+    assert "streamed once" in report["note"]
+    # Streamed whole anyway: the report identifies the archive by its MD5 and size.
+    archive = Path(raw_arg(releases["whole-tar-gz"])).read_bytes()
+    identity = report["release"]
+    assert (identity["md5"], identity["outer_size"]) == (hashlib.md5(archive).hexdigest(), len(archive))
 
 
 def test_train_shards_mix_classes(prepared) -> None:

@@ -146,3 +146,38 @@ def test_bad_config_is_rejected(tmp_path):
 def test_report_is_json_on_disk(tmp_path):
     report = write_synthetic_release(_cfg(tmp_path))
     assert json.loads((tmp_path / "synth_report.json").read_text())["totals"] == report["totals"]
+
+
+def test_processed_layout_follows_the_original_script_and_parquet_holds_its_splits(tmp_path):
+    import pyarrow.parquet as pq
+
+    kw = dict(classes=6, images="8:20", seed=4, size=96, min_images=10, val_per_class=2, small_share=0.3, large_share=0)
+    report = write_synthetic_release(_cfg(tmp_path / "p", layout="processed", **kw))
+    root = tmp_path / "p" / "imagenet21k_resized"
+    assert (root / "README.txt").is_file()  # a file outside the class folders
+    processed = report["processed"]
+    for c in report["classes"]:
+        kept = processed.get(c["wnid"], {})
+        assert len(kept) == c["readable"]  # unreadable members are dropped, as the original's "general failure"
+        splits = {v["split"] for v in kept.values()}
+        if c["readable"] > 10:
+            names = sorted(kept)
+            assert [n for n in names if kept[n]["split"] == "validation"] == names[:2]  # first in ls order
+            assert splits == {"train", "validation"}
+        else:
+            assert splits <= {"small_classes"}
+        for name, v in kept.items():
+            folder = {"train": "imagenet21k_train", "validation": "imagenet21k_val",
+                      "small_classes": "imagenet21k_small_classes"}[v["split"]]  # fmt: skip
+            with Image.open(root / folder / c["wnid"] / name) as im:
+                assert (im.size == (96, 96)) != (v["copied"] and min(im.size) < 96), (name, im.size)
+    parquet = write_synthetic_release(_cfg(tmp_path / "q", layout="parquet", image_format="webp", **kw))
+    files = sorted((tmp_path / "q" / "data").glob("*.parquet"))
+    expected = ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet", "validation-00000-of-00001.parquet"]
+    assert [f.name for f in files] == [f.split("/")[-1] for f in parquet["files"]] == expected
+    tables = [pq.read_table(f) for f in files]
+    names = json.loads(tables[0].schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"]
+    assert names == sorted(w for w, m in processed.items() if any(v["split"] != "small_classes" for v in m.values()))
+    rows = [r for t in tables for r in t.to_pylist()]
+    assert len(rows) == sum(1 for m in processed.values() for v in m.values() if v["split"] != "small_classes")
+    assert all(r["image"]["bytes"][8:12] == b"WEBP" and r["image"]["path"].endswith(".webp") for r in rows)

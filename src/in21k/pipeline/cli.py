@@ -52,10 +52,12 @@ def register(commands) -> None:
     parser = commands.add(
         "prepare",
         help="the Ray job: raw ImageNet-21K release -> class-mixed WebDataset shards, manifest, tree",
-        description="Read the raw release where it lies (class tars, fall11_whole.tar, a .tar.gz, or class "
-        "folders; local or s3:// / gs://), prune classes, split validation, and write class-mixed WebDataset "
-        "shards plus _info.json, classes.tsv, tree.json, imagenet21k_miil_tree.pth, manifest/ and report.* into "
-        "DST. Rerunning into the same DST resumes: finished shards are never redone. --plan-only stops after "
+        description="Read the release where it lies (class tars, fall11_whole.tar, a .tar.gz, class folders, the "
+        "processed ImageNet-21K-P release as folders or .tar.gz, or parquet image files; local or s3:// / gs://), "
+        "prune classes (or take exactly --classes LIST, in its order), split validation (or keep the input's own "
+        "split), and write class-mixed WebDataset shards plus _info.json, classes.tsv, tree.json, "
+        "imagenet21k_miil_tree.pth, manifest/ and report.* (which also identifies the release) into DST. "
+        "Rerunning into the same DST resumes: finished shards are never redone. --plan-only stops after "
         "planning and prints what a run would keep, drop, read and write. See docs/pipeline.md.",
     )
     add_config_args(parser, PrepareConfig)

@@ -31,6 +31,14 @@ and less exact at quality 95 (it uses the fast DCT whatever its ``fastdct`` says
 mean error), while Pillow's writes the very bytes the original's ``cv2.imencode`` writes for the same
 pixels.
 
+**Images already at the output size** (the processed release's 224 px JPEGs, say) are written byte for byte,
+without a second JPEG generation, when they are baseline-coloured JPEGs (YCbCr, what every camera and the
+original's script write) with no APP1 segment (no EXIF or XMP: nothing to rotate, no camera metadata carried into
+the shards) and libjpeg-turbo decodes them strictly (its warnings are errors), which is the decode check: a
+damaged file is never copied. Everything else at size (grayscale, CMYK, PNG, WebP, rotated or tagged JPEGs) goes
+the usual way. ``copy_at_size=False`` (``prepare --reencode-at-size``) re-encodes them too. Without simplejpeg,
+the Pillow path copies under the same rule, Pillow's full decode being the check.
+
 Speed comes from not decoding pixels we throw away, and from not copying them: DCT scaling skips the
 inverse DCT, upsampling and colour conversion of the dropped pixels, but not the entropy decoding of
 the file, so it helps large images and does nothing for the common 300-500 px ones, whose short side is
@@ -87,6 +95,7 @@ class ImageResult:
     width: int = 0
     height: int = 0
     detail: str = ""
+    copied: bool = False  # the source bytes themselves: already at the output size, decoded cleanly
 
     @property
     def ok(self) -> bool:
@@ -161,20 +170,24 @@ def process_image(
     size: int = 224,
     quality: int = 95,
     max_image_pixels: int = 89_478_485,
+    copy_at_size: bool = True,
 ) -> ImageResult:
-    """Decode ``data``, convert to RGB, apply EXIF orientation, resize and encode as JPEG."""
+    """Decode ``data``, convert to RGB, apply EXIF orientation, resize and encode as JPEG; a clean JPEG already
+    at the output size is copied (module docstring) unless ``copy_at_size`` is false."""
     if not data:
         return ImageResult(None, "empty")
     if _simplejpeg is not None and data[:2] == b"\xff\xd8":
         try:
-            result = _process_turbo(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels)
+            result = _process_turbo(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels,
+                                    copy_at_size=copy_at_size)  # fmt: skip
         except (TypeError, NameError):
             raise
         except Exception:  # noqa: BLE001 - libjpeg-turbo refused or warned (ValueError), or ran out of memory:
             result = None  # the Pillow path decides, and names the reason
         if result is not None:
             return result
-    return _process_pillow(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels)
+    return _process_pillow(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels,
+                           copy_at_size=copy_at_size and _simplejpeg is None)  # fmt: skip
 
 
 def _jpeg_orientation(data: bytes) -> int | None:
@@ -203,7 +216,7 @@ def _jpeg_orientation(data: bytes) -> int | None:
 
 
 def _process_turbo(
-    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int
+    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int, copy_at_size: bool = True
 ) -> ImageResult | None:
     """The fast path for JPEGs libjpeg-turbo decodes cleanly; None hands the member to the Pillow path."""
     sj = _simplejpeg
@@ -212,7 +225,7 @@ def _process_turbo(
         return None
     if src_w * src_h > max_image_pixels:
         return ImageResult(None, "too_large", src_w, src_h, detail=f"{src_w}x{src_h} px")
-    orientation = _jpeg_orientation(data)
+    orientation = no_app1 = _jpeg_orientation(data)  # 1 when the header has no APP1 segment (no EXIF/XMP)
     if orientation is None:
         try:
             with warnings.catch_warnings():
@@ -224,6 +237,10 @@ def _process_turbo(
     up_w, up_h = (src_h, src_w) if swap else (src_w, src_h)
     out_w, out_h = target_size(up_w, up_h, resize=resize, size=size)
     raw_w, raw_h = (out_h, out_w) if swap else (out_w, out_h)  # the target in stored orientation
+    if copy_at_size and colorspace == "YCbCr" and no_app1 == 1 and (src_w, src_h) == (raw_w, raw_h):
+        # The strict decode is the check: a damaged file raises ValueError, and the Pillow path then decides.
+        sj.decode_jpeg(data, colorspace="RGB", strict=True)
+        return ImageResult(data, None, src_w, src_h, src_w, src_h, copied=True)
     scale = dct_scale(src_w, src_h, raw_w, raw_h) if resize != "none" else 1
     # strict: libjpeg-turbo's warnings (premature end of data, corrupt segments) raise ValueError.
     pixels = sj.decode_jpeg(
@@ -239,7 +256,13 @@ def _process_turbo(
     return ImageResult(buf.getvalue(), None, src_w, src_h, img.size[0], img.size[1])
 
 
-def _process_pillow(data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int) -> ImageResult:
+def _has_app1(img: Image.Image) -> bool:
+    return any(marker == "APP1" for marker, _ in getattr(img, "applist", ()))
+
+
+def _process_pillow(
+    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int, copy_at_size: bool = False
+) -> ImageResult:
     """Any format Pillow reads; the source of every rejection reason."""
     try:
         with warnings.catch_warnings():
@@ -255,6 +278,10 @@ def _process_pillow(data: bytes, *, resize: ResizeMode, size: int, quality: int,
             up_w, up_h = (src_h, src_w) if swap else (src_w, src_h)
             out_w, out_h = target_size(up_w, up_h, resize=resize, size=size)
             raw_w, raw_h = (out_h, out_w) if swap else (out_w, out_h)  # the target in stored orientation
+            at_size = (src_w, src_h) == (raw_w, raw_h) and orientation not in _ORIENTATION
+            if copy_at_size and at_size and img.format == "JPEG" and img.mode == "RGB" and not _has_app1(img):
+                img.load()  # the decode check: a truncated or damaged file raises
+                return ImageResult(data, None, src_w, src_h, src_w, src_h, copied=True)
             if img.format == "JPEG" and resize != "none":
                 # DCT-scaled decode (1/2, 1/4, 1/8) to the smallest size still >= the target in both sides.
                 img.draft(None, (raw_w, raw_h))

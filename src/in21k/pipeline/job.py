@@ -39,9 +39,9 @@ from typing import Any
 from in21k import storage
 from in21k.dataset import stats_name
 from in21k.errors import ConfigError, DataError, In21kError, StorageError
-from in21k.pipeline import sources
+from in21k.pipeline import parquet_source, processed, release, sources
 from in21k.pipeline.options import PrepareConfig
-from in21k.pipeline.plan import Plan, make_plan
+from in21k.pipeline.plan import GIVEN_NONE, GIVEN_OTHER, Plan, check_class_list, make_plan
 from in21k.pipeline.report import finalize, plan_summary, write_unsharded_manifest
 from in21k.pipeline.shard import ShardSettings, write_shard
 from in21k.progress import progress
@@ -217,25 +217,32 @@ def _index_part(part: int, containers: list[sources.Container], out: str, storag
 
 
 def _build_index(source: sources.RawSource, cfg: PrepareConfig, connect: Callable[[], None]) -> dict[str, Any]:
-    """Index every container (tars in Ray tasks; folder listings here) into parts; returns the index's list."""
+    """Index every container (tars and parquet files in Ray tasks; folder listings here) into parts; returns the
+    index's list."""
     containers = source.containers
-    batches = [
-        containers[i : i + CONTAINERS_PER_INDEX_TASK] for i in range(0, len(containers), CONTAINERS_PER_INDEX_TASK)
-    ]
+    # A parquet file is converted whole by its task: one file per task (class tars: 16, their headers only).
+    step = 1 if source.layout == "parquet" else CONTAINERS_PER_INDEX_TASK
+    batches = [containers[i : i + step] for i in range(0, len(containers), step)]
     parts: list[dict[str, Any] | None] = [None] * len(batches)
     # Folder listings are already complete: no task needed to read headers.
-    remote = [i for i, b in enumerate(batches) if any(c.kind == "tar" for c in b)]
+    remote = [i for i, b in enumerate(batches) if any(c.kind in ("tar", "parquet") for c in b)]
     for i in sorted(set(range(len(batches))) - set(remote)):
         parts[i] = _index_part(i, batches[i], cfg.out, cfg.storage_options)
     if remote:
         connect()
-        names = [f"index part {i} ({batches[i][0].wnid}..{batches[i][-1].wnid})" for i in remote]
+        names = [
+            f"index part {i} ({posixpath.basename(batches[i][0].url)})"
+            if batches[i][0].kind == "parquet"
+            else f"index part {i} ({batches[i][0].wnid}..{batches[i][-1].wnid})"
+            for i in remote
+        ]
 
         def task_args(k: int) -> tuple:
             return remote[k], batches[remote[k]], cfg.out, cfg.storage_options
 
         n_tars = sum(len(batches[i]) for i in remote)
-        with progress(total=n_tars, unit="tar", desc="indexing class tars", enabled=cfg.progress) as bar:
+        unit, desc = ("file", "converting parquet files") if step == 1 else ("tar", "indexing class tars")
+        with progress(total=n_tars, unit=unit, desc=desc, enabled=cfg.progress) as bar:
             for k, part in _completed(_index_part, names, task_args, cfg, window=lambda: len(names)):
                 parts[remote[k]] = part
                 bar.update(len(batches[remote[k]]))
@@ -249,6 +256,8 @@ def _build_index(source: sources.RawSource, cfg: PrepareConfig, connect: Callabl
         "member_bytes": sum(p["member_bytes"] for p in listed),
         "parts": [{k: p[k] for k in ("name", "rows", "member_bytes")} for p in listed],
         "errors": [e for p in listed for e in p["errors"]],
+        "release": source.release,
+        "parquet": cfg.parquet.fingerprint(),
     }
 
 
@@ -259,6 +268,9 @@ def _cached_index(store: Store, cfg: PrepareConfig) -> dict[str, Any] | None:
     meta = json.loads(store.read_bytes(INDEX_FILE))
     if meta.get("schema") != INDEX_SCHEMA or meta.get("raw") != cfg.raw:
         log.info("the cached index under _work/ is of %r, not %r: indexing again", meta.get("raw"), cfg.raw)
+        return None
+    if meta.get("layout") == "parquet" and meta.get("parquet") != cfg.parquet.fingerprint():
+        log.info("the cached index under _work/ read the parquet files with other --parquet options: indexing again")
         return None
     return meta
 
@@ -293,6 +305,7 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
         size=cfg.size,
         quality=cfg.quality,
         max_image_pixels=cfg.max_image_pixels,
+        copy_at_size=not cfg.reencode_at_size,
     )
     store.invalidate_cache()  # object-store listings are cached by fsspec; we need the current one
     finished = store.listdir("stats")  # one listing, not one request per shard (10^4 shards on S3)
@@ -339,7 +352,7 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
                 f"--exclude-subtree: not WordNet 3.0 noun synsets: {', '.join(unknown)} (a typo would "
                 "exclude nothing); e.g. n00007846 is person.n.01"
             )
-    layout, _, _ = sources.describe(cfg.raw, cfg.storage_options)
+    layout, fs, path = sources.describe(cfg.raw, cfg.storage_options)
     store = Store(cfg.out, cfg.storage_options)
     try:
         check_output(store, cfg)
@@ -347,9 +360,41 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
         raise
     except Exception as exc:  # noqa: BLE001 - unreachable bucket, bad credentials, ...
         raise StorageError(f"cannot use the output {cfg.out!r}: {type(exc).__name__}: {exc}") from None
-    if layout == "whole-tar-gz" and cfg.staging is None:
+    if layout in ("whole-tar-gz", "processed-tar-gz", "parquet") and cfg.staging is None:
         cfg.staging = storage.join(cfg.out, "_staging")
+    if layout == "parquet":  # the columns and the class names: one footer read, so a bad set fails here
+        files = parquet_source.find_files(fs, path)
+        if not files:
+            raise DataError(f"no parquet files found in {cfg.raw!r}")
+        parquet_source.inspect(cfg.raw, files, fs, cfg.parquet, cfg.storage_options)
     return store, layout
+
+
+def load_classes(cfg: PrepareConfig) -> tuple[Any, Any]:
+    """``--classes``: the class list and its semantic tree in the list's order (``(None, None)`` without one).
+    An unknown list name, a bad file or a wnid that is no WordNet 3.0 noun fails here, before any work."""
+    if cfg.classes is None:
+        return None, None
+    from in21k.tree import SemanticTree, load_class_list
+
+    class_list = load_class_list(cfg.classes, storage_options=cfg.storage_options)
+    return class_list, SemanticTree.build(class_list.wnids, keep_order=True)
+
+
+def given_splits(layout: str, index: sources.Index, cfg: PrepareConfig) -> Any:
+    """Per index source, the split an input that comes split gives its rows (``None`` for the raw release's
+    layouts); with ``--resplit`` only "another split" (never read) is left of it."""
+    import numpy as np
+
+    if layout in ("processed", "processed-tar-gz"):
+        given = processed.given_splits(index.sources)
+    elif layout == "parquet":
+        given = parquet_source.given_splits(index.sources)
+    else:
+        return None
+    if cfg.resplit:
+        given = np.where(given == GIVEN_OTHER, GIVEN_OTHER, GIVEN_NONE).astype(np.int8)
+    return given
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
@@ -360,6 +405,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """
     t0 = time.perf_counter()
     store, _ = preflight(cfg)
+    class_list, class_tree = load_classes(cfg)
     ray_started = False
 
     def connect() -> None:
@@ -372,17 +418,16 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         removed = store.remove_temp_files()
         if removed:
             log.info("removed %d unfinished temp files of an earlier run", removed)
-        if not cfg.plan_only and not store.exists(JOB_FILE):
-            store.write_json(JOB_FILE, cfg.output_fingerprint())
         t = time.perf_counter()
         meta = _cached_index(store, cfg)
         if meta is not None:
             log.info("reusing the index of an earlier run (%d members)", meta["rows"])
         else:
-            source = sources.open_source(
-                cfg.raw, staging=cfg.staging, storage_options=cfg.storage_options, show_progress=cfg.progress
-            )
-            log.info("raw release %s: layout %s, %d classes", cfg.raw, source.layout, len(source.containers))
+            source = sources.open_source(cfg.raw, staging=cfg.staging, storage_options=cfg.storage_options,
+                                         show_progress=cfg.progress, parquet=cfg.parquet)  # fmt: skip
+            log.info("raw release %s: layout %s, %d containers", cfg.raw, source.layout, len(source.containers))
+            if class_list is not None and source.classes is not None:  # before indexing (a cached one: make_plan)
+                check_class_list(class_list.wnids, source.classes, class_list.name)
             meta = _build_index(source, cfg, connect)
             store.write_json(INDEX_FILE, meta, compact=True)
         t_load, c_load = time.perf_counter(), time.process_time()
@@ -395,8 +440,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
             log.warning("damaged class tar %s: %s", e["container"], e["error"])
 
         t, c = time.perf_counter(), time.process_time()
-        plan = make_plan(index, cfg)
-        del index
+        given = given_splits(layout, index, cfg)
+        plan = make_plan(index, cfg, class_list=class_list.wnids if class_list else None, given=given)
+        del index, given
         if not plan.kept_wnids:
             reasons = sorted({c.reason for c in plan.classes})
             raise DataError(
@@ -405,7 +451,11 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
             )
         from in21k.tree import SemanticTree
 
-        tree = SemanticTree.build(plan.kept_wnids)
+        # Class index order: the class list's, else sorted wnids (plan.kept_wnids is in class-index order).
+        tree = class_tree if class_tree is not None else SemanticTree.build(plan.kept_wnids, keep_order=True)
+        identity = release.identify(layout, meta.get("release") or {}, plan.counts, classes_seen=len(plan.classes),
+                                    split_classes=plan.counts.get("split_classes"))  # fmt: skip
+        log.info("release %s: %s", cfg.raw, release.summary_line(identity))
         timings["plan"] = time.perf_counter() - t
         timings["plan_cpu"] = time.process_time() - c  # the driver's own CPU time: what a shared machine can't slow
         log.info(
@@ -417,11 +467,15 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
             len(plan.shards),
         )
         if cfg.plan_only:
-            summary = plan_summary(plan, cfg, tree, layout=layout, index_errors=errors)
+            summary = plan_summary(plan, cfg, tree, layout=layout, index_errors=errors, release=identity)
             summary["timings"] = {k: round(v, 2) for k, v in timings.items()}
             store.write_json(PLAN_FILE, summary)
             return summary
 
+        # Written once the options have proved sound (class list, input, plan): a run that failed its checks
+        # leaves no job whose options a corrected rerun would have to match.
+        if not store.exists(JOB_FILE):
+            store.write_json(JOB_FILE, cfg.output_fingerprint())
         t = time.perf_counter()
         write_unsharded_manifest(store, plan)
         timings["unsharded_manifest"] = time.perf_counter() - t
@@ -434,7 +488,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         # hold: an object store would answer "not found" from the stale listing.
         store.invalidate_cache()
         timings["total"] = time.perf_counter() - t0
-        report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors)
+        report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors,
+                          release=identity, class_list=class_list)  # fmt: skip
     finally:
         if ray_started:
             import ray

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from in21k.config import json_option
@@ -30,6 +30,33 @@ OUTPUT_KEYS = (
     "seed",
     "max_image_pixels",
 )
+# Output options added later: in the fingerprint only where they differ from their defaults, so that a job prepared
+# before they existed compares equal to the same options now.
+OPTIONAL_OUTPUT_KEYS = ("classes", "resplit", "reencode_at_size", "parquet")
+
+
+@dataclass
+class ParquetOptions:
+    """Options for parquet input (``parquet:`` in YAML, ``--parquet.KEY`` flags; in21k.pipeline.parquet_source)."""
+
+    image_column: str | None = field(
+        default=None, metadata={"help": "the column of image bytes or {bytes, path} structs (default: found)",
+                                "metavar": "NAME"},
+    )  # fmt: skip
+    label_column: str | None = field(
+        default=None, metadata={"help": "the column of class indices or wnids (default: found)", "metavar": "NAME"}
+    )
+    label_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "the wnid of each class index: a file (line i = label i) or a timm list name such as "
+            "imagenet21k_miil_w21 (default: the class names in the files' metadata, which must be wnids)",
+            "metavar": "FILE|NAME",
+        },
+    )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -37,8 +64,9 @@ class PrepareConfig:
     raw: str | None = field(
         default=None,
         metadata={
-            "help": "the raw release: folder/prefix of class tars, fall11_whole.tar, a .tar.gz, or class "
-            "folders; local path or s3:// / gs:// URL",
+            "help": "the release: folder/prefix of class tars, fall11_whole.tar, a .tar.gz, class folders, the "
+            "processed ImageNet-21K-P release (imagenet21k_train/ imagenet21k_val/ imagenet21k_small_classes/, "
+            "extracted or as its .tar.gz), or parquet image files; local path or s3:// / gs:// URL",
             "metavar": "SRC",
         },
     )
@@ -56,15 +84,40 @@ class PrepareConfig:
             "metavar": "WNID",
         },
     )
+    classes: str | None = field(
+        default=None,
+        metadata={
+            "help": "exactly these classes, in this order, are the label indices: a file of wnids (one a line) or "
+            "a timm synset list by name (imagenet21k_miil: fall11's 11,221, imagenet21k_miil_w21: winter21's "
+            "10,450, imagenet12k, imagenet22k, ...); a listed class is kept whatever its size (flagged in the "
+            "report below --min-images), every other class is dropped",
+            "metavar": "FILE|NAME",
+        },
+    )
+    resplit: bool = field(
+        default=False,
+        metadata={
+            "help": "for an input that comes with its own train/validation split (the processed release, parquet "
+            "sets with a validation split): ignore that split and split by --val-per-class and --min-images as "
+            "for the raw release (default: keep the split as given)"
+        },
+    )
     resize: Literal["squash", "short-edge", "none"] = field(
         default="squash",
         metadata={
             "help": "squash: size x size like the original; short-edge: shrink the short "
-            "side to size; none: keep the size (re-encode only)"
+            "side to size; none: keep the size"
         },
     )
     size: int = field(default=224, metadata={"help": "output size in pixels (see --resize)"})
     quality: int = field(default=95, metadata={"help": "JPEG quality of the written images"})
+    reencode_at_size: bool = field(
+        default=False,
+        metadata={
+            "help": "re-encode images that are already at the output size too (default: such a JPEG that decodes "
+            "cleanly is written byte for byte, without a second JPEG generation)"
+        },
+    )
     shard_size: int = field(default=DEFAULT_SHARD_SIZE, metadata={"help": "target samples per shard"})
     num_train_shards: int | None = field(
         default=None,
@@ -119,6 +172,7 @@ class PrepareConfig:
             "metavar": "JSON",
         },
     )
+    parquet: ParquetOptions = field(default_factory=ParquetOptions, metadata={"help": "parquet image sets as input"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     plan_only: bool = field(
         default=False,
@@ -164,6 +218,11 @@ class PrepareConfig:
         bad = [w for w in self.exclude_subtree if len(w) != 9 or w[0] != "n" or not w[1:].isdigit()]
         if bad:
             raise ConfigError(f"--exclude-subtree takes wnids like n00007846; not wnids: {', '.join(bad)}")
+        if self.classes is not None and self.exclude_subtree:
+            raise ConfigError(
+                "--classes and --exclude-subtree both choose the classes: give one (remove the excluded classes "
+                "from the class list instead)"
+            )
 
     def output_fingerprint(self) -> dict[str, Any]:
         """The options that decide the output bytes (a resumed run must match them)."""
@@ -171,4 +230,9 @@ class PrepareConfig:
         for key in OUTPUT_KEYS:
             value = getattr(self, key)
             out[key] = list(value) if isinstance(value, (list, tuple)) else value
+        defaults = PrepareConfig()
+        for key in OPTIONAL_OUTPUT_KEYS:
+            value, default = getattr(self, key), getattr(defaults, key)
+            if value != default:
+                out[key] = value.fingerprint() if key == "parquet" else value
         return out

@@ -14,6 +14,16 @@ locale: the index (``sources.Index``) holds its rows in canonical order (wnid, m
   generator and cut into contiguous runs, so every shard holds a random sample of all classes.
 - A member whose key repeats an earlier one (same class and file stem) is ``rejected: duplicate``;
   "earlier" is canonical order, so the first of them in that order is kept.
+- A class list (``--classes``) replaces the pruning: exactly its classes are kept, whatever their size, with
+  class index = position in the list (the others are dropped, ``not_in_class_list``); a listed class with fewer
+  than ``--min-images`` readable-looking members is kept and flagged (``few_images``).
+- An input with its own split (the processed release's folders, a parquet set's split files) gives every row a
+  *given split* (``GIVEN_*``). When it gives a validation split, that split is kept: its validation rows are the
+  validation samples, its train rows (and, in a kept class, held-out rows such as
+  ``imagenet21k_small_classes``) the train samples, and its classes are the ones it gives train or validation
+  rows for (a class with held-out rows only is dropped, ``small_class``); ``--min-images`` and
+  ``--val-per-class`` then decide nothing. Rows of another split (a test split) are never read
+  (``rejected: other_split``). ``--resplit`` (in the job) ignores the given split.
 
 The plan is columnar: per-member numpy arrays over the index (the hash, sort and selection steps are
 vectorized or run once per class), so planning fall11's 14.2 M members needs a few hundred MB beyond
@@ -32,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from in21k.dataset import sample_key, shard_name
+from in21k.errors import DataError
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.sources import INDEX_SLICE, Index
 
@@ -45,6 +56,10 @@ SHARD_COLUMNS = ("wnid", "member", "source", "offset", "size", "class")
 # row) are what the allocators keep afterwards, so a small run keeps the driver's peak low.
 PLAN_SLICE = 1 << 17
 STATUS_DROPPED, STATUS_DUPLICATE = "dropped_class", "rejected"
+# Given splits of an input that comes split (per index source; see the module docstring).
+GIVEN_NONE, GIVEN_TRAIN, GIVEN_VALIDATION, GIVEN_HELD_OUT, GIVEN_OTHER = -1, 0, 1, 2, 3
+# The wnid of index rows whose class the input does not give (a parquet row without a label): dropped, "unlabelled".
+UNLABELLED = "unlabelled"
 
 
 def readable_looking(member: str, size: int) -> bool:
@@ -117,7 +132,8 @@ class ClassDecision:
     readable: int
     kept: bool
     reason: str = ""
-    index: int = -1  # class index among the kept classes (sorted wnids)
+    index: int = -1  # class index among the kept classes (sorted wnids, or the class list's order)
+    flag: str = ""  # a kept class worth a look: "few_images" (listed by --classes, under --min-images)
 
 
 @dataclass
@@ -162,12 +178,16 @@ class Plan:
     class_index: np.ndarray  # per wnid code: its class index, or -1 for a dropped class
     orders: dict[str, np.ndarray]  # split -> index rows in write order (shards cut it into runs)
     shards: list[PlannedShard]
-    unsharded: np.ndarray  # index rows never read (dropped class, duplicate key), canonical order
+    unsharded: np.ndarray  # index rows never read (dropped class, duplicate key, other split), canonical order
     counts: dict[str, int] = field(default_factory=dict)  # totals for the summary
+    given: np.ndarray | None = None  # per index row: its given split (GIVEN_*), for inputs that come split
+    dup: np.ndarray | None = None  # per index row: a repeated key (kept beside ``given`` only)
+    kept_split: bool = False  # the input's own train/validation split was kept
 
     @property
     def kept_wnids(self) -> list[str]:
-        return [c.wnid for c in self.classes if c.kept]
+        """The kept classes in class-index order (the tree's order)."""
+        return [c.wnid for c in sorted((c for c in self.classes if c.kept), key=lambda c: c.index)]
 
     def num_samples(self, split: str) -> int:
         return len(self.orders.get(split, ()))
@@ -213,6 +233,10 @@ class Plan:
         reasons = np.array([c.reason for c in self.classes], dtype=object)[codes]
         wnids = index.wnid_strings(rows)
         members = index.member.take(pa.array(rows))
+        row_reason = np.where(dropped, reasons, "duplicate")
+        if self.given is not None and self.dup is not None:  # never read, kept class, no duplicate: another split
+            other = ~dropped & ~self.dup[rows] & (self.given[rows] == GIVEN_OTHER)
+            row_reason = np.where(other, "other_split", row_reason)
         return {
             "wnid": wnids,
             "member": members,
@@ -220,7 +244,7 @@ class Plan:
             "offset": pa.array(index.offset[rows].astype(np.int64)),
             "key": member_keys(wnids, members),
             "status": pa.array(np.where(dropped, STATUS_DROPPED, STATUS_DUPLICATE).tolist(), pa.string()),
-            "reason": pa.array(np.where(dropped, reasons, "duplicate").tolist(), pa.string()),
+            "reason": pa.array(row_reason.tolist(), pa.string()),
             "src_bytes": pa.array(index.size[rows].astype(np.int64)),
         }
 
@@ -229,6 +253,7 @@ class Plan:
         self.index = None
         self.orders = {}
         self.unsharded = np.empty(0, np.int64)
+        self.given = self.dup = None
 
     def _index(self) -> Index:
         if self.index is None:
@@ -267,26 +292,59 @@ def _excluded(wnid: str, excluded: set[str]) -> bool:
 
 
 def decide_classes(
-    wnids: list[str], members: np.ndarray, readable: np.ndarray, cfg: PrepareConfig
+    wnids: list[str],
+    members: np.ndarray,
+    readable: np.ndarray,
+    cfg: PrepareConfig,
+    *,
+    class_list: list[str] | tuple[str, ...] | None = None,
+    given_classes: set[str] | None = None,
 ) -> list[ClassDecision]:
-    """Keep or drop each class (``wnids`` sorted) from its member and readable-looking counts."""
+    """Keep or drop each class (``wnids`` sorted) from its member and readable-looking counts; ``class_list``
+    (``--classes``) keeps exactly its classes, in its order; ``given_classes``, the classes of a kept given
+    split, replaces the size rule (module docstring)."""
     from in21k.tree.wordnet import noun_synset
 
     excluded = set(cfg.exclude_subtree)
+    listed = {w: i for i, w in enumerate(class_list)} if class_list is not None else None
     decisions = []
     for wnid, n, r in zip(wnids, members.tolist(), readable.tolist(), strict=True):
-        if noun_synset(wnid) is None:
+        if wnid == UNLABELLED:
+            reason = "unlabelled"
+        elif listed is not None:
+            reason = "" if wnid in listed else "not_in_class_list"
+        elif noun_synset(wnid) is None:
             reason = "not_wordnet_noun"
         elif _excluded(wnid, excluded):
             reason = "excluded_subtree"
+        elif given_classes is not None:
+            reason = "" if wnid in given_classes else "small_class"
         elif r < cfg.min_images:
             reason = "too_few_images"
         else:
             reason = ""
-        decisions.append(ClassDecision(wnid, n, r, kept=not reason, reason=reason))
-    for i, c in enumerate(c for c in decisions if c.kept):
-        c.index = i
+        decision = ClassDecision(wnid, n, r, kept=not reason, reason=reason)
+        if listed is not None and decision.kept:
+            decision.index = listed[wnid]
+            decision.flag = "few_images" if r < cfg.min_images else ""
+        decisions.append(decision)
+    if listed is None:
+        for i, c in enumerate(c for c in decisions if c.kept):
+            c.index = i
     return decisions
+
+
+def check_class_list(class_list: list[str] | tuple[str, ...], available: list[str] | set[str], name: str) -> None:
+    """A ``DataError`` naming the listed classes that the release does not have (the first few, and a count)."""
+    have = set(available)
+    missing = [w for w in class_list if w not in have]
+    if not missing:
+        return
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
+    raise DataError(
+        f"the class list {name} has {len(missing):,} of its {len(class_list):,} classes not in this release: "
+        f"{shown}. Give the release these classes come from, or a class list of this release's classes"
+    )
 
 
 def _order_and_check(index: Index, bounds: list[int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -352,49 +410,74 @@ def _cut(split: str, n: int, count: int) -> list[PlannedShard]:
     return [PlannedShard(split, k, end - size, end) for k, (size, end) in enumerate(zip(sizes, ends, strict=True))]
 
 
-def make_plan(index: Index | dict[str, list], cfg: PrepareConfig) -> Plan:
+def make_plan(
+    index: Index | dict[str, list],
+    cfg: PrepareConfig,
+    *,
+    class_list: list[str] | tuple[str, ...] | None = None,
+    given: np.ndarray | None = None,
+) -> Plan:
     """The whole plan from the index (or its columns as lists, ``INDEX_COLUMNS``); deterministic for any
-    listing order (the index is canonical)."""
+    listing order (the index is canonical).
+
+    ``class_list``: the classes and their order (``--classes``); each must be in the index. ``given``: per index
+    *source* code, the given split of an input that comes split (``GIVEN_*``; module docstring).
+    """
     if isinstance(index, dict):
         index = Index.from_columns(index)
     n = index.num_rows
     wnids = index.wnids.to_pylist()
+    if class_list is not None:
+        check_class_list(class_list, wnids, "given")
+    row_given = np.asarray(given, np.int8)[index.source] if given is not None else None
+    kept_split = row_given is not None and bool((row_given == GIVEN_VALIDATION).any())
+    other = row_given == GIVEN_OTHER if row_given is not None else np.False_  # no row of another split
     bounds = np.searchsorted(index.wnid, np.arange(len(wnids) + 1)).tolist()  # rows of wnid c: bounds[c]:bounds[c+1]
     order, readable, dup = _order_and_check(index, bounds, cfg.seed)  # order: per class, by (hash, key, row)
-    eligible = readable & ~dup  # a validation candidate; also what --min-images counts (each key once)
+    eligible = readable & ~dup & ~other  # a validation candidate; also what --min-images counts (each key once)
     members = np.diff(np.asarray(bounds, np.int64))
     if n and members.min() > 0:
         readable_per_class = np.add.reduceat(eligible.view(np.uint8), bounds[:-1], dtype=np.int64)
     else:
         readable_per_class = np.bincount(index.wnid[eligible], minlength=len(wnids))
-    classes = decide_classes(wnids, members, readable_per_class, cfg)
+    given_classes = None
+    if kept_split:
+        split_rows = (row_given == GIVEN_TRAIN) | (row_given == GIVEN_VALIDATION)
+        given_classes = {wnids[c] for c in np.unique(index.wnid[split_rows]).tolist()}
+        del split_rows
+    classes = decide_classes(wnids, members, readable_per_class, cfg, class_list=class_list,
+                             given_classes=given_classes)  # fmt: skip
     class_index = np.array([c.index for c in classes], dtype=np.int64)
     kept_codes = [c for c, d in enumerate(classes) if d.kept]
+    kept_row = (class_index >= 0)[index.wnid]
 
-    # Validation: the first --val-per-class eligible rows of each kept class in (hash, key) order.
-    is_val = np.zeros(n, bool)
-    picks = []
-    for c in kept_codes:
-        rows = order[bounds[c] : bounds[c + 1]]
-        chosen = rows[eligible[rows]][: cfg.val_per_class]
-        is_val[chosen] = True
-        picks.append(chosen)
-    del order, eligible
-    val_rows = np.concatenate(picks) if picks else np.empty(0, np.int64)
+    if kept_split:  # the input's own validation rows
+        is_val = kept_row & ~dup & (row_given == GIVEN_VALIDATION)
+        val_rows = _rows_where(is_val, order_dtype(n))
+        del order, eligible
+    else:  # the first --val-per-class eligible rows of each kept class in (hash, key) order
+        is_val = np.zeros(n, bool)
+        picks = []
+        for c in kept_codes:
+            rows = order[bounds[c] : bounds[c + 1]]
+            chosen = rows[eligible[rows]][: cfg.val_per_class]
+            is_val[chosen] = True
+            picks.append(chosen)
+        del order, eligible
+        val_rows = np.concatenate(picks) if picks else np.empty(0, np.int64)
     val_order = _by_class_then_key(index, val_rows)
 
-    kept_row = (class_index >= 0)[index.wnid]
     # Shuffling the samples in place is rows[default_rng(seed).permutation(len(rows))] (the same draws,
     # tested), without the int64 permutation beside them.
-    train_order = _rows_where(kept_row & ~dup & ~is_val, order_dtype(n))
+    train_order = _rows_where(kept_row & ~dup & ~is_val & ~other, order_dtype(n))
     del is_val
     np.random.default_rng(cfg.seed).shuffle(train_order)
     val_order = val_order.astype(order_dtype(n))
     np.random.default_rng(cfg.seed + 1).shuffle(val_order)
     shards = _cut("train", len(train_order), num_train_shards(len(train_order), cfg))
     shards += _cut("validation", len(val_order), num_shards(len(val_order), cfg))
-    unsharded = _rows_where(~kept_row | dup, order_dtype(n))
-    planned = kept_row & ~dup
+    unsharded = _rows_where(~kept_row | dup | other, order_dtype(n))
+    planned = kept_row & ~dup & ~other
     counts = {
         "raw_members": n,
         "raw_bytes": int(index.size.sum(dtype=np.int64)),
@@ -403,8 +486,16 @@ def make_plan(index: Index | dict[str, list], cfg: PrepareConfig) -> Plan:
         "to_read_not_readable_looking": int((planned & ~readable).sum()),
         "dropped_class": int((~kept_row).sum()),
         "duplicate": int((kept_row & dup).sum()),
+        "other_split": int((kept_row & ~dup & other).sum()),
     }
-    return Plan(index, classes, class_index, {"train": train_order, "validation": val_order}, shards, unsharded, counts)
+    if row_given is not None:  # what the input's own split holds, whether kept or not (the release's identity)
+        for name, code in (("train", GIVEN_TRAIN), ("validation", GIVEN_VALIDATION), ("held_out", GIVEN_HELD_OUT),
+                           ("other", GIVEN_OTHER)):  # fmt: skip
+            counts[f"given_{name}"] = int((row_given == code).sum())
+        split_rows = (row_given == GIVEN_TRAIN) | (row_given == GIVEN_VALIDATION)
+        counts["split_classes"] = len(np.unique(index.wnid[split_rows]))
+    return Plan(index, classes, class_index, {"train": train_order, "validation": val_order}, shards, unsharded,
+                counts, given=row_given, dup=dup if row_given is not None else None, kept_split=kept_split)  # fmt: skip
 
 
 def order_dtype(n: int) -> type:

@@ -77,8 +77,11 @@ def finalize(
     note: str,
     timings: dict[str, float],
     index_errors: list[dict[str, str]],
+    release: dict[str, Any] | None = None,
+    class_list: Any = None,
 ) -> dict[str, Any]:
-    """Write the dataset-level files and return the summary (also ``report.json``)."""
+    """Write the dataset-level files and return the summary (also ``report.json``). ``release``: the input's
+    identification (``in21k.pipeline.release.identify``); ``class_list``: the ``--classes`` list."""
     blobs = store.read_many([stats_name(s.split, s.shard) for s in plan.shards])
     stats = {(s.split, s.shard): json.loads(b) for s, b in zip(plan.shards, blobs, strict=True)}
     status: Counter = Counter()
@@ -113,6 +116,12 @@ def finalize(
         for c in plan.classes
         if not c.kept
     ]
+    flagged = [
+        {"index": c.index, "wnid": c.wnid, "flag": c.flag, "members": c.members, "readable_looking": c.readable,
+         "train": per_class[c.wnid]["train"], "validation": per_class[c.wnid]["validation"]}
+        for c in sorted(plan.classes, key=lambda c: c.index)
+        if c.kept and c.flag
+    ]  # fmt: skip
     seconds = [s["seconds"] for s in stats.values()]
     cpu_seconds = [s.get("cpu_seconds", 0.0) for s in stats.values()]
     report = {
@@ -129,6 +138,8 @@ def finalize(
             "classes_seen": len(plan.classes),
             "classes_kept": tree.num_classes,
             "classes_dropped": len(dropped),
+            "classes_flagged": len(flagged),
+            "copied_at_size": sum(int(s.get("copied", 0)) for s in stats.values()),
             "tree_levels": tree.num_levels,
             **{f"{split}_samples": splits.get(split, {}).get("num_samples", 0) for split in SPLITS},
             **{f"{split}_shards": len(splits.get(split, {}).get("filenames", [])) for split in SPLITS},
@@ -136,6 +147,12 @@ def finalize(
         "rejection_reasons": dict(sorted(reasons.items())),
         "dropped_classes_by_reason": dict(sorted(Counter(d["reason"] for d in dropped).items())),
         "dropped_classes": dropped,
+        "flagged_classes": flagged,
+        "class_list": None
+        if class_list is None
+        else {"name": class_list.name, "origin": class_list.origin, "classes": len(class_list.wnids)},
+        "split": "kept as the input gives it" if plan.kept_split else "made by --val-per-class",
+        "release": release,
         "index_errors": index_errors,
         "classes": [
             {
@@ -158,7 +175,10 @@ def finalize(
 
 
 def _markdown(r: dict[str, Any]) -> str:
+    from in21k.pipeline.release import markdown as release_markdown
+
     t = r["totals"]
+    listed = r.get("class_list")
     out = [
         "# ImageNet-21K-P preparation report",
         "",
@@ -169,9 +189,16 @@ def _markdown(r: dict[str, Any]) -> str:
         f"- classes: {t['classes_seen']:,} seen, {t['classes_kept']:,} kept, {t['classes_dropped']:,} dropped; "
         f"tree levels: {t['tree_levels']}",
         f"- train: {t['train_samples']:,} samples in {t['train_shards']:,} shards; validation: "
-        f"{t['validation_samples']:,} samples in {t['validation_shards']:,} shards",
+        f"{t['validation_samples']:,} samples in {t['validation_shards']:,} shards; split {r['split']}",
+        f"- written byte for byte (already at the output size, decoded cleanly): {t['copied_at_size']:,}",
+        *(
+            [f"- class list: {listed['name']} ({listed['classes']:,} classes, label index = line; {listed['origin']})"]
+            if listed
+            else []
+        ),
         f"- time: {r['timings'].get('total', 0):.1f} s",
         "",
+        *(release_markdown(r["release"], t) if r.get("release") else []),
         "## Rejected members by reason",
         "",
         "| reason | members |",
@@ -188,6 +215,21 @@ def _markdown(r: dict[str, Any]) -> str:
         ],
         "",
     ]
+    if r["flagged_classes"]:
+        out += [
+            "## Flagged classes",
+            "",
+            "Kept because the class list names them, with fewer readable-looking members than --min-images:",
+            "",
+            "| index | wnid | flag | members | readable-looking | train | validation |",
+            "|---:|---|---|---:|---:|---:|---:|",
+            *[
+                f"| {f['index']} | {f['wnid']} | {f['flag']} | {f['members']:,} | {f['readable_looking']:,} | "
+                f"{f['train']:,} | {f['validation']:,} |"
+                for f in r["flagged_classes"]
+            ],
+            "",
+        ]
     if r["index_errors"]:
         out += ["## Damaged class tars", "", *[f"- `{e['container']}`: {e['error']}" for e in r["index_errors"]], ""]
     out += ["## Classes", "", "| index | wnid | train | validation |", "|---:|---|---:|---:|"]
@@ -195,7 +237,8 @@ def _markdown(r: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, index_errors: list) -> dict[str, Any]:
+def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, index_errors: list,
+                 release: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """What the job would keep, drop, read and write (``--plan-only``), from the plan alone."""
     c = plan.counts
     dropped = Counter(d.reason for d in plan.classes if not d.kept)
@@ -211,10 +254,13 @@ def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, inde
         "classes_kept": len(plan.kept_wnids),
         "classes_dropped": sum(dropped.values()),
         "dropped_classes_by_reason": dict(sorted(dropped.items())),
+        "classes_flagged": sum(1 for d in plan.classes if d.kept and d.flag),
         "members": {
             "to_read": c["to_read"],
             "dropped_class": c["dropped_class"],
             "rejected_duplicate": c["duplicate"],
+            # rows of a test split (inputs that come split): only where there are any
+            **({"rejected_other_split": c["other_split"]} if c.get("other_split") else {}),
         },
         "to_read_not_readable_looking": c["to_read_not_readable_looking"],
         "bytes_to_read": c["to_read_bytes"],
@@ -226,6 +272,8 @@ def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, inde
         summary[f"{split}_shards"] = len(sizes)
         summary[f"{split}_shard_sizes"] = [min(sizes), max(sizes)] if sizes else [0, 0]
     summary["options"] = {k: cfg.output_fingerprint()[k] for k in ("min_images", "val_per_class", "seed")}
+    summary["split"] = "kept as the input gives it" if plan.kept_split else "made by --val-per-class"
+    summary["release"] = release
     return summary
 
 
@@ -240,7 +288,8 @@ def plan_text(s: dict[str, Any]) -> str:
         f"classes:          {s['classes_seen']:,} seen, {s['classes_kept']:,} kept, {s['classes_dropped']:,} dropped "
         f"({reasons}); tree levels {s['tree_levels']}",
         f"members:          {m['to_read']:,} to read, {m['dropped_class']:,} in dropped classes, "
-        f"{m['rejected_duplicate']:,} rejected as duplicates",
+        f"{m['rejected_duplicate']:,} rejected as duplicates"
+        + (f", {m['rejected_other_split']:,} of another split" if m.get("rejected_other_split") else ""),
         f"                  of those to read, {s['to_read_not_readable_looking']:,} are not readable-looking "
         "(empty or not an image name) and will be rejected",
         f"train:            {s['train_samples']:,} samples in {s['train_shards']:,} shards "
@@ -249,6 +298,12 @@ def plan_text(s: dict[str, Any]) -> str:
         f"({s['validation_shard_sizes'][0]:,}-{s['validation_shard_sizes'][1]:,} each)",
         f"bytes to read:    {s['bytes_to_read'] / 1e9:,.2f} GB",
     ]
+    if s.get("classes_flagged"):
+        lines.append(f"flagged:          {s['classes_flagged']:,} listed classes under --min-images (kept)")
+    if s.get("release"):
+        from in21k.pipeline.release import summary_line
+
+        lines.append(f"release:          {summary_line(s['release'])}")
     t = s.get("timings", {})
     if t:
         lines.append(f"time:             index {t.get('index', 0):.1f} s, plan {t.get('plan', 0):.1f} s")

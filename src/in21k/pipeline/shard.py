@@ -79,6 +79,7 @@ class ShardSettings:
     quality: int = 95
     max_image_pixels: int = 89_478_485
     read_batch: int = 32
+    copy_at_size: bool = True  # a clean JPEG already at the output size is written as it is (imaging.process_image)
 
 
 class _ShardName(logging.Filter):
@@ -124,7 +125,7 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
     manifest: list[dict[str, Any]] = []
     reasons: Counter = Counter()
     errors: list[dict[str, str]] = []
-    bytes_read = 0
+    bytes_read = copied = 0
     rows = spec.rows.to_pylist()
     for row in rows:
         row["key"] = sample_key(row["wnid"], row["member"])
@@ -150,7 +151,9 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
                         size=settings.size,
                         quality=settings.quality,
                         max_image_pixels=settings.max_image_pixels,
+                        copy_at_size=settings.copy_at_size,
                     )
+                    copied += result.copied
                 record = {
                     "wnid": row["wnid"],
                     "member": row["member"],
@@ -195,6 +198,7 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
         "planned": len(rows),
         "num_samples": writer.count,
         "rejected": sum(reasons.values()),
+        "copied": copied,  # written byte for byte: already at the output size
         "reasons": dict(sorted(reasons.items())),
         "errors": errors,
         "bytes_read": bytes_read,

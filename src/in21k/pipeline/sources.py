@@ -7,8 +7,12 @@ Three raw layouts (DESIGN, "Raw inputs"), on a local path or any fsspec URL (``s
   members have absolute byte offsets in the outer file, so they are read in place;
 - ``whole-tar-gz``: a gzipped outer archive (``winter21_whole.tar.gz``) cannot be range-read, so it is
   streamed once into per-class tars at a staging location, which is then a ``class-tars`` source;
-- ``folders``: extracted class folders ``ROOT/[...]/nXXXXXXXX/*.JPEG`` (the official resized download
-  with ``train/``, ``val/``, ``small_classes/`` works: members of a wnid are merged across folders).
+- ``folders``: extracted class folders ``ROOT/[...]/nXXXXXXXX/*.JPEG`` (members of a wnid are merged across
+  folders);
+- ``processed``, ``processed-tar-gz``: the processed ImageNet-21K-P release, extracted or as its archive, with
+  its own split (``in21k.pipeline.processed``);
+- ``parquet``: parquet image sets (``in21k.pipeline.parquet_source``), converted file by file into staged tars
+  while they are indexed.
 
 A ``Container`` is one class's tar (or folder). ``index_container`` lists a tar's members from their
 headers alone (name, absolute byte offset, size) without reading member data; ``index_table`` does it for
@@ -19,13 +23,14 @@ and endpoints follow ``in21k.storage``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import posixpath
 import re
 import tarfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -43,7 +48,7 @@ STAGING_DONE = "_staging_complete.json"
 # (real members are ~100 KB) without downloading whole class tars.
 INDEX_BLOCK_SIZE = 1 << 20
 
-Layout = Literal["class-tars", "whole-tar", "whole-tar-gz", "folders"]
+Layout = Literal["class-tars", "whole-tar", "whole-tar-gz", "folders", "processed", "processed-tar-gz", "parquet"]
 
 # The index's columns, one row per raw member (regular file) found.
 INDEX_COLUMNS = ("wnid", "member", "source", "offset", "size")
@@ -55,14 +60,16 @@ INDEX_SLICE = 1 << 20
 
 @dataclass(frozen=True)
 class Container:
-    """One class's members: a tar (maybe nested in an outer tar at ``start``) or a list of files."""
+    """One class's members: a tar (maybe nested in an outer tar at ``start``) or a list of files; or, kind
+    ``parquet``, one parquet file of many classes that indexing converts into a staged tar (``spec``)."""
 
     wnid: str
-    kind: Literal["tar", "files"]
+    kind: Literal["tar", "files", "parquet"]
     url: str  # the file that holds the bytes (class tar, or the outer tar for nested ones)
     start: int = 0
     length: int = -1  # -1: to the end of the file
     files: tuple[tuple[str, int], ...] = ()  # kind "files": (url, size) of each member
+    spec: Any = None  # kind "parquet": its parquet_source.ParquetTask
 
     @property
     def where(self) -> str:
@@ -78,6 +85,10 @@ class RawSource:
     layout: Layout
     containers: list[Container]
     note: str = ""
+    # What identifies the release (in21k.pipeline.release): the outer file's size and, where it was streamed
+    # whole, its MD5; files found outside class folders.
+    release: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None  # the classes the release has, where known before indexing
 
 
 class _Window(io.RawIOBase):
@@ -121,6 +132,10 @@ def index_container(container: Container, storage_options: dict[str, Any] | None
 
     An unreadable or corrupt tar gives the members found before the damage and an ``error`` text.
     """
+    if container.kind == "parquet":
+        from in21k.pipeline.parquet_source import stage_file
+
+        return stage_file(container, storage_options)
     rows: dict[str, list] = {k: [] for k in INDEX_COLUMNS}
     error = ""
     if container.kind == "files":
@@ -491,19 +506,31 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> tuple[L
             "for object storage, the credentials/endpoint (AWS_* variables or storage_options)."
         ) from None
     if is_file:
+        from in21k.pipeline.processed import is_processed_archive
+
         name = posixpath.basename(path)
         if name.endswith(".tar.gz") or name.endswith(".tgz"):
-            return "whole-tar-gz", fs, path
+            return ("processed-tar-gz" if is_processed_archive(fs, path) else "whole-tar-gz"), fs, path
+        if name.endswith(".parquet"):
+            return "parquet", fs, path
         if name.endswith(".tar"):
             if _wnid_of_tar(name):
                 raise DataError(f"{url!r} is a single class tar; give the folder that holds the class tars")
             return "whole-tar", fs, path
-        raise DataError(f"raw source {url!r} is a file but not a .tar or .tar.gz release archive")
+        raise DataError(f"raw source {url!r} is a file but not a .tar or .tar.gz release archive, nor a .parquet file")
     if not is_dir:
         raise DataError(f"raw source {url!r} does not exist (or is not readable with the given credentials)")
+    from in21k.pipeline.parquet_source import looks_like_parquet
+    from in21k.pipeline.processed import processed_root
+
     names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
     if any(CLASS_TAR_RE.match(n) for n in names):
         return "class-tars", fs, path
+    root = processed_root(fs, path, names)
+    if root is not None:
+        return "processed", fs, root
+    if looks_like_parquet(fs, path, names):
+        return "parquet", fs, path
     return "folders", fs, path
 
 
@@ -550,11 +577,14 @@ def list_class_folders(fs: Any, path: str) -> list[Container]:
 
 def stage_gz(
     fs: Any, path: str, staging: str, storage_options: dict[str, Any] | None = None, *, show_progress: bool = True
-) -> str:
-    """Stream a ``.tar.gz`` outer archive ONCE into per-class tars under ``staging``; returns ``staging``.
+) -> dict[str, Any]:
+    """Stream a ``.tar.gz`` outer archive ONCE into per-class tars under ``staging``; returns the staging record
+    (``_staging_complete.json``: class tars written, the archive's size and MD5, skipped members).
 
     A finished staging (marker file ``_staging_complete.json``) is reused; an interrupted one is redone,
-    class tar by class tar, each written whole (local: temp file + rename; object stores: one PUT).
+    class tar by class tar, each written whole (local: temp file + rename; object stores: one PUT). The MD5
+    covers the whole archive (read to its end after the tar's end blocks): it costs nothing on a stream read
+    anyway, and identifies the download.
     """
     import json
 
@@ -562,7 +592,8 @@ def stage_gz(
     marker = posixpath.join(spath, STAGING_DONE)
     if sfs.exists(marker):
         log.info("reusing staged class tars at %s", staging)
-        return staging
+        with sfs.open(marker, "r") as f:
+            return json.loads(f.read())
     total = fs.size(path)
     url = full_url(fs, path)
     log.info(
@@ -574,6 +605,8 @@ def stage_gz(
     )
     sfs.makedirs(spath, exist_ok=True)
     count = 0
+    skipped: list[str] = []
+    skipped_count = 0
     with (
         fs.open(path, "rb", block_size=8 << 20) as raw,
         progress(total=total, unit="B", unit_scale=True, desc="staging .tar.gz", enabled=show_progress) as bar,
@@ -582,7 +615,12 @@ def stage_gz(
         with tarfile.open(fileobj=counted, mode="r|gz") as tar:
             for info in tar:
                 wnid = _wnid_of_tar(info.name)
-                if not info.isfile() or not wnid:
+                if not info.isfile():
+                    continue
+                if not wnid:  # not a class tar: counted and named in the report
+                    skipped_count += 1
+                    if len(skipped) < 20:
+                        skipped.append(info.name)
                     continue
                 src = tar.extractfile(info)
                 dest = posixpath.join(spath, f"{wnid}.tar")
@@ -594,15 +632,21 @@ def stage_gz(
                 if target != dest:
                     sfs.mv(tmp, dest)
                 count += 1
+        counted.drain()
+    record = {"source": url, "class_tars": count, "size": total, "md5": counted.md5.hexdigest(),
+              "outside": {"count": skipped_count, "first": skipped}}  # fmt: skip
     with sfs.open(marker, "w") as f:
-        f.write(json.dumps({"source": url, "class_tars": count}))
-    log.info("staged %d class tars at %s", count, staging)
-    return staging
+        f.write(json.dumps(record))
+    log.info("staged %d class tars at %s (MD5 of the archive %s)", count, staging, record["md5"])
+    return record
 
 
 class _CountingReader(io.RawIOBase):
+    """Reads through ``f``, counting bytes on a progress bar and hashing them (MD5 of the whole stream)."""
+
     def __init__(self, f: Any, bar: Any) -> None:
         self._f, self._bar = f, bar
+        self.md5 = hashlib.md5()
 
     def readable(self) -> bool:
         return True
@@ -610,7 +654,13 @@ class _CountingReader(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(n)
         self._bar.update(len(data))
+        self.md5.update(data)
         return data
+
+    def drain(self) -> None:
+        """Read what the tar reader left (end blocks, padding), so the MD5 covers the whole file."""
+        while self.read(8 << 20):
+            pass
 
     def readinto(self, b: Any) -> int:
         data = self.read(len(b))
@@ -619,28 +669,57 @@ class _CountingReader(io.RawIOBase):
 
 
 def open_source(
-    url: str, *, staging: str | None, storage_options: dict[str, Any] | None = None, show_progress: bool = True
+    url: str,
+    *,
+    staging: str | None,
+    storage_options: dict[str, Any] | None = None,
+    show_progress: bool = True,
+    parquet: Any = None,
 ) -> RawSource:
     """Detect the layout and list the class containers of a raw release (stages a .tar.gz first, with a progress
-    bar or log lines unless ``show_progress`` is false)."""
+    bar or log lines unless ``show_progress`` is false). ``parquet``: the ``ParquetOptions`` of a parquet set."""
+    from in21k.pipeline import parquet_source, processed
+    from in21k.pipeline.options import ParquetOptions
+
     layout, fs, path = describe(url, storage_options)
     note = ""
+    release: dict[str, Any] = {}
+    classes: list[str] | None = None
+    if layout in ("whole-tar-gz", "processed-tar-gz", "parquet") and not staging:
+        raise DataError(f"a {layout} release needs --staging (a folder or prefix for the staged tars)")
     if layout == "class-tars":
         containers = list_class_tars(fs, path)
     elif layout == "whole-tar":
         containers = list_nested_tars(fs, path)
+        release = {"size": int(fs.size(path))}
     elif layout == "whole-tar-gz":
-        if not staging:
-            raise DataError("a .tar.gz release needs --staging (a folder or prefix for the per-class tars)")
-        stage_gz(fs, path, staging, storage_options, show_progress=show_progress)
+        release = stage_gz(fs, path, staging, storage_options, show_progress=show_progress)
         sfs, spath = filesystem(staging, storage_options)
         containers = list_class_tars(sfs, spath)
         note = f"streamed once from {url} into class tars at {staging}"
+    elif layout == "processed-tar-gz":
+        release = processed.stage_archive(url, staging, storage_options, show_progress=show_progress)
+        containers = processed.list_staged(staging, storage_options)
+        note = f"streamed once from {url} into class tars at {staging}"
+    elif layout == "processed":
+        containers, outside = processed.list_processed(fs, path)
+        release = {"outside": outside}
+    elif layout == "parquet":
+        files = parquet_source.find_files(fs, path)
+        if not files:
+            raise DataError(f"no parquet files found in {url!r}")
+        spec = parquet_source.inspect(url, files, fs, parquet or ParquetOptions(), storage_options)
+        containers = parquet_source.tasks(url, fs, path, files, spec, staging)
+        classes = list(spec.names) if spec.names is not None else None
+        note = f"{len(files)} parquet files converted into tars at {staging}; labels: {spec.names_from}"
+        release = {"files": len(files), "size": sum(int(fs.size(f)) for f in files)}
     else:
         containers = list_class_folders(fs, path)
     if not containers:
         raise DataError(
             f"no classes found in {url!r}: expected nXXXXXXXX.tar files, an outer .tar/.tar.gz of them, "
-            "or class folders nXXXXXXXX/ of images"
+            "class folders nXXXXXXXX/ of images, the processed release's folders, or parquet files"
         )
-    return RawSource(url, layout, containers, note)
+    if classes is None and layout != "parquet":
+        classes = sorted({c.wnid for c in containers})
+    return RawSource(url, layout, containers, note, release, classes)

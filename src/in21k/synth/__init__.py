@@ -1,6 +1,7 @@
 """Synthetic raw ImageNet-21K releases for tests, demos and benchmarks."""
 
 from in21k.synth.generator import (
+    CLASS_LIST_NAME,
     KINDS,
     READABLE_KINDS,
     REPORT_NAME,
@@ -13,6 +14,7 @@ from in21k.synth.generator import (
 )
 
 __all__ = [
+    "CLASS_LIST_NAME",
     "KINDS",
     "READABLE_KINDS",
     "REPORT_NAME",

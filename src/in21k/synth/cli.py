@@ -29,7 +29,12 @@ def register(commands) -> None:
         help="write a synthetic raw ImageNet-21K release (real wnids, real layout, bad members included)",
         description="Write a synthetic raw ImageNet-21K release, deterministic by --seed: per-class tars of "
         "nXXXXXXXX_N.JPEG members over real WordNet chains, varied sizes, and a share of the real release's bad "
-        "members. OUT/synth_report.json counts what was written, member by member.\n\n"
+        "members. OUT/synth_report.json counts what was written, member by member; OUT/class_list.txt lists the "
+        "WordNet-noun classes in a seeded order (for prepare --classes).\n\n"
+        "--layout processed / processed-tar-gz / parquet make, from those members, the processed ImageNet-21K-P "
+        "release as the original's script would (imagenet21k_train/, imagenet21k_val/, imagenet21k_small_classes/; "
+        "--size, --min-images, --val-per-class), as folders or one .tar.gz, or its train and validation splits as "
+        "hub-layout parquet files (--image-format jpeg or webp).\n\n"
         "--shape fall11 --members N writes fall11's real shape instead, for load tests of `in21k prepare`: "
         "21,841 class tars of real WordNet noun wnids at full size (14,197,122 members), the 11,221 "
         "ImageNet-21K-P classes with 501+ members and the others with fewer than 500, long-tailed class "

@@ -6,6 +6,11 @@ hierarchy. Each image is drawn as nested layers, one per node on the class's roo
 keeps its parent's layers and adds its own, so siblings share their parent's look and a small model can
 learn the hierarchy. Members have the real naming (``nXXXXXXXX_N.JPEG``), a realistic size mix and a
 configurable share of the release's bad members.
+
+The same raw members also make the other inputs users start from (``in21k.synth.processed``): the processed
+ImageNet-21K-P release (folders or its ``.tar.gz``) and a parquet set of its train and validation splits; and
+``class_list.txt`` lists the release's WordNet-noun classes in a seeded order, a class list for
+``prepare --classes`` whose order is not the sorted one.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ log = logging.getLogger(__name__)
 
 REPORT_NAME = "synth_report.json"
 SYNSETS_NAME = "synsets.txt"
+CLASS_LIST_NAME = "class_list.txt"
 REPORT_SCHEMA = "in21k.synth-report/1"
 # Readable members: decodable images (CMYK, grayscale and PNG-named-.JPEG are the release's odd ones).
 READABLE_KINDS = ("jpeg", "cmyk", "gray", "png")
 # Unreadable members: what the original's resize script dropped with "general failure".
 UNREADABLE_KINDS = ("truncated", "empty", "garbage")
 KINDS = READABLE_KINDS + UNREADABLE_KINDS
+PROCESSED_LAYOUTS = ("processed", "processed-tar-gz", "parquet")  # made from the raw members (synth.processed)
 
 
 @dataclass
@@ -50,11 +57,14 @@ class SynthConfig:
         metadata={"help": "members per class, MIN:MAX (spread so some fall below --min-images)", "metavar": "MIN:MAX"},
     )
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same bytes"})
-    layout: Literal["class-tars", "whole-tar", "folders"] = field(
+    layout: Literal["class-tars", "whole-tar", "folders", "processed", "processed-tar-gz", "parquet"] = field(
         default="class-tars",
         metadata={
             "help": "class-tars: OUT/nXXXXXXXX.tar; whole-tar: OUT/<whole-name> holding the class tars; "
-            "folders: OUT/nXXXXXXXX/*.JPEG"
+            "folders: OUT/nXXXXXXXX/*.JPEG; processed: the members processed as the original's script did, in "
+            "OUT/imagenet21k_resized/{imagenet21k_train,imagenet21k_val,imagenet21k_small_classes}/nXXXXXXXX/; "
+            "processed-tar-gz: the same as OUT/imagenet21k_resized.tar.gz; parquet: its train and validation "
+            "splits as OUT/data/{train,validation}-*.parquet (hub layout: image {bytes, path}, label index)"
         },
     )
     whole_name: str = field(
@@ -71,7 +81,18 @@ class SynthConfig:
     non_noun_classes: int = field(
         default=1, metadata={"help": "how many of the classes have wnids that are not WordNet 3.0 noun synsets"}
     )
-    quality: int = field(default=90, metadata={"help": "JPEG quality of the members"})
+    quality: int = field(default=90, metadata={"help": "JPEG quality of the members (and of WebP in parquet)"})
+    size: int = field(default=224, metadata={"help": "processed and parquet layouts: the processed image size"})
+    min_images: int = field(
+        default=60,
+        metadata={"help": "processed and parquet layouts: a class with more readable members goes to train/val"},
+    )
+    val_per_class: int = field(
+        default=10, metadata={"help": "processed and parquet layouts: validation members per class (name order)"}
+    )
+    image_format: Literal["jpeg", "webp"] = field(
+        default="jpeg", metadata={"help": "parquet layout: the image bytes as the processed JPEGs, or as WebP"}
+    )
     shape: Literal["drawn", "fall11"] = field(
         default="drawn",
         metadata={
@@ -109,6 +130,8 @@ class SynthConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 0.5")
         if self.layout == "whole-tar" and not (self.whole_name.endswith(".tar") or self.whole_name.endswith(".tar.gz")):
             raise ValueError("--whole-name must end in .tar or .tar.gz")
+        if self.size < 8 or self.val_per_class < 1 or self.min_images < self.val_per_class:
+            raise ValueError("need --size >= 8, --val-per-class >= 1 and --min-images >= --val-per-class")
         if not 1 <= self.quality <= 100:
             raise ValueError("--quality must be within 1..100")
 
@@ -331,6 +354,7 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
     rng.shuffle(sizes)
     report_classes = []
     members_by_class: dict[str, dict[str, str]] = {}
+    raw_members: dict[str, list[tuple[str, bytes]]] = {}
     class_blobs: list[tuple[str, bytes]] = []
     with progress(total=len(all_wnids), desc="synth classes", unit="class") as bar:
         for wnid, n in zip(all_wnids, sizes, strict=True):
@@ -356,7 +380,9 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
                     "kinds": {k: kinds[k] for k in KINDS},
                 }
             )
-            if cfg.layout == "folders":
+            if cfg.layout in PROCESSED_LAYOUTS:
+                raw_members[wnid] = members
+            elif cfg.layout == "folders":
                 folder = out / wnid
                 folder.mkdir(parents=True, exist_ok=True)
                 for name, data in members:
@@ -368,7 +394,19 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
                 else:
                     class_blobs.append((f"{wnid}.tar", blob))
             bar.update()
-    files = sorted(p.name for p in out.iterdir() if p.name not in (REPORT_NAME, SYNSETS_NAME))
+    files = sorted(p.name for p in out.iterdir() if p.name not in (REPORT_NAME, SYNSETS_NAME, CLASS_LIST_NAME))
+    processed_members = None
+    if cfg.layout in PROCESSED_LAYOUTS:
+        from in21k.synth import processed
+
+        release = processed.processed_release(raw_members, size=cfg.size, min_images=cfg.min_images,
+                                              val_per_class=cfg.val_per_class)  # fmt: skip
+        processed_members = processed.report_of(release, members_by_class)
+        if cfg.layout == "parquet":
+            files = processed.write_parquet(out, release, image_format=cfg.image_format, quality=cfg.quality,
+                                            seed=cfg.seed)  # fmt: skip
+        else:
+            files = processed.write_processed(out, release, archive=cfg.layout == "processed-tar-gz")
     if cfg.layout == "whole-tar":
         outer = tar_bytes(class_blobs)
         if cfg.whole_name.endswith(".gz"):
@@ -394,7 +432,13 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
         "classes": report_classes,
         "members": members_by_class,
     }
+    if processed_members is not None:
+        # The processed release's own members (what prepare reads): wnid -> name -> split, raw kind, copied.
+        report["processed"] = processed_members
     (out / REPORT_NAME).write_text(json.dumps(report, indent=1))
     (out / SYNSETS_NAME).write_text("".join(w + "\n" for w in nouns))
+    order = list(nouns)
+    np.random.default_rng(cfg.seed + 1).shuffle(order)
+    (out / CLASS_LIST_NAME).write_text("".join(w + "\n" for w in order))
     log.info("wrote %d members of %d classes to %s", report["totals"]["members"], len(all_wnids), out)
     return report

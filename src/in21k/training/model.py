@@ -1,8 +1,11 @@
 """Models: any timm architecture by name with a head sized from the tree, and ``--init`` weights.
 
-``load_init_checkpoint`` reads an ImageNet-1K checkpoint (a plain state dict, or one under
-``state_dict`` or ``model``) with ``torch.load(weights_only=True)`` and copies every tensor whose name
-AND shape match; the 1000-class head (and anything else that differs) is skipped and logged.
+``load_init_checkpoint`` reads a checkpoint (a plain state dict, or one under ``state_dict`` or ``model``, saved
+by ``torch.save`` as ``.pth``/``.bin``, or a ``.safetensors`` file as timm saves weights) with
+``torch.load(weights_only=True)`` (or safetensors' loader) and copies every tensor whose name AND shape match;
+an ImageNet-1K checkpoint's 1000-class head (and anything else that differs) is skipped and logged, while the
+weights of a model with this dataset's head layout (timm's ``*.miil_in21k`` models on a dataset prepared with
+``--classes imagenet21k_miil``) load whole.
 """
 
 from __future__ import annotations
@@ -45,8 +48,15 @@ class InitReport:
     missing: list[str] = field(default_factory=list)  # model keys the checkpoint did not provide
 
 
+def is_safetensors(path: str | Path, raw: bytes) -> bool:
+    """A safetensors file (timm's ``model.safetensors``): by its name, or by its header (an 8-byte length, then
+    JSON), which neither of torch's formats (a zip, or a pickle) starts with."""
+    return str(path).endswith(".safetensors") or (len(raw) > 8 and raw[:2] != b"PK" and raw[8:9] == b"{")
+
+
 def load_weights_file(path: str | Path, *, what: str = "checkpoint") -> Any:
-    """``torch.load`` of a local file or storage URL, restricted to plain data (``weights_only=True``)."""
+    """``torch.load`` of a local file or storage URL, restricted to plain data (``weights_only=True``); a
+    safetensors file (how timm and the hubs save weights) is read as the state dict it holds."""
     import io
 
     from in21k import storage
@@ -55,6 +65,15 @@ def load_weights_file(path: str | Path, *, what: str = "checkpoint") -> Any:
         raw = storage.read_bytes(str(path))
     except storage.NotFoundError:
         raise DataError(f"{what} {str(path)!r} does not exist") from None
+    if is_safetensors(path, raw):
+        try:
+            from safetensors.torch import load
+        except ImportError:
+            raise DataError(f"{path} is a safetensors file: pip install safetensors to read it") from None
+        try:
+            return load(raw)
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+            raise DataError(f"{path} is not a readable safetensors file ({exc})") from None
     try:
         return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
 
@@ -18,9 +19,15 @@ class TreeBuildConfig:
     synsets: str = field(
         default="fall11",
         metadata={
-            "help": "class list: a file of wnids (one per line), or fall11 / winter21 (timm's lists)",
-            "metavar": "FILE|fall11|winter21",
+            "help": "class list: a file of wnids (one per line), or the name of one of timm's synset lists "
+            "(imagenet21k_miil, imagenet21k_miil_w21, imagenet12k, imagenet22k, ...; fall11 and winter21 are the "
+            "two ImageNet-21K-P lists)",
+            "metavar": "FILE|NAME",
         },
+    )
+    order: Literal["sorted", "given"] = field(
+        default="sorted",
+        metadata={"help": "class indices in sorted wnid order, or in the list's own order (as published weights)"},
     )
     out: str = field(default="tree.json", metadata={"help": "where to write tree.json", "metavar": "PATH"})
     miil_pth: str | None = field(
@@ -28,23 +35,15 @@ class TreeBuildConfig:
     )
 
 
-def load_class_list(spec: str) -> list[str]:
-    from in21k.tree import read_synsets_file, timm_synsets
-
-    if spec in ("fall11", "winter21"):
-        return timm_synsets(spec)
-    return read_synsets_file(spec)
-
-
 def _build(args: argparse.Namespace) -> int:
-    from in21k.tree import SemanticTree
+    from in21k.tree import SemanticTree, load_class_list
 
     cfg = config_from_args(args, TreeBuildConfig)
     if print_config_requested(args, cfg):
         return 0
-    wnids = load_class_list(cfg.synsets)
+    wnids = load_class_list(cfg.synsets).wnids
     start = time.perf_counter()
-    tree = SemanticTree.build(wnids)
+    tree = SemanticTree.build(wnids, keep_order=cfg.order == "given")
     seconds = time.perf_counter() - start
     out = tree.save(cfg.out)
     save_config(cfg, out.with_name(out.stem + ".config.yaml"))

@@ -3,10 +3,11 @@
 Built from WordNet 3.0 hypernyms (``build``), saved as ``tree.json`` (schema ``in21k.semantic-tree/1``,
 see docs/tree.md), and convertible to and from the original's ``imagenet21k_miil_tree.pth`` layout.
 
-Class indices follow the sorted order of the wnids. A class's *parent* is its nearest ancestor that
-is itself a dataset class, on one chosen WordNet hypernym path; its *depth* (level) is the number of
-dataset-class ancestors above it, so roots are level 0 and levels are contiguous. Where WordNet gives
-several hypernym paths (root -> synset) the chosen one is, in order of preference:
+Class indices follow the sorted order of the wnids, or the order of a given class list (``build(...,
+keep_order=True)``: index ``i`` is the list's ``i``-th wnid, as published weights need). A class's
+*parent* is its nearest ancestor that is itself a dataset class, on one chosen WordNet hypernym path;
+its *depth* (level) is the number of dataset-class ancestors above it, so roots are level 0 and levels
+are contiguous. Where WordNet gives several hypernym paths (root -> synset) the chosen one is, in order of preference:
 
 1. the path that contains the most dataset classes;
 2. then the longer path;
@@ -80,11 +81,23 @@ class SemanticTree:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, wnids: Iterable[str]) -> SemanticTree:
-        """Build the tree of ``wnids`` from WordNet 3.0 (raises ``NotWordNetNounError`` for bad ids)."""
+    def build(cls, wnids: Iterable[str], *, keep_order: bool = False) -> SemanticTree:
+        """Build the tree of ``wnids`` from WordNet 3.0 (raises ``NotWordNetNounError`` for bad ids).
+
+        Class indices follow the sorted wnids, or with ``keep_order`` the order given (which must not repeat a
+        wnid). Parents and depths do not depend on the order: the same classes in another order give the same
+        tree with its indices permuted.
+        """
         from in21k.tree.wordnet import noun_synset, wnid_of
 
-        ordered = sorted(set(wnids))
+        if keep_order:
+            ordered = list(wnids)
+            if len(set(ordered)) != len(ordered):
+                seen: set[str] = set()
+                first = next(w for w in ordered if w in seen or seen.add(w))  # type: ignore[func-returns-value]
+                raise DataError(f"the class list repeats {first}: each class needs exactly one index")
+        else:
+            ordered = sorted(set(wnids))
         if not ordered:
             raise DataError("cannot build a semantic tree from an empty class list")
         synsets = {}

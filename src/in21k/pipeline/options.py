@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from in21k.config import json_option
+from in21k.config import storage_options_option
 from in21k.errors import ConfigError
+from in21k.redact import redact
 
 # 64 nodes x 8 GPUs x 8 loader workers read disjoint shards; a shard count that is a multiple of this
 # gives every worker the same number of shards (no worker idles at the end of an epoch).
@@ -134,7 +135,7 @@ class PrepareConfig:
             raise ConfigError("--raw is required: the raw release to prepare (folder, archive or URL)")
         if not self.out:
             raise ConfigError("--out is required: where the prepared dataset goes")
-        self.storage_options = json_option("--storage-options", self.storage_options)
+        self.storage_options = storage_options_option("--storage-options", self.storage_options)
         for name, low in (
             ("min_images", 1),
             ("size", 8),
@@ -166,9 +167,10 @@ class PrepareConfig:
             raise ConfigError(f"--exclude-subtree takes wnids like n00007846; not wnids: {', '.join(bad)}")
 
     def output_fingerprint(self) -> dict[str, Any]:
-        """The options that decide the output bytes (a resumed run must match them)."""
+        """The options that decide the output bytes (a resumed run must match them), as written into ``_info.json``
+        and ``_work/job.json``: redacted, so a password inside the ``--raw`` URL is neither written nor compared."""
         out = {}
         for key in OUTPUT_KEYS:
             value = getattr(self, key)
             out[key] = list(value) if isinstance(value, (list, tuple)) else value
-        return out
+        return redact(out)

@@ -19,6 +19,7 @@ from in21k.dataset import SCHEMA, SPLITS, UNSHARDED_MANIFEST, DatasetWriter, man
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.plan import Plan
 from in21k.pipeline.shard import manifest_schema
+from in21k.redact import redact
 from in21k.storage import Store
 
 UNSHARDED_ROWS_PER_GROUP = 1 << 18  # rows of the unsharded manifest built and written at a time
@@ -115,7 +116,8 @@ def finalize(
     ]
     seconds = [s["seconds"] for s in stats.values()]
     cpu_seconds = [s.get("cpu_seconds", 0.0) for s in stats.values()]
-    report = {
+    # Through redact: the raw and output URLs, and error messages, may hold credentials (a URL's password).
+    report = redact({
         "schema": SCHEMA,
         "raw": cfg.raw,
         "layout": layout,
@@ -151,7 +153,7 @@ def finalize(
             "shard_task_seconds_total": round(sum(seconds), 2),
             "shard_task_cpu_seconds_total": round(sum(cpu_seconds), 2),
         },
-    }
+    })  # fmt: skip
     store.write_json("report.json", report)
     store.write_bytes("report.md", _markdown(report).encode())
     return report
@@ -226,7 +228,7 @@ def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, inde
         summary[f"{split}_shards"] = len(sizes)
         summary[f"{split}_shard_sizes"] = [min(sizes), max(sizes)] if sizes else [0, 0]
     summary["options"] = {k: cfg.output_fingerprint()[k] for k in ("min_images", "val_per_class", "seed")}
-    return summary
+    return redact(summary)
 
 
 def plan_text(s: dict[str, Any]) -> str:

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from in21k.config import config_to_dict, save_config
+from in21k.config import save_config, saved_config
 from in21k.errors import ConfigError, DataError
+from in21k.redact import redact
 from in21k.training import distributed as du
 from in21k.training.checkpoint import CheckpointManager
 from in21k.training.config import FinetuneConfig
@@ -220,7 +221,7 @@ def _finetune(cfg: FinetuneConfig, run_dir: Path, info: du.DistInfo) -> dict[str
         schema=SCHEMA, batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
         grad_clip=cfg.grad_clip, seed=cfg.seed,
     )  # fmt: skip
-    engine.extra = {"config": config_to_dict(cfg), "model_name": trained.model_name, "classes": data.class_names}
+    engine.extra = {"config": saved_config(cfg), "model_name": trained.model_name, "classes": data.class_names}
     engine.train_loader = data.train
     engine.start(resolve_resume(checkpoints, cfg.resume))
     log.info("fine-tuning %s on %s: %d classes, %d steps/epoch x %d epochs (%s, lr %g), world size %d",
@@ -254,7 +255,7 @@ def _finetune(cfg: FinetuneConfig, run_dir: Path, info: du.DistInfo) -> dict[str
             "task": "single-label", "model": model.state_dict(),
             "ema": engine.ema.state_dict() if engine.ema is not None else None, "model_name": trained.model_name,
             "image_size": trained.image_size, "mean": list(trained.mean), "std": list(trained.std),
-            "classes": data.class_names, "source_checkpoint": cfg.checkpoint, "config": config_to_dict(cfg),
+            "classes": data.class_names, "source_checkpoint": redact(cfg.checkpoint), "config": saved_config(cfg),
         },
         run_dir / "model.pt",
     )  # fmt: skip

@@ -25,6 +25,7 @@ from torch import nn
 
 from in21k import storage
 from in21k.errors import ConfigError, DataError, StorageError
+from in21k.redact import strip_redacted
 
 if TYPE_CHECKING:
     from in21k.tree import SemanticTree
@@ -75,7 +76,8 @@ def _checkpoint_tree(obj: dict[str, Any], path: Path) -> SemanticTree:
         if cfg["tree"] in BUILTIN_TREES or storage.exists(cfg["tree"]):
             return SemanticTree.load(cfg["tree"])
     elif cfg.get("data"):
-        options = (cfg.get("loader") or {}).get("storage_options")
+        # Saved with its credentials redacted: what is left (an endpoint) plus the environment's credentials.
+        options = strip_redacted((cfg.get("loader") or {}).get("storage_options"))[0]
         try:
             return SemanticTree.from_dict(PreparedDataset.open(cfg["data"], storage_options=options).tree_data())
         except (DataError, StorageError):

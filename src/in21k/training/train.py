@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from in21k.config import config_to_dict, save_config
+from in21k.config import save_config, saved_config
 from in21k.errors import DataError
 from in21k.training import distributed as du
 from in21k.training.checkpoint import CheckpointManager
@@ -191,7 +191,7 @@ def build_run(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: tor
         batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
         grad_clip=cfg.grad_clip, accum_steps=cfg.accum_steps, compile=cfg.compile, seed=cfg.seed,
     )  # fmt: skip
-    engine.extra = {"model_name": cfg.model, "num_classes": tree.num_classes, "config": config_to_dict(cfg)}
+    engine.extra = {"model_name": cfg.model, "num_classes": tree.num_classes, "config": saved_config(cfg)}
     engine.train_loader = train_loader
     teacher = kd_fn = None
     if cfg.teacher:
@@ -240,7 +240,7 @@ def do_train(cfg: TrainConfig, *, run_dir: Path, info: du.DistInfo, device: torc
         {
             "model": engine.model.state_dict(), "ema": engine.ema.state_dict() if engine.ema is not None else None,
             "model_name": cfg.model, "image_size": cfg.image_size, "mean": list(run.train_loader.mean),
-            "std": list(run.train_loader.std), "tree": run.tree.to_dict(), "config": config_to_dict(cfg),
+            "std": list(run.train_loader.std), "tree": run.tree.to_dict(), "config": saved_config(cfg),
         },
         run_dir / "model.pt",
     )  # fmt: skip

@@ -217,6 +217,7 @@ def test_every_ray_recipe_runs_with_token_auth_from_a_secret_or_a_file():
     assert job["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
     script = _code(DOCKER / "prepare-on-ray.sh")
     assert '"${RAY_AUTH_TOKEN_PATH:?' in script and "export RAY_AUTH_MODE=token" in script
+    assert re.search(r"^ENV (.*\\\n)*\s*RAY_AUTH_MODE=token", (DOCKER / "Dockerfile.cpu").read_text(), flags=re.M)
 
 
 def test_job_servers_listen_only_where_their_users_are():

@@ -40,7 +40,11 @@ class LoaderOptions:
     )
     storage_options: Any = field(
         default=None,
-        metadata=_h("fsspec options as JSON (default: credentials and endpoint from the environment)", "JSON"),
+        metadata=_h(
+            "fsspec options as JSON (default: credentials and endpoint from the environment); credentials in "
+            "them are written and logged as <redacted> only",
+            "JSON",
+        ),
     )
     allow_pipe: bool = field(default=False, metadata=_h("allow pipe:COMMAND shard names (runs shell commands)"))
     read_client: Literal["auto", "pyarrow", "fsspec", "obstore"] = field(

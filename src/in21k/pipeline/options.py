@@ -83,7 +83,8 @@ class PrepareConfig:
         default=None,
         metadata={
             "help": "Ray cluster address (e.g. auto, ray://head:10001); default: RAY_ADDRESS if set (as in a job "
-            "that `ray job submit` runs), else a local Ray"
+            "that `ray job submit` runs), else a local Ray (with a fresh auth token of its own). A cluster with token "
+            "authentication needs its token in RAY_AUTH_TOKEN_PATH (a file) or RAY_AUTH_TOKEN (docs/security.md)"
         },
     )
     num_cpus: int | None = field(default=None, metadata={"help": "CPUs for a local Ray (default: all)"})
@@ -116,7 +117,8 @@ class PrepareConfig:
         default=None,
         metadata={
             "help": "fsspec storage options as JSON, e.g. '{\"endpoint_url\": ...}' "
-            "(default: credentials and endpoint from the environment)",
+            "(default: credentials and endpoint from the environment); credentials in them are written and logged "
+            "as <redacted> only",
             "metavar": "JSON",
         },
     )

@@ -134,3 +134,17 @@ def test_joining_a_cluster_without_a_token_is_one_error_line(tmp_path: Path) -> 
     assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
     assert errors[0].startswith(f"in21k prepare: error: the Ray cluster at {address} requires an auth token")
     assert "RAY_AUTH_TOKEN_PATH" in errors[0] and "RAY_AUTH_TOKEN to the token" in errors[0]
+
+
+def test_the_auth_error_says_which_variable_to_set(monkeypatch) -> None:
+    """The three ways a cluster refuses a driver, each with its own advice (the first two run against a real
+    protected cluster in test_prepare_cluster.py)."""
+    from in21k.pipeline.job import _auth_advice
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert "none was given: set RAY_AUTH_TOKEN_PATH" in _auth_advice("h:1", [])
+    assert "refused the auth token from RAY_AUTH_TOKEN_PATH" in _auth_advice("h:1", ["RAY_AUTH_TOKEN_PATH"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert "RAY_AUTH_MODE=disabled keeps the one in RAY_AUTH_TOKEN from being sent" in _auth_advice(
+        "h:1", ["RAY_AUTH_TOKEN"]
+    )

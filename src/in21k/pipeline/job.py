@@ -228,8 +228,10 @@ def _gcs_refuses(address: str) -> bool:
     return False
 
 
-def _join(address: str) -> _Env:
-    """Connect this process to the cluster at ``address`` as a driver; returns the variables to put back after.
+@contextlib.contextmanager
+def cluster_driver(address: str) -> Iterator[None]:
+    """This process connected to the cluster at ``address`` as a driver for the length of the block; at its end
+    ``ray.shutdown()`` only disconnects: the cluster and its nodes stay up.
 
     A token given in the environment (``TOKEN_ENV``) turns token authentication on for this driver unless
     ``RAY_AUTH_MODE`` says otherwise (Ray itself sends a token only with ``RAY_AUTH_MODE=token``). A cluster that
@@ -247,51 +249,42 @@ def _join(address: str) -> _Env:
         gcs = _gcs_address(address)
         if gcs is not None and _gcs_refuses(gcs):
             raise SetupError(_auth_advice(address, given))
-        ray.init(address=address, log_to_driver=True)
-    except AuthenticationError:  # token mode but no token here, or a refusal the probe did not see
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (AuthenticationError, ConnectionError) as exc:
+            # AuthenticationError: token mode but no token here. A ConnectionError that an InvalidAuthToken caused:
+            # a refusal the check above could not see (a ray:// address).
+            if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in "".join(traceback.format_exception(exc)):
+                raise SetupError(_auth_advice(address, given)) from None
+            raise
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    finally:
         env.restore()
-        raise SetupError(_auth_advice(address, given)) from None
-    except ConnectionError as exc:
-        env.restore()
-        if "InvalidAuthToken" in "".join(traceback.format_exception(exc)):
-            raise SetupError(_auth_advice(address, given)) from None
-        raise
-    except BaseException:
-        env.restore()
-        raise
-    return env
+        _reload_auth_settings()
 
 
 def _connect(cfg: PrepareConfig) -> Callable[[], None] | None:
-    """Start or join Ray in this process; returns what ends what it began (None if Ray was already running).
-
-    On a cluster, the returned ``ray.shutdown()`` only disconnects this driver: the cluster and its nodes stay up. A
-    local Ray started here (``local_ray``) is stopped by it.
-    """
+    """Start or join Ray in this process (``local_ray``, ``cluster_driver``); returns what ends what it began (None
+    if Ray was already running)."""
     import ray
 
     if ray.is_initialized():
         return None
     address = cluster_address(cfg)
-    if address:
-        if cfg.num_cpus is not None:
-            log.warning("--num-cpus applies to a local Ray only: ignored on the cluster at %s", address)
-        # Nothing of LOCAL_RAY_ENV here: a cluster has its own settings (its nodes' addresses, its token).
-        env = _join(address)
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        log.info("joined the Ray cluster at %s: %d CPUs", ray.get_runtime_context().gcs_address, cpus)
-
-        def leave() -> None:
-            try:
-                ray.shutdown()
-            finally:
-                env.restore()
-                _reload_auth_settings()
-
-        return leave
-    local = local_ray(cfg.num_cpus)
-    local.__enter__()
-    return lambda: local.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:  # closed here only if what follows the start fails
+        if address:
+            if cfg.num_cpus is not None:
+                log.warning("--num-cpus applies to a local Ray only: ignored on the cluster at %s", address)
+            # Nothing of LOCAL_RAY_ENV here: a cluster has its own settings (its nodes' addresses, its token).
+            stack.enter_context(cluster_driver(address))
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            log.info("joined the Ray cluster at %s: %d CPUs", ray.get_runtime_context().gcs_address, cpus)
+        else:
+            stack.enter_context(local_ray(cfg.num_cpus))
+        return stack.pop_all().close
 
 
 def _brief(exc: BaseException) -> str:

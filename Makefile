@@ -18,8 +18,8 @@ DEMO_OUT ?= demo_out
 # Optional extras to install with the package (the container images set EXTRAS= to leave out the test tools).
 EXTRAS ?= test
 
-# The embedded local Ray binds and talks on 127.0.0.1 only, with no auth token.
-export RAY_AUTH_MODE := disabled
+# The embedded local Ray binds and talks on 127.0.0.1 only; `in21k prepare` turns its token authentication on and
+# gives it a fresh token of its own (docs/security.md), so RAY_AUTH_MODE is left to the user.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 

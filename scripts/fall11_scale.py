@@ -10,8 +10,8 @@ line per run goes to stdout and to ``--results``; the release is deleted afterwa
     python scripts/fall11_scale.py --members 1000000 4000000 14197122 --work /tmp/in21k-scale
     python scripts/fall11_scale.py --members 1000000 --full --work /tmp/in21k-scale
 
-Set ``RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0`` for a local
-Ray (``prepare`` sets them for the Ray it starts). A tool, not a test: 14.2 M members take ~15 GB of disk
+``prepare`` sets what its local Ray needs itself (loopback only, no usage reporting, token authentication with a
+fresh token: ``in21k.pipeline.job.LOCAL_RAY_ENV``). A tool, not a test: 14.2 M members take ~15 GB of disk
 and, on two cores, ~20 minutes to write and index.
 """
 

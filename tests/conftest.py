@@ -10,8 +10,9 @@ import pytest
 from in21k.benchmarks.gcslocal import LocalGCS, start_local_gcs
 from in21k.benchmarks.s3local import LocalS3, start_local_s3
 
-# The embedded Ray must bind and talk on 127.0.0.1 only, without an auth token or usage reporting.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The embedded Ray must bind and talk on 127.0.0.1 only, without usage reporting. RAY_AUTH_MODE stays unset, as on
+# a user's machine: every local Ray the tests start gets token authentication and a token of its own from
+# in21k.pipeline.job.local_ray, the way `in21k prepare` starts one.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # torch.distributed (gloo) tests talk over loopback only, whatever the host name resolves to.

@@ -179,3 +179,79 @@ def test_doc_commands_are_accepted_by_the_cli():
         except SystemExit as exc:
             if exc.code not in (0, None):  # --help exits with 0
                 pytest.fail(f"{name}: `in21k {' '.join(argv)}` is rejected by the CLI")
+
+
+# ----------------------------------------------------------------------------------------- who can reach the cluster
+RAY_RECIPES = [DOCKER / "ray-cluster.yaml", DOCKER / "k8s" / "rayjob-prepare.yaml", DOCKER / "prepare-on-ray.sh",
+               ROOT / "docs" / "scaling.md"]  # fmt: skip
+
+
+def _code(path: Path) -> str:
+    """What a recipe runs: its bash blocks for a doc page, the whole file otherwise (comments included: they hold
+    commands to type too), shell line continuations joined."""
+    text = path.read_text()
+    if path.suffix == ".md":
+        text = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
+    return re.sub(r"\\\n\s*", " ", text)
+
+
+def test_every_ray_recipe_runs_with_token_auth_from_a_secret_or_a_file():
+    """Token authentication on every node and client, the token never on a command line, and no switch to turn it
+    off (docs/security.md)."""
+    for path in RAY_RECIPES:
+        code = _code(path)
+        assert "RAY_AUTH_MODE=disabled" not in code and "RAY_AUTH_MODE: disabled" not in code, path.name
+        assert not re.search(r"RAY_AUTH_TOKEN=(?!\$)\S", code), f"{path.name}: a token on a command line"
+        assert not re.search(r"--(token|auth-token)[ =]", code), path.name
+    scaling = _code(ROOT / "docs" / "scaling.md")
+    assert "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=" in scaling
+    assert scaling.index("RAY_AUTH_TOKEN_PATH=") < scaling.index("ray start --head")
+    cluster = yaml.safe_load((DOCKER / "ray-cluster.yaml").read_text())
+    options = " ".join(cluster["docker"]["run_options"])
+    assert "--env RAY_AUTH_MODE=token" in options
+    token_path = re.search(r"--env RAY_AUTH_TOKEN_PATH=(\S+)", options).group(1)
+    assert token_path in cluster["file_mounts"] and any(
+        c == f"chmod 600 {token_path}" for c in cluster["setup_commands"]
+    ), "the token file must reach every node, readable by its owner only"
+    job = yaml.safe_load((DOCKER / "k8s" / "rayjob-prepare.yaml").read_text())
+    assert job["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
+    script = _code(DOCKER / "prepare-on-ray.sh")
+    assert '"${RAY_AUTH_TOKEN_PATH:?' in script and "export RAY_AUTH_MODE=token" in script
+    assert re.search(r"^ENV (.*\\\n)*\s*RAY_AUTH_MODE=token", (DOCKER / "Dockerfile.cpu").read_text(), flags=re.M)
+
+
+def test_job_servers_listen_only_where_their_users_are():
+    """No recipe binds the dashboard and job server to every interface: the head's 127.0.0.1 (reached through a
+    tunnel), or KubeRay's pod network (no dashboard-host of ours)."""
+    for path in RAY_RECIPES:
+        assert "0.0.0.0" not in _code(path), f"{path.name} binds something to every interface"
+    heads = [line for path in RAY_RECIPES for line in _code(path).splitlines() if "ray start --head" in line]
+    assert len(heads) == 2 and all(re.search(r"--dashboard-host[ =]127\.0\.0\.1", line) for line in heads), heads
+    job = yaml.safe_load((DOCKER / "k8s" / "rayjob-prepare.yaml").read_text())
+    assert "dashboard-host" not in job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
+
+
+def test_object_store_credentials_come_from_nodes_not_from_the_job():
+    """Credentials reach the nodes (environment, instance profile, Kubernetes Secret); no example puts them in a
+    job's runtime environment, which the dashboard and `ray job list` show."""
+    from in21k.redact import is_secret_key
+
+    texts = {p.name: p.read_text() for p in [*LAUNCHERS, ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+    for name, text in texts.items():
+        for match in re.finditer(r"--runtime-env-json[ =]'([^']*)'", text):
+            if match.group(1) == '{"env_vars": {...}}':  # the docs' placeholder, in prose
+                continue
+            env_vars = json.loads(match.group(1)).get("env_vars", {})
+            assert not [k for k in env_vars if is_secret_key(k)], f"{name}: credentials in a runtime env"
+    job = yaml.safe_load((DOCKER / "k8s" / "rayjob-prepare.yaml").read_text())
+    assert "runtimeEnvYAML" not in job["spec"]
+    pods = [job["spec"]["rayClusterSpec"]["headGroupSpec"]]
+    pods += job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    for pod in pods:
+        container = pod["template"]["spec"]["containers"][0]
+        assert {"secretRef": {"name": "in21k-s3"}} in container["envFrom"]
+        assert not [e for e in container.get("env", []) if is_secret_key(e["name"]) and "value" in e], container
+    cluster = yaml.safe_load((DOCKER / "ray-cluster.yaml").read_text())
+    for node_type in cluster["available_node_types"].values():
+        assert "IamInstanceProfile" in node_type["node_config"]
+    assert not re.search(r"AWS_SECRET_ACCESS_KEY=(?!\.\.\.|\$)\S", _code(ROOT / "docs" / "scaling.md"))

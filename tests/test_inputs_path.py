@@ -31,7 +31,8 @@ SYNTH = ["--classes", "6", "--images", "14:30", "--seed", "5", "--large-share", 
          "--size", "48", "--min-images", "14", "--val-per-class", "2"]  # fmt: skip
 PREPARE = ["--size", "48", "--min-images", "14", "--val-per-class", "2", "--shard-size", "16", "--no-progress"]
 TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--amp", "none",
-         "--loader.num-workers", "0", "--run.max-steps-per-epoch", "3", "--run.val-max-batches", "1", "--no-plot"]  # fmt: skip
+         "--loader.num-workers", "0", "--run.max-steps-per-epoch", "3", "--run.val-max-batches", "1",
+         "--no-plot"]  # fmt: skip
 
 
 def labels(dst: Path) -> dict[str, tuple[str, bytes, str]]:

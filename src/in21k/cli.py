@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from in21k import __version__
 from in21k.errors import In21kError
+from in21k.redact import install_log_filter, scrub_text
 
 # Feature modules in the order their commands appear in --help. A command is listed only once it works.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    install_log_filter(logging.getLogger().handlers)  # no credential in what is logged
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
         return int(func(args) or 0)
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and errors inside torch included, keeps its traceback. -v shows the traceback of these too.
         if args.verbose:
             raise
-        print(f"in21k {args.command}: error: {exc}", file=sys.stderr)
+        print(f"in21k {args.command}: error: {scrub_text(str(exc))}", file=sys.stderr)
         return 2
 
 

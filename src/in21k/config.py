@@ -3,7 +3,10 @@
 Every command describes its options as a dataclass. ``resolve_config`` merges, in order, the
 dataclass defaults, the YAML file given with ``--config`` and the flags the user actually typed,
 rejects unknown keys by name, checks types, and ``save_config`` writes the merged result next to the
-command's outputs so a run can be repeated exactly.
+command's outputs so a run can be repeated exactly, with its credentials taken out (``in21k.redact``): a saved
+config, like ``--print-config``, shows ``<redacted>`` where a secret was. ``storage_options_option`` reads such a
+config back: a ``<redacted>`` entry is dropped, so the credential comes from where it is given again (flags, YAML,
+environment), never from a file a run wrote.
 
 A field whose type is itself a dataclass is a *section*, owned by the module that defines it (e.g.
 ``loader:``, ``in21k.loaders.options.LoaderOptions``). In YAML it is a nested mapping; on the command line
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from pathlib import Path
@@ -23,8 +27,10 @@ from typing import Any, TypeVar
 import yaml
 
 from in21k.errors import ConfigError
+from in21k.redact import redact, remember, strip_redacted
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -189,6 +195,25 @@ def json_option(name: str, value: Any, *, kind: type = dict) -> Any:
     return value
 
 
+def storage_options_option(name: str, value: Any) -> dict[str, Any] | None:
+    """fsspec storage options given as YAML or JSON text (``json_option``), with the ``<redacted>`` placeholders of
+    a saved config dropped (a warning names them); their secret values are remembered, so that logs and error
+    messages never show them (``in21k.redact.remember``)."""
+    options = json_option(name, value)
+    if options is None:
+        return None
+    options, dropped = strip_redacted(options)
+    if dropped:
+        log.warning(
+            "%s: %s were redacted in the config this run read, and are left out: give them again (flags, YAML) or "
+            "let the environment or an instance role provide them",
+            name,
+            ", ".join(dropped),
+        )
+    remember(options)
+    return options
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cfg):
@@ -199,12 +224,19 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def saved_config(cfg: Any) -> dict[str, Any]:
+    """The config as it is written or shown anywhere (files, checkpoints, ``--print-config``): ``config_to_dict``
+    through ``in21k.redact.redact``."""
+    return redact(config_to_dict(cfg))
+
+
 def save_config(cfg: Any, path: str | Path) -> Path:
-    """Write the merged config as YAML (atomically) so the run can be repeated with ``--config``."""
+    """Write the merged config as YAML (atomically), credentials redacted, so the run can be repeated with
+    ``--config`` (and its credentials given again)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(saved_config(cfg), sort_keys=False))
     tmp.replace(path)
     return path
 
@@ -295,8 +327,9 @@ def config_from_args(args: Any, cls: type[T]) -> T:
     return resolve_config(cls, config_file=args.config, overrides=overrides_from_args(args, cls))
 
 
-def print_config_requested(args: Any, cfg: Any, *, as_dict: typing.Callable[[Any], dict] = config_to_dict) -> bool:
-    """For ``--print-config``: print the merged config as YAML and return True (the command then exits 0)."""
+def print_config_requested(args: Any, cfg: Any, *, as_dict: typing.Callable[[Any], dict] = saved_config) -> bool:
+    """For ``--print-config``: print the merged config as YAML, credentials redacted, and return True (the command
+    then exits 0)."""
     if not getattr(args, "print_config", False):
         return False
     print(yaml.safe_dump(as_dict(cfg), sort_keys=False), end="")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
+from in21k.redact import redact
 from in21k.training.rundir import CURVES, METRICS, MODEL, RunDir, read_metrics
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     levels_used = [int(k) for k in final.get("per_level", {})]
     val_counts = {c["index"]: c["validation"] for c in prep_report["classes"]}
     chance = _chance_semantic_top1(tree, val_counts, levels_used)
-    summary = {
+    summary = redact({  # what it quotes was written redacted already; the demo's own paths go through it too
         "out": str(out),
         "report": str(report_dir / "report.md"),
         "semantic_top1": final.get("semantic_top1"),
@@ -221,7 +222,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "heldout_path_levels_correct": f"{correct_levels}/{total_levels}",
         "timings_s": timings,
         "totals": prep_report["totals"],
-    }
+    })  # fmt: skip
     _write_report(report_dir, summary, final, rows, figs, prep_report)
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -16,15 +16,17 @@ PREP = dict(min_images=17, val_per_class=3, shard_size=12, progress=False)
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray (2 CPUs) shared by the session: ``ray.init`` costs seconds."""
+    """One local Ray (2 CPUs) shared by the session, started as ``prepare`` starts its own (token authentication
+    on): ``ray.init`` costs seconds."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False)  # a new instance, not a running cluster
-    yield ray
-    if started:
-        ray.shutdown()
+    from in21k.pipeline.job import local_ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    with local_ray(num_cpus=2):
+        yield ray
 
 
 def write_release(out: Path, **overrides: Any) -> dict:

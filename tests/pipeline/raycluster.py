@@ -6,7 +6,12 @@ a node can be killed whole (raylet, agents and the workers it started, which the
 their own but not in other sessions: SIGKILL to every process of the session) and started again with the same
 command line, as a node manager would.
 
-Everything binds to 127.0.0.1, with no auth token. Two Ray rules shape how (Ray 2.60):
+Every node runs with token authentication, as docs/scaling.md starts a cluster: ``RAY_AUTH_MODE=token`` and
+``RAY_AUTH_TOKEN_PATH`` naming a 0600 file that holds a fresh random token, both in the node's environment (the
+token is on no command line). Clients of the cluster (``ray job submit``, the tests' own requests to the job
+server) carry the same token; ``client_env`` gives the environment of one with the token, a wrong one or none.
+
+Everything binds to 127.0.0.1. Two Ray rules shape how (Ray 2.60):
 
 - ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, our local-Ray setting, keeps a node on loopback but makes
   ``ray start --address`` refuse to join a cluster ("Multi-node Ray clusters are not supported"). The head keeps it
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,9 +44,10 @@ from typing import Any
 
 BIN = Path(sys.executable).parent  # this venv's ray and in21k
 RAY = str(BIN / "ray")
-# Variables our test processes carry that a cluster node must not inherit: the S3 credentials must reach the job
-# through its runtime environment (what is tested), and a RAY_ADDRESS would point a node at another cluster.
-NOT_INHERITED = ("RAY_ADDRESS", "AWS_")
+# Variables our test processes carry that a cluster node must not inherit: object-store settings (a node gets those
+# it is given, as a real node has its own), a RAY_ADDRESS (it would point a node at another cluster), and any Ray
+# auth settings (the cluster has its own token).
+NOT_INHERITED = ("RAY_ADDRESS", "RAY_AUTH_", "AWS_")
 
 
 def free_port() -> int:
@@ -61,12 +68,16 @@ def loopback_name() -> str | None:
     return None
 
 
-def node_env(*, joins: bool) -> dict[str, str]:
-    """A node's environment: this one minus ``NOT_INHERITED``, this venv first on PATH, Ray kept local."""
+def node_env(*, joins: bool, token_file: Path | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A node's (or a client's) environment: this one minus ``NOT_INHERITED``, plus ``extra``, this venv first on
+    PATH, Ray kept local, and token authentication with the token in ``token_file`` (None: no token, auth mode
+    left unset, as on a machine where nobody set it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}
+    env.update(extra or {})
+    if token_file is not None:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1" if joins else "0",
         # Task states reach the state API within ~0.1 s rather than ~1 s: the tests pick a busy node by them.
@@ -131,9 +142,12 @@ def node_processes(leader: int) -> list[int]:
 
 class LocalRayCluster:
     """A head that runs no work (``--num-cpus 0``, dashboard and job server on 127.0.0.1) and ``workers`` worker
-    nodes of ``cpus`` CPUs each. ``start()``, then ``submit``/``kill_node``/``restart_node``; ``stop()`` ends all."""
+    nodes of ``cpus`` CPUs each, all with the token in ``token_file`` and the variables ``node_vars`` (object-store
+    settings, as a real node has them from its machine or pod). ``start()``, then
+    ``submit_command``/``kill_node``/``restart_node``; ``stop()`` ends all."""
 
-    def __init__(self, *, workers: int = 2, cpus: int = 1, object_store_bytes: int = 256 << 20) -> None:
+    def __init__(self, *, workers: int = 2, cpus: int = 1, object_store_bytes: int = 256 << 20,
+                 node_vars: dict[str, str] | None = None) -> None:  # fmt: skip
         alias = loopback_name()
         if alias is None:
             raise RuntimeError(
@@ -141,6 +155,12 @@ class LocalRayCluster:
                 "loopback head (see tests/pipeline/raycluster.py)"
             )
         self.root = Path(tempfile.mkdtemp(prefix="in21k-ray-", dir="/tmp"))  # short: Ray's socket paths live here
+        self.token = secrets.token_hex(32)  # as `ray get-auth-token --generate` makes one
+        self.token_file = self.root / "auth_token"
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token)
+        self.node_vars = dict(node_vars or {})
         self.port, self.dashboard_port = free_port(), free_port()
         self.gcs_address = f"127.0.0.1:{self.port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
@@ -151,14 +171,16 @@ class LocalRayCluster:
             f"--ray-client-server-port={free_port()}", *self._node_ports(), f"--temp-dir={self.root / 'head'}",
             *common,
         ]  # fmt: skip
-        self.nodes = {"head": RayNode("head", head, node_env(joins=False), self.root / "head.log")}
+        env = {"joins": False, "token_file": self.token_file, "extra": self.node_vars}
+        self.nodes = {"head": RayNode("head", head, node_env(**env), self.root / "head.log")}
         for i in range(1, workers + 1):
             cmd = [
                 RAY, "start", f"--address={alias}:{self.port}", f"--num-cpus={cpus}", *self._node_ports(),
                 f"--resources={json.dumps({f'worker{i}': 1})}",  # names the node in the state API's answers
                 f"--temp-dir={self.root / f'worker{i}'}", *common,
             ]  # fmt: skip
-            self.nodes[f"worker{i}"] = RayNode(f"worker{i}", cmd, node_env(joins=True), self.root / f"worker{i}.log")
+            self.nodes[f"worker{i}"] = RayNode(f"worker{i}", cmd, node_env(**{**env, "joins": True}),
+                                               self.root / f"worker{i}.log")  # fmt: skip
 
     @staticmethod
     def _node_ports() -> list[str]:
@@ -236,8 +258,11 @@ class LocalRayCluster:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     # ------------------------------------------------------------------ jobs
-    def _get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.dashboard_url + path, timeout=5) as r:
+    def _get(self, path: str, token: str | None = "cluster") -> Any:
+        """GET a job-server or state-API path; ``token``: the cluster's (default), another one, or None."""
+        headers = {} if token is None else {"Authorization": f"Bearer {self.token if token == 'cluster' else token}"}
+        request = urllib.request.Request(self.dashboard_url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as r:
             return json.loads(r.read())
 
     def _job_server_up(self) -> bool:
@@ -247,12 +272,25 @@ class LocalRayCluster:
         except (OSError, ValueError):
             return False
 
-    def submit_command(self, entrypoint: list[str], *, env_vars: dict[str, str]) -> list[str]:
-        """The ``ray job submit`` command line of ``entrypoint`` (the words a user types after ``--``), with
-        ``env_vars`` for the job's driver and tasks; it waits for the job and prints its id and log."""
-        runtime_env = json.dumps({"env_vars": env_vars})
-        return [RAY, "job", "submit", f"--address={self.dashboard_url}", f"--runtime-env-json={runtime_env}", "--",
-                *entrypoint]  # fmt: skip
+    def submit_command(self, entrypoint: list[str]) -> list[str]:
+        """The ``ray job submit`` command line of ``entrypoint`` (the words a user types after ``--``); it waits for
+        the job and prints its id and log. No runtime environment: the nodes have what the job needs."""
+        return [RAY, "job", "submit", f"--address={self.dashboard_url}", "--", *entrypoint]
+
+    def client_env(self, token: str | None = "cluster", extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of a client of the cluster (``ray job submit``, ``in21k prepare --ray-address``) on this
+        machine: with the cluster's token file (``token="cluster"``), with ``RAY_AUTH_TOKEN`` set to another token,
+        or with no token and no auth mode (None)."""
+        if token == "cluster":
+            return node_env(joins=False, token_file=self.token_file, extra=extra)
+        env = node_env(joins=False, token_file=None, extra=extra)
+        if token is not None:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        return env
+
+    def jobs(self, token: str | None = "cluster") -> list[dict[str, Any]]:
+        """Every job's record (``GET /api/jobs/``), asked with the cluster's token, another one or none."""
+        return self._get("/api/jobs/", token=token)
 
     def job(self, submission_id: str) -> dict[str, Any]:
         """The job's record from the job server: ``status``, ``driver_info`` (with the driver's ``pid``), ..."""
@@ -275,8 +313,3 @@ class LocalRayCluster:
             return self._get(f"/api/jobs/{submission_id}/logs")["logs"]
         except (OSError, KeyError, ValueError, urllib.error.HTTPError):
             return ""
-
-
-def submitter_env() -> dict[str, str]:
-    """The environment ``ray job submit`` runs in: the job server's address is on its command line."""
-    return node_env(joins=False)

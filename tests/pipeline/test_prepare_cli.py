@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,47 @@ def test_bench_decode_smoke(capsys) -> None:
     for plate in fidelity["alias_rms"].values():
         assert plate["ours"] < plate["original_cv2"]
     assert {"nproc", "cpu", "pillow_simd", "original_cv2_images_per_s_per_core"} <= set(result)
+
+
+@pytest.mark.ray
+def test_joining_a_cluster_without_a_token_is_one_error_line(tmp_path: Path) -> None:
+    """With token authentication on and no token anywhere (a fresh HOME: no ~/.ray/auth_token), ``--ray-address``
+    stops where the connection is made with one line that names the variables to set; the cluster side of this
+    (a protected cluster that refuses a driver) is in test_prepare_cluster.py."""
+    import socket
+    import subprocess
+    import sys
+    import tarfile
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with tarfile.open(raw / "n01440764.tar", "w") as tar:
+        member = tarfile.TarInfo("n01440764_1.JPEG")
+        member.size = 3
+        tar.addfile(member, io.BytesIO(b"\xff\xd8\xff"))
+    with socket.socket() as s:  # a port where nothing listens: the token check comes first
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env.update(RAY_AUTH_MODE="token", HOME=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "in21k", "prepare", "--raw", str(raw), "--out", str(tmp_path / "out"),
+                           "--min-images", "1", "--val-per-class", "0", "--ray-address", address],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert errors[0].startswith(f"in21k prepare: error: the Ray cluster at {address} requires an auth token")
+    assert "RAY_AUTH_TOKEN_PATH" in errors[0] and "RAY_AUTH_TOKEN to the token" in errors[0]
+
+
+def test_the_auth_error_says_which_variable_to_set(monkeypatch) -> None:
+    """The three ways a cluster refuses a driver, each with its own advice (the first two run against a real
+    protected cluster in test_prepare_cluster.py)."""
+    from in21k.pipeline.job import _auth_advice
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert "none was given: set RAY_AUTH_TOKEN_PATH" in _auth_advice("h:1", [])
+    assert "refused the auth token from RAY_AUTH_TOKEN_PATH" in _auth_advice("h:1", ["RAY_AUTH_TOKEN_PATH"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert "RAY_AUTH_MODE=disabled keeps the one in RAY_AUTH_TOKEN from being sent" in _auth_advice(
+        "h:1", ["RAY_AUTH_TOKEN"]
+    )

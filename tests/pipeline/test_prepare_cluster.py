@@ -2,8 +2,11 @@
 
 The cluster is started as one is on real machines (``tests/pipeline/raycluster.py``): a head that runs no work
 (``ray start --head --num-cpus 0``, dashboard and job server) and two worker nodes of one CPU (``ray start
---address``), each its own raylet in its own process session. Jobs go in through ``ray job submit`` with the
-entrypoint of ``docker/k8s/rayjob-prepare.yaml``, the S3 credentials in ``--runtime-env-json`` (no node has them).
+--address``), each its own raylet in its own process session, all with token authentication (the token in a 0600
+file named by ``RAY_AUTH_TOKEN_PATH``) and the S3 settings in their environment, as docs/scaling.md starts them.
+Jobs go in through ``ray job submit`` with the entrypoint of ``docker/k8s/rayjob-prepare.yaml`` and the cluster's
+token; no runtime environment. Without the token, or with another one, the cluster refuses ``ray job submit``, the
+job server's HTTP API and ``in21k prepare --ray-address``.
 Every finished job must leave output byte-identical to a single-node local run of the same options: every shard,
 ``_info.json``, ``classes.tsv``, ``tree.json`` and every manifest part, and no other shard. Disturbances, each while
 shards are being written (the count of ``stats/`` files picks the moment):
@@ -17,12 +20,14 @@ docs/scaling.md ("Ray cluster") has the commands and what each disturbance does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import signal
 import subprocess
 import time
+import urllib.error
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +36,7 @@ import yaml
 
 from in21k.pipeline import prepare
 from tests.pipeline.conftest import prep_config, synth_report, write_release
-from tests.pipeline.raycluster import LocalRayCluster, loopback_name, submitter_env
+from tests.pipeline.raycluster import BIN, LocalRayCluster, loopback_name, node_processes
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow, pytest.mark.cluster]
 
@@ -62,11 +67,11 @@ def raw_url() -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(s3_server):
     if loopback_name() is None:
         pytest.skip("worker nodes need a host name other than localhost for 127.0.0.1 (tests/pipeline/raycluster.py)")
     started = time.monotonic()
-    cluster = LocalRayCluster(workers=2, cpus=1).start()
+    cluster = LocalRayCluster(workers=2, cpus=1, node_vars=s3_server.env).start()
     print(f"cluster of {len(cluster.nodes)} nodes up in {time.monotonic() - started:.0f} s")
     try:
         yield cluster
@@ -132,11 +137,11 @@ def running_nodes(cluster: LocalRayCluster, submission_id: str) -> list[str]:
 class Submission:
     """``ray job submit`` (waiting for the job, as a user runs it) in the background, its output in a file."""
 
-    def __init__(self, cluster: LocalRayCluster, entrypoint: list[str], env_vars: dict[str, str], log: Path) -> None:
+    def __init__(self, cluster: LocalRayCluster, entrypoint: list[str], log: Path) -> None:
         self.cluster, self.log = cluster, log
-        self.cmd = cluster.submit_command(entrypoint, env_vars=env_vars)
+        self.cmd = cluster.submit_command(entrypoint)
         with log.open("w") as f:
-            self.proc = subprocess.Popen(self.cmd, stdout=f, stderr=subprocess.STDOUT, env=submitter_env(),
+            self.proc = subprocess.Popen(self.cmd, stdout=f, stderr=subprocess.STDOUT, env=cluster.client_env(),
                                          start_new_session=True)  # fmt: skip
         self.started = time.monotonic()
 
@@ -176,7 +181,7 @@ class Submission:
 
 def test_job_on_the_cluster_equals_a_local_run(live_cluster, s3_server, raw, reference, tmp_path) -> None:
     out = f"s3://{BUCKET}/imagenet21k-p/fall11"
-    job = Submission(live_cluster, launcher_entrypoint(out), s3_server.env, tmp_path / "submit.log")
+    job = Submission(live_cluster, launcher_entrypoint(out), tmp_path / "submit.log")
     assert job.wait() == 0, job.text[-4000:]
     print(f"job finished in {time.monotonic() - job.started:.0f} s")
     logs = job.logs()
@@ -190,7 +195,7 @@ def test_job_on_the_cluster_equals_a_local_run(live_cluster, s3_server, raw, ref
 
 def test_a_worker_node_killed_midway(live_cluster, s3_server, raw, reference, tmp_path) -> None:
     out = f"s3://{BUCKET}/node-killed"
-    job = Submission(live_cluster, launcher_entrypoint(out), s3_server.env, tmp_path / "submit.log")
+    job = Submission(live_cluster, launcher_entrypoint(out), tmp_path / "submit.log")
     total = len([k for k in reference if k.endswith(".tar")])
     job.wait_for_stats(s3_server, out, 3)
     # The node to kill is one that is writing a shard now (Ray may well keep a small job on one node).
@@ -217,7 +222,7 @@ def test_a_worker_node_killed_midway(live_cluster, s3_server, raw, reference, tm
 def test_the_driver_killed_midway_then_the_same_submit_again(live_cluster, s3_server, raw, reference, tmp_path) -> None:
     out = f"s3://{BUCKET}/driver-killed"
     entrypoint = launcher_entrypoint(out)
-    first = Submission(live_cluster, entrypoint, s3_server.env, tmp_path / "first.log")
+    first = Submission(live_cluster, entrypoint, tmp_path / "first.log")
     total = len([k for k in reference if k.endswith(".tar")])
     at_kill = first.wait_for_stats(s3_server, out, 3)
     driver = int(live_cluster.job(first.job_id())["driver_info"]["pid"])
@@ -229,7 +234,7 @@ def test_the_driver_killed_midway_then_the_same_submit_again(live_cluster, s3_se
     finished = stats_count(s3_server, out)
     assert finished < total, f"the driver was killed too late: {finished}/{total} shards were finished"
 
-    again = Submission(live_cluster, entrypoint, s3_server.env, tmp_path / "again.log")
+    again = Submission(live_cluster, entrypoint, tmp_path / "again.log")
     assert again.cmd == first.cmd  # the very same command line
     assert again.wait() == 0, again.text[-4000:]
     logs = again.logs()
@@ -242,7 +247,7 @@ def test_the_driver_killed_midway_then_the_same_submit_again(live_cluster, s3_se
 
 def test_an_object_store_outage_midway(live_cluster, s3_server, raw, reference, tmp_path) -> None:
     out = f"s3://{BUCKET}/outage"
-    job = Submission(live_cluster, launcher_entrypoint(out), s3_server.env, tmp_path / "submit.log")
+    job = Submission(live_cluster, launcher_entrypoint(out), tmp_path / "submit.log")
     total = len([k for k in reference if k.endswith(".tar")])
     at_stop = job.wait_for_stats(s3_server, out, 3)
     stopped = time.monotonic()
@@ -264,3 +269,47 @@ def test_an_object_store_outage_midway(live_cluster, s3_server, raw, reference, 
             print("   ", line[:300])
     assert shard_retries or read_retries, "the outage did not touch the job"
     assert outputs(s3_server, out) == reference
+
+
+def test_the_cluster_refuses_whoever_lacks_its_token(cluster, tmp_path) -> None:
+    """No token, or another one: the job server answers 401/403 and ``ray job submit`` fails without starting a
+    job. Every node got the token from a file: it is on no command line of theirs."""
+    for token, status in ((None, 401), ("0" * 64, 403)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            cluster.jobs(token=token)
+        assert refused.value.code == status
+    marker = f"refused-{tmp_path.name}"
+    for token, answer in ((None, "Missing authentication token"), ("0" * 64, "Invalid authentication token")):
+        done = subprocess.run(cluster.submit_command(["echo", marker]), env=cluster.client_env(token),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode != 0 and answer in done.stderr, done.stderr[-2000:]
+    assert not [j for j in cluster.jobs() if marker in j.get("entrypoint", "")]  # with the token: no such job
+    for name, node in cluster.nodes.items():
+        for pid in node_processes(node.proc.pid):
+            with contextlib.suppress(OSError):
+                assert cluster.token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), (name, pid)
+
+
+def test_prepare_joins_a_protected_cluster_only_with_its_token(cluster, raw, s3_server, tmp_path) -> None:
+    """``in21k prepare --ray-address HOST:PORT`` from outside the cluster (``--plan-only``: the index tasks run on
+    the cluster): with the token file in ``RAY_AUTH_TOKEN_PATH`` it joins; without a token, or with another one, it
+    stops at once with one ``error:`` line that names the variables to set."""
+    out = f"s3://{BUCKET}/plan-from-outside"
+    small = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+    argv = [str(BIN / "python"), "-m", "in21k", "prepare", "--raw", raw, "--out", out, "--ray-address",
+            cluster.gcs_address, "--plan-only", "--no-progress", *small]  # fmt: skip
+    for token, says in ((None, "requires an auth token and none was given"), ("0" * 64, "refused the auth token")):
+        env = cluster.client_env(token, extra=s3_server.env)
+        env.pop("RAY_AUTH_MODE", None)  # what a user sets: the token alone
+        started = time.monotonic()
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+        assert errors[0].startswith("in21k prepare: error: ") and says in errors[0], errors
+        assert "RAY_AUTH_TOKEN_PATH" in errors[0] and re.search(r"RAY_AUTH_TOKEN(?!_)", errors[0]), errors
+        assert time.monotonic() - started < 30  # not Ray's own 20 s of retries
+    env = cluster.client_env("cluster", extra=s3_server.env)
+    env.pop("RAY_AUTH_MODE")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"joined the Ray cluster at 127.0.0.1:{cluster.port}: 2 CPUs" in done.stderr

@@ -196,3 +196,29 @@ def test_a_shard_that_keeps_failing_stops_the_job_and_a_rerun_resumes(releases, 
     Path(missing + ".away").rename(missing)
     summary = prepare(prep_config(str(raw), dst, max_retries=1))
     assert summary["shards_run"] <= 2 and shard_bytes(dst) == complete
+
+
+def test_the_local_ray_has_a_private_token_of_its_own(ray_local) -> None:
+    """The session's local Ray, started as ``prepare`` starts one: token authentication on, a fresh 256-bit token in
+    a 0600 file of a 0700 folder, named to Ray's processes through their environment and on no command line."""
+    import os
+    import stat
+
+    from in21k.pipeline.job import TOKEN_FILE_PREFIX
+
+    path = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert path.parent.name.startswith(TOKEN_FILE_PREFIX)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    token = path.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0
+
+    @ray_local.remote(num_cpus=0)
+    def seen() -> tuple[str | None, str | None]:
+        return os.environ.get("RAY_AUTH_MODE"), os.environ.get("RAY_AUTH_TOKEN_PATH")
+
+    assert ray_local.get(seen.remote()) == ("token", str(path))
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert token.encode() not in cmdline.read_bytes(), cmdline
+        except OSError:  # the process ended meanwhile
+            continue

@@ -60,7 +60,7 @@ from typing import Any
 
 from in21k.benchmarks.common import machine
 from in21k.benchmarks.options import LoaderBenchConfig
-from in21k.config import config_to_dict
+from in21k.config import saved_config
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
     from in21k.dataset import DatasetWriter, PreparedDataset
 
     workers = cfg.loader.num_workers or 1
-    result: dict[str, Any] = {"machine": machine(), "config": config_to_dict(cfg)}
+    result: dict[str, Any] = {"machine": machine(), "config": saved_config(cfg)}
     with tempfile.TemporaryDirectory(prefix="in21k-bench-loader-") as tmp, contextlib.ExitStack() as stack:
         tmp_path = Path(tmp)
         view, urls, total = subset_view(cfg.data, cfg.split, cfg.max_samples, tmp_path / "view")

@@ -271,7 +271,7 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
 
     from in21k.pipeline import PrepareConfig
     from in21k.pipeline.imaging import process_image
-    from in21k.pipeline.job import prepare
+    from in21k.pipeline.job import local_ray, prepare
     from in21k.synth.generator import tar_bytes
     from in21k.tree import SemanticTree
     from in21k.tree.wordnet import load_wordnet
@@ -316,16 +316,13 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
             progress=False,
         )
         pcfg.validate()
-        ray.init(address="local", num_cpus=n_cpus, include_dashboard=False)  # a new instance, not a running cluster
-        try:
+        with local_ray(num_cpus=n_cpus):  # a new instance, as prepare starts it, not a running cluster
             # Warm the worker pool (process start, imports of PIL/pyarrow/fsspec) so one-off start-up is not
             # billed to a job that, for real, runs for hours.
             ray.get([ray.remote(num_cpus=1)(_warm_worker).remote() for _ in range(n_cpus)])
             t0 = time.perf_counter()
             summary = prepare(pcfg)
             seconds = time.perf_counter() - t0
-        finally:
-            ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     images = summary["written"] + summary["rejected"]

@@ -27,7 +27,7 @@ from typing import Any
 from in21k.benchmarks.common import machine
 from in21k.benchmarks.loader import Contender, _count_epochs, _cpu_seconds, subset_view
 from in21k.benchmarks.options import StorageBenchConfig
-from in21k.config import config_to_dict
+from in21k.config import saved_config
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run_storage_bench(cfg: StorageBenchConfig) -> dict[str, Any]:
     from in21k.benchmarks.s3local import start_local_s3
 
     clients = cfg.client_list()
-    result: dict[str, Any] = {"machine": machine(), "config": config_to_dict(cfg)}
+    result: dict[str, Any] = {"machine": machine(), "config": saved_config(cfg)}
     if "obstore" in clients and importlib.util.find_spec("obstore") is None:
         clients.remove("obstore")
         result["clients_left_out"] = "obstore is not installed (pip install obstore)"

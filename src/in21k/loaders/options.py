@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from in21k.config import json_option
+from in21k.config import json_option, storage_options_option
 from in21k.errors import ConfigError
 from in21k.storage import STREAM_CLIENTS, Retry
 
@@ -40,7 +40,11 @@ class LoaderOptions:
     )
     storage_options: Any = field(
         default=None,
-        metadata=_h("fsspec options as JSON (default: credentials and endpoint from the environment)", "JSON"),
+        metadata=_h(
+            "fsspec options as JSON (default: credentials and endpoint from the environment); credentials in "
+            "them are written and logged as <redacted> only",
+            "JSON",
+        ),
     )
     allow_pipe: bool = field(default=False, metadata=_h("allow pipe:COMMAND shard names (runs shell commands)"))
     read_client: Literal["auto", "pyarrow", "fsspec", "obstore"] = field(
@@ -78,7 +82,7 @@ class LoaderOptions:
     )
 
     def validate(self) -> None:
-        self.storage_options = json_option("loader.storage_options", self.storage_options)
+        self.storage_options = storage_options_option("loader.storage_options", self.storage_options)
         if self.cache_dir is not None:
             self.cache_bytes()  # a bad limit is an error now, not in a worker
         self.timm_args = json_option("loader.timm_args", self.timm_args)

@@ -6,22 +6,10 @@ import argparse
 import json
 import logging
 
-from in21k.config import add_config_args, config_from_args, config_to_dict, print_config_requested
+from in21k.config import add_config_args, config_from_args, print_config_requested, saved_config
+from in21k.redact import redact
 
 log = logging.getLogger(__name__)
-
-SECRET_WORDS = ("secret", "key", "token", "password", "credential")
-
-
-def _redacted(cfg) -> dict:
-    """The merged config with secret-looking storage options blanked, safe to save next to the data."""
-    data = config_to_dict(cfg)
-    so = data.get("storage_options")
-    if isinstance(so, dict):
-        data["storage_options"] = {
-            k: ("<redacted>" if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in so.items()
-        }
-    return data
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -31,7 +19,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from in21k.storage import Store
 
     cfg = config_from_args(args, PrepareConfig)
-    if print_config_requested(args, cfg, as_dict=_redacted):
+    if print_config_requested(args, cfg):
         return 0
     summary = prepare(cfg)
     if cfg.plan_only:  # nothing goes into DST but _work/ (the summary is also in _work/plan.json)
@@ -40,9 +28,9 @@ def _prepare(args: argparse.Namespace) -> int:
         print(plan_text(summary), end="")
         return 0
     Store(cfg.out, cfg.storage_options).write_bytes(
-        "prepare_config.yaml", yaml.safe_dump(_redacted(cfg), sort_keys=False).encode()
+        "prepare_config.yaml", yaml.safe_dump(saved_config(cfg), sort_keys=False).encode()
     )
-    print(json.dumps(summary))
+    print(json.dumps(redact(summary)))
     return 0
 
 

@@ -26,25 +26,32 @@ as Python objects.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import io
 import json
 import logging
 import os
 import posixpath
+import re
+import secrets
+import shutil
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from in21k import storage
 from in21k.dataset import stats_name
-from in21k.errors import ConfigError, DataError, In21kError, StorageError
+from in21k.errors import ConfigError, DataError, In21kError, SetupError, StorageError
 from in21k.pipeline import parquet_source, processed, release, sources
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.plan import GIVEN_NONE, GIVEN_OTHER, Plan, check_class_list, make_plan
 from in21k.pipeline.report import finalize, plan_summary, write_unsharded_manifest
 from in21k.pipeline.shard import ShardSettings, write_shard
 from in21k.progress import progress
+from in21k.redact import redact
 from in21k.storage import Store
 
 log = logging.getLogger(__name__)
@@ -76,7 +83,14 @@ def check_output(store: Store, cfg: PrepareConfig) -> None:
         )
 
 
-LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# The embedded Ray: loopback only, no usage reporting, and token authentication on (Ray's own default for a
+# local cluster from 2.59 on): any process of this machine can reach its ports, so only a holder of the
+# token may run code in it. A user's own values of these variables win.
+LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Where Ray takes its auth token from, first found first: the token itself, or a file that holds it.
+TOKEN_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+TOKEN_FILE_PREFIX = "in21k-ray-auth-"  # the private folder of a local Ray's token file (under the temp folder)
+GCS_PROBE_SECONDS = 10.0  # how long the check of a cluster's auth waits for an answer
 
 
 def cluster_address(cfg: PrepareConfig) -> str | None:
@@ -86,33 +100,191 @@ def cluster_address(cfg: PrepareConfig) -> str | None:
     return None if address == "local" else address
 
 
-def _connect(cfg: PrepareConfig) -> bool:
-    """Start or join Ray in this process; returns whether it did (then ``ray.shutdown()`` ends what it began).
+class _Env:
+    """Environment variables set for as long as a Ray connection lasts, then put back as they were."""
 
-    On a cluster, ``ray.shutdown()`` only disconnects this driver: the cluster and its nodes stay up. A local Ray
-    started here is stopped by it.
+    def __init__(self) -> None:
+        self.saved: dict[str, str | None] = {}
+
+    def set(self, key: str, value: str) -> None:
+        self.saved.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+    def restore(self) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self.saved.clear()
+
+
+def _reload_auth_settings() -> None:
+    """Make this process see the current ``RAY_AUTH_*`` variables: Ray reads its settings and its token once per
+    process and keeps them (Ray's own ``ray.init`` reloads them the same way when it turns token auth on)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _token_file() -> str:
+    """A fresh random token (256 bits, as ``ray get-auth-token --generate`` makes) in a new file that only this
+    user can read, in a folder of its own; returns the file's path."""
+    folder = tempfile.mkdtemp(prefix=TOKEN_FILE_PREFIX)  # mode 0700
+    path = os.path.join(folder, "token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int | None = None) -> Iterator[None]:
+    """A new Ray instance in this process for the length of the block (``prepare`` without a cluster, the prepare
+    benchmark, the tests), with ``LOCAL_RAY_ENV`` set while it runs.
+
+    With token authentication on and no token given (``TOKEN_ENV``), the instance gets a fresh random token in a
+    0600 file of a 0700 folder, named to Ray's processes by ``RAY_AUTH_TOKEN_PATH`` in the environment they
+    inherit: it is never on a command line, never in the home folder, and deleted with the instance (a process
+    killed with SIGKILL leaves the folder behind, readable by its owner only). ``address="local"``: always a new
+    instance; without it Ray would attach to any cluster already running on this machine, whose workers may lack
+    this process's environment (credentials).
     """
     import ray
 
-    if ray.is_initialized():
-        return False
-    address = cluster_address(cfg)
-    if address:
-        if cfg.num_cpus is not None:
-            log.warning("--num-cpus applies to a local Ray only: ignored on the cluster at %s", address)
-        # Nothing of LOCAL_RAY_ENV here: a cluster has its own settings (auth, its nodes' addresses).
-        ray.init(address=address, log_to_driver=True)
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        log.info("joined the Ray cluster at %s: %d CPUs", ray.get_runtime_context().gcs_address, cpus)
-    else:
-        # A Ray started for this one job: no auth token, loopback only, no usage reporting. Set before the
-        # node processes start (they read these from the environment); a user's own values win.
+    env = _Env()
+    token_folder = None
+    try:
         for key, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(key, value)
-        # address="local": always a new instance. Without it Ray attaches to any cluster already running on this
-        # machine (found through /tmp/ray), whose workers may lack this process's environment (credentials).
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
-    return True
+            if key not in os.environ:
+                env.set(key, value)
+        if os.environ["RAY_AUTH_MODE"].lower() == "token" and not any(os.environ.get(k) for k in TOKEN_ENV):
+            path = _token_file()
+            token_folder = os.path.dirname(path)
+            env.set("RAY_AUTH_TOKEN_PATH", path)
+        _reload_auth_settings()
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    finally:
+        env.restore()
+        if token_folder:
+            shutil.rmtree(token_folder, ignore_errors=True)
+        _reload_auth_settings()
+
+
+def _auth_advice(address: str, given: list[str]) -> str:
+    """The one-line error for a cluster that refused this driver's token, or the lack of one."""
+    if not given:
+        return (
+            f"the Ray cluster at {address} requires an auth token and none was given: set RAY_AUTH_TOKEN_PATH to a "
+            "file holding the cluster's token (or RAY_AUTH_TOKEN to the token; `ray get-auth-token` prints it on a "
+            "node), then rerun. See docs/security.md."
+        )
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return (
+            f"the Ray cluster at {address} requires an auth token, and RAY_AUTH_MODE="
+            f"{os.environ['RAY_AUTH_MODE']} keeps the one in {given[0]} from being sent: unset RAY_AUTH_MODE (or set "
+            "it to token) and rerun."
+        )
+    return (
+        f"the Ray cluster at {address} refused the auth token from {given[0]}: it is not the token the cluster was "
+        "started with. Set RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) to the cluster's token and rerun."
+    )
+
+
+def _gcs_address(address: str) -> str | None:
+    """The GCS address (``host:port``) that ``address`` names, if it names one directly or through ``RAY_ADDRESS``
+    (``auto``, as in a job's entrypoint); None for other forms (``ray://``), which are not probed."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    return address if re.fullmatch(r"[\w.-]+:\d+|\[[0-9a-fA-F:.]+\]:\d+", address) else None
+
+
+def _gcs_refuses(address: str) -> bool:
+    """Whether the cluster's GCS at ``address`` answers one request of this driver, with the token Ray would send,
+    as unauthenticated. One plain gRPC call, so that a refusal is an error at once: ``ray.init`` itself retries a
+    refused connection for 20 s, logging a warning a second, then raises a ``ConnectionError`` that does not say
+    why. Anything else (unreachable, an older Ray) is left to ``ray.init``."""
+    import grpc
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    from ray.exceptions import AuthenticationError
+
+    loader = AuthenticationTokenLoader.instance()
+    try:
+        metadata = tuple(loader.get_token_for_http_header().items()) if loader.has_token() else ()
+    except AuthenticationError:  # token mode without a token: nothing to send
+        metadata = ()
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), metadata=metadata, timeout=GCS_PROBE_SECONDS)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
+@contextlib.contextmanager
+def cluster_driver(address: str) -> Iterator[None]:
+    """This process connected to the cluster at ``address`` as a driver for the length of the block; at its end
+    ``ray.shutdown()`` only disconnects: the cluster and its nodes stay up.
+
+    A token given in the environment (``TOKEN_ENV``) turns token authentication on for this driver unless
+    ``RAY_AUTH_MODE`` says otherwise (Ray itself sends a token only with ``RAY_AUTH_MODE=token``). A cluster that
+    refuses the driver's token, or the lack of one, is a ``SetupError`` naming the variables to set.
+    """
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    env = _Env()
+    given = [k for k in TOKEN_ENV if os.environ.get(k)]
+    if given and "RAY_AUTH_MODE" not in os.environ:
+        env.set("RAY_AUTH_MODE", "token")
+    try:
+        _reload_auth_settings()
+        gcs = _gcs_address(address)
+        if gcs is not None and _gcs_refuses(gcs):
+            raise SetupError(_auth_advice(address, given))
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (AuthenticationError, ConnectionError) as exc:
+            # AuthenticationError: token mode but no token here. A ConnectionError that an InvalidAuthToken caused:
+            # a refusal the check above could not see (a ray:// address).
+            if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in "".join(traceback.format_exception(exc)):
+                raise SetupError(_auth_advice(address, given)) from None
+            raise
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    finally:
+        env.restore()
+        _reload_auth_settings()
+
+
+def _connect(cfg: PrepareConfig) -> Callable[[], None] | None:
+    """Start or join Ray in this process (``local_ray``, ``cluster_driver``); returns what ends what it began (None
+    if Ray was already running)."""
+    import ray
+
+    if ray.is_initialized():
+        return None
+    address = cluster_address(cfg)
+    with contextlib.ExitStack() as stack:  # closed here only if what follows the start fails
+        if address:
+            if cfg.num_cpus is not None:
+                log.warning("--num-cpus applies to a local Ray only: ignored on the cluster at %s", address)
+            # Nothing of LOCAL_RAY_ENV here: a cluster has its own settings (its nodes' addresses, its token).
+            stack.enter_context(cluster_driver(address))
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            log.info("joined the Ray cluster at %s: %d CPUs", ray.get_runtime_context().gcs_address, cpus)
+        else:
+            stack.enter_context(local_ray(cfg.num_cpus))
+        return stack.pop_all().close
 
 
 def _brief(exc: BaseException) -> str:
@@ -249,7 +421,7 @@ def _build_index(source: sources.RawSource, cfg: PrepareConfig, connect: Callabl
     listed = [p for p in parts if p is not None]
     return {
         "schema": INDEX_SCHEMA,
-        "raw": cfg.raw,
+        "raw": redact(cfg.raw),  # no password of a URL in what we write (compared redacted too)
         "layout": source.layout,
         "note": source.note,
         "rows": sum(p["rows"] for p in listed),
@@ -266,8 +438,8 @@ def _cached_index(store: Store, cfg: PrepareConfig) -> dict[str, Any] | None:
     if not store.exists(INDEX_FILE):
         return None
     meta = json.loads(store.read_bytes(INDEX_FILE))
-    if meta.get("schema") != INDEX_SCHEMA or meta.get("raw") != cfg.raw:
-        log.info("the cached index under _work/ is of %r, not %r: indexing again", meta.get("raw"), cfg.raw)
+    if meta.get("schema") != INDEX_SCHEMA or meta.get("raw") != redact(cfg.raw):
+        log.info("the cached index under _work/ is of %r, not %r: indexing again", meta.get("raw"), redact(cfg.raw))
         return None
     if meta.get("layout") == "parquet" and meta.get("parquet") != cfg.parquet.fingerprint():
         log.info("the cached index under _work/ read the parquet files with other --parquet options: indexing again")
@@ -406,11 +578,12 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     store, _ = preflight(cfg)
     class_list, class_tree = load_classes(cfg)
-    ray_started = False
+    closers: list[Callable[[], None]] = []
 
     def connect() -> None:
-        nonlocal ray_started
-        ray_started = _connect(cfg) or ray_started
+        close = _connect(cfg)
+        if close is not None:
+            closers.append(close)
 
     timings: dict[str, float] = {}
     try:
@@ -491,8 +664,6 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors,
                           release=identity, class_list=class_list)  # fmt: skip
     finally:
-        if ray_started:
-            import ray
-
-            ray.shutdown()
+        for close in closers:
+            close()
     return {"out": cfg.out, **report["totals"], **run, "timings": report["timings"]}

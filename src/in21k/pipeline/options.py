@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from in21k.config import json_option
+from in21k.config import storage_options_option
 from in21k.errors import ConfigError
+from in21k.redact import redact
 
 # 64 nodes x 8 GPUs x 8 loader workers read disjoint shards; a shard count that is a multiple of this
 # gives every worker the same number of shards (no worker idles at the end of an epoch).
@@ -135,7 +136,8 @@ class PrepareConfig:
         default=None,
         metadata={
             "help": "Ray cluster address (e.g. auto, ray://head:10001); default: RAY_ADDRESS if set (as in a job "
-            "that `ray job submit` runs), else a local Ray"
+            "that `ray job submit` runs), else a local Ray (with a fresh auth token of its own). A cluster with token "
+            "authentication needs its token in RAY_AUTH_TOKEN_PATH (a file) or RAY_AUTH_TOKEN (docs/security.md)"
         },
     )
     num_cpus: int | None = field(default=None, metadata={"help": "CPUs for a local Ray (default: all)"})
@@ -168,7 +170,8 @@ class PrepareConfig:
         default=None,
         metadata={
             "help": "fsspec storage options as JSON, e.g. '{\"endpoint_url\": ...}' "
-            "(default: credentials and endpoint from the environment)",
+            "(default: credentials and endpoint from the environment); credentials in them are written and logged "
+            "as <redacted> only",
             "metavar": "JSON",
         },
     )
@@ -188,7 +191,7 @@ class PrepareConfig:
             raise ConfigError("--raw is required: the raw release to prepare (folder, archive or URL)")
         if not self.out:
             raise ConfigError("--out is required: where the prepared dataset goes")
-        self.storage_options = json_option("--storage-options", self.storage_options)
+        self.storage_options = storage_options_option("--storage-options", self.storage_options)
         for name, low in (
             ("min_images", 1),
             ("size", 8),
@@ -225,7 +228,8 @@ class PrepareConfig:
             )
 
     def output_fingerprint(self) -> dict[str, Any]:
-        """The options that decide the output bytes (a resumed run must match them)."""
+        """The options that decide the output bytes (a resumed run must match them), as written into ``_info.json``
+        and ``_work/job.json``: redacted, so a password inside the ``--raw`` URL is neither written nor compared."""
         out = {}
         for key in OUTPUT_KEYS:
             value = getattr(self, key)
@@ -235,4 +239,4 @@ class PrepareConfig:
             value, default = getattr(self, key), getattr(defaults, key)
             if value != default:
                 out[key] = value.fingerprint() if key == "parquet" else value
-        return out
+        return redact(out)

@@ -19,6 +19,7 @@ from in21k.dataset import SCHEMA, SPLITS, UNSHARDED_MANIFEST, DatasetWriter, man
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.plan import Plan
 from in21k.pipeline.shard import manifest_schema
+from in21k.redact import redact
 from in21k.storage import Store
 
 UNSHARDED_ROWS_PER_GROUP = 1 << 18  # rows of the unsharded manifest built and written at a time
@@ -124,7 +125,8 @@ def finalize(
     ]  # fmt: skip
     seconds = [s["seconds"] for s in stats.values()]
     cpu_seconds = [s.get("cpu_seconds", 0.0) for s in stats.values()]
-    report = {
+    # Through redact: the raw and output URLs, and error messages, may hold credentials (a URL's password).
+    report = redact({
         "schema": SCHEMA,
         "raw": cfg.raw,
         "layout": layout,
@@ -168,7 +170,7 @@ def finalize(
             "shard_task_seconds_total": round(sum(seconds), 2),
             "shard_task_cpu_seconds_total": round(sum(cpu_seconds), 2),
         },
-    }
+    })  # fmt: skip
     store.write_json("report.json", report)
     store.write_bytes("report.md", _markdown(report).encode())
     return report
@@ -274,7 +276,7 @@ def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, inde
     summary["options"] = {k: cfg.output_fingerprint()[k] for k in ("min_images", "val_per_class", "seed")}
     summary["split"] = "kept as the input gives it" if plan.kept_split else "made by --val-per-class"
     summary["release"] = release
-    return summary
+    return redact(summary)
 
 
 def plan_text(s: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from in21k.config import config_to_dict
+from in21k.config import saved_config
 from in21k.errors import ConfigError
 from in21k.progress import progress
 
@@ -418,7 +418,7 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
         totals.update(c["kinds"])
     report = {
         "schema": REPORT_SCHEMA,
-        "config": config_to_dict(cfg),
+        "config": saved_config(cfg),
         "layout": cfg.layout,
         "files": files,
         "totals": {

@@ -46,6 +46,7 @@ from torch import nn
 
 from in21k.config import save_config
 from in21k.errors import ConfigError, DataError, SetupError
+from in21k.redact import install_log_filter
 from in21k.training import distributed as du
 from in21k.training.checkpoint import CheckpointManager, atomic_save, load_checkpoint, rng_state, set_rng_state
 from in21k.training.config import RunOptions
@@ -92,6 +93,7 @@ def setup_logging(run: RunDir, rank: int) -> logging.Handler:
     root = logging.getLogger()
     handler = logging.FileHandler(path)
     handler.setLevel(logging.INFO)
+    install_log_filter([handler])  # no credential in a log file
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:

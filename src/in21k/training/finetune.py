@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from in21k.config import config_to_dict
+from in21k.config import saved_config
 from in21k.errors import ConfigError, DataError
+from in21k.redact import redact
 from in21k.training import distributed as du
 from in21k.training.checkpoint import CheckpointManager
 from in21k.training.config import FinetuneConfig
@@ -213,7 +214,7 @@ def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: to
         model, build_optimizer_for(model, cfg), schedule, train_loader=data.train, device=device, info=info,
         checkpoints=checkpoints, metrics=MetricsWriter(rundir.metrics, info.rank == 0),
         schema=CHECKPOINT_SCHEMAS["finetune"],
-        checkpoint_extra={"config": config_to_dict(cfg), "model_name": trained.model_name,
+        checkpoint_extra={"config": saved_config(cfg), "model_name": trained.model_name,
                           "classes": data.class_names},
         batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
         grad_clip=cfg.grad_clip, seed=cfg.seed,
@@ -238,7 +239,7 @@ def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: to
     )
     engine.save_model(
         rundir.model, SINGLE_LABEL, model_name=trained.model_name, image_size=trained.image_size, mean=trained.mean,
-        std=trained.std, config=config_to_dict(cfg), classes=data.class_names, source_checkpoint=cfg.checkpoint,
+        std=trained.std, config=saved_config(cfg), classes=data.class_names, source_checkpoint=redact(cfg.checkpoint),
     )  # fmt: skip
     digest = engine.finish()
     return {"run_dir": str(rundir.root), "epochs": cfg.epochs, "steps": engine.pos.step,

@@ -30,6 +30,7 @@ from torch import nn
 
 from in21k import storage
 from in21k.errors import ConfigError, DataError, StorageError
+from in21k.redact import strip_redacted
 from in21k.training.rundir import SINGLE_LABEL, identify
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ def _checkpoint_tree(obj: dict[str, Any], path: Path) -> SemanticTree:
         if cfg["tree"] in BUILTIN_TREES or storage.exists(cfg["tree"]):
             return SemanticTree.load(cfg["tree"])
     elif cfg.get("data"):
-        options = (cfg.get("loader") or {}).get("storage_options")
+        # Saved with its credentials redacted: what is left (an endpoint) plus the environment's credentials.
+        options = strip_redacted((cfg.get("loader") or {}).get("storage_options"))[0]
         try:
             return SemanticTree.from_dict(PreparedDataset.open(cfg["data"], storage_options=options).tree_data())
         except (DataError, StorageError):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from in21k.config import config_to_dict
+from in21k.config import saved_config
 from in21k.errors import DataError
 from in21k.training import distributed as du
 from in21k.training.checkpoint import CheckpointManager
@@ -169,7 +169,7 @@ def build_run(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: to
     engine = Engine(
         model, optimizer, schedule, train_loader=train_loader, device=device, info=info, checkpoints=checkpoints,
         metrics=MetricsWriter(rundir.metrics, info.rank == 0), schema=CHECKPOINT_SCHEMAS["train"],
-        checkpoint_extra={"model_name": cfg.model, "num_classes": tree.num_classes, "config": config_to_dict(cfg)},
+        checkpoint_extra={"model_name": cfg.model, "num_classes": tree.num_classes, "config": saved_config(cfg)},
         batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
         grad_clip=cfg.grad_clip, accum_steps=cfg.accum_steps, compile=cfg.compile, seed=cfg.seed,
     )  # fmt: skip
@@ -208,7 +208,7 @@ def do_train(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: tor
     )
     engine.save_model(
         rundir.model, SEMANTIC, model_name=cfg.model, image_size=cfg.image_size, mean=run.train_loader.mean,
-        std=run.train_loader.std, config=config_to_dict(cfg), tree=run.tree.to_dict(),
+        std=run.train_loader.std, config=saved_config(cfg), tree=run.tree.to_dict(),
     )  # fmt: skip
     if engine.main and cfg.plot:
         plot_curves(rundir.metrics, rundir.curves)

@@ -185,8 +185,8 @@ def test_no_credential_in_anything_prepare_and_train_write(s3_server, tmp_path) 
     in21k("prepare", "prepare", "--raw", f"s3://{bucket}/raw", "--out", data, "--storage-options", json.dumps(options),
           "--min-images", "17", "--val-per-class", "3", "--shard-size", "12", "--num-cpus", "1", "--no-progress",
           env={**clean, "RAY_AUTH_TOKEN": ray_token})  # fmt: skip
-    small = {"model": "resnet10t", "image_size": 32, "batch_size": 8, "amp": "none", "max_steps_per_epoch": 2,
-             "val_max_batches": 1, "plot": False, "save_every": 1,
+    small = {"model": "resnet10t", "image_size": 32, "batch_size": 8, "amp": "none", "plot": False,
+             "run": {"max_steps_per_epoch": 2, "val_max_batches": 1, "save_every": 1},
              "loader": {"num_workers": 0, "transform": "eval", "storage_options": options}}  # fmt: skip
     (inputs / "train.yaml").write_text(yaml.safe_dump(small))
     in21k("train", "train", "--data", data, "--out", str(run), "--config", str(inputs / "train.yaml"), "--epochs", "1",

@@ -32,13 +32,14 @@ import json
 import logging
 import os
 import posixpath
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from in21k import storage
 from in21k.dataset import stats_name
-from in21k.errors import ConfigError, DataError, In21kError, StorageError
+from in21k.errors import ConfigError, DataError, In21kError, SetupError, StorageError
 from in21k.pipeline import sources
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.plan import Plan, make_plan
@@ -101,7 +102,14 @@ def _connect(cfg: PrepareConfig) -> bool:
         if cfg.num_cpus is not None:
             log.warning("--num-cpus applies to a local Ray only: ignored on the cluster at %s", address)
         # Nothing of LOCAL_RAY_ENV here: a cluster has its own settings (auth, its nodes' addresses).
-        ray.init(address=address, log_to_driver=True)
+        try:
+            _probe(address)
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, TimeoutError, socket.gaierror) as exc:
+            raise SetupError(
+                f"no Ray cluster answers at --ray-address {address} ({_brief(exc)}): start the cluster first "
+                "(`ray start --head`, docs/scaling.md), or leave --ray-address out to run on a local Ray"
+            ) from None
         cpus = int(ray.cluster_resources().get("CPU", 0))
         log.info("joined the Ray cluster at %s: %d CPUs", ray.get_runtime_context().gcs_address, cpus)
     else:
@@ -113,6 +121,15 @@ def _connect(cfg: PrepareConfig) -> bool:
         # machine (found through /tmp/ray), whose workers may lack this process's environment (credentials).
         ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
     return True
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds where nothing listens at a named ``host:port`` (Ray itself retries such an address for
+    minutes); ``auto`` is left to Ray, which fails at once when it finds no cluster on this machine."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if host and port.isdigit():
+        with socket.create_connection((host, int(port)), timeout=10):
+            pass
 
 
 def _brief(exc: BaseException) -> str:
@@ -368,6 +385,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
     timings: dict[str, float] = {}
     try:
+        if cluster_address(cfg):
+            connect()  # a named cluster that does not answer fails here, before anything is written
         store.makedirs()
         removed = store.remove_temp_files()
         if removed:

@@ -6,7 +6,7 @@ URL means the same thing everywhere. Its modules, one concern each (import the n
 - ``urls``: what a URL names (local path or ``file://``; ``s3://``, ``gs://``, ``http(s)://``; ``pipe:``),
   ``join`` of names onto a dataset root, ``display`` in messages;
 - ``filesystems``: fsspec options and filesystem objects, credentials and endpoints from the options or
-  the environment;
+  the environment; ``release_filesystems`` before a process forks workers;
 - ``retry``: which failures are transient (``is_transient``) and the backoff budget of an outage (``Retry``);
 - ``clients``: the library a remote object is streamed with (pyarrow, fsspec or obstore: ``stream_client``);
 - ``streams``: ``open_stream``, sequential reads that resume at the offset reached after a transient failure;
@@ -28,7 +28,7 @@ import logging
 from in21k.storage.clients import READ_BLOCK, STREAM_CLIENTS, stream_client
 from in21k.storage.errors import IncompleteReadError, NotFoundError, PipeNotAllowedError
 from in21k.storage.files import exists, read_bytes, read_json, size
-from in21k.storage.filesystems import filesystem, fs_is_local, fsspec_options, full_url
+from in21k.storage.filesystems import filesystem, fs_is_local, fsspec_options, full_url, release_filesystems
 from in21k.storage.ranges import RangeReader
 from in21k.storage.retry import Retry, is_transient
 from in21k.storage.store import Store
@@ -75,6 +75,7 @@ __all__ = [
     "protocol",
     "read_bytes",
     "read_json",
+    "release_filesystems",
     "size",
     "stream_client",
 ]

@@ -10,6 +10,7 @@ of them.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -67,3 +68,18 @@ def full_url(fs: Any, path: str) -> str:
 def fs_is_local(fs: Any) -> bool:
     proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return proto in ("file", "local")
+
+
+def release_filesystems() -> None:
+    """Close, in this process, the async filesystems (s3fs, gcsfs, http) that fsspec keeps cached here.
+
+    Call it before forking workers: a forked child empties fsspec's instance cache, and a filesystem that only the
+    cache held would then be finalised in the child, on an event loop the child does not run (asyncio's "attached
+    to a different loop" tracebacks). Filesystems still referenced elsewhere stay; a child never finalises those.
+    """
+    import fsspec
+
+    for cls in set(fsspec.registry.values()):  # the implementations this process has used
+        if getattr(cls, "async_impl", False):
+            cls.clear_instance_cache()
+    gc.collect()

@@ -128,7 +128,7 @@ def _probe(address: str) -> None:
     minutes); ``auto`` is left to Ray, which fails at once when it finds no cluster on this machine."""
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if host and port.isdigit():
-        with socket.create_connection((host, int(port)), timeout=10):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=10):  # [::1]:6379 too
             pass
 
 

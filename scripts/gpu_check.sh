@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of issue 5: training img/s fed by synthetic GPU tensors vs. by our loader (GPU decode).
+# GPU check: training img/s fed by synthetic GPU tensors vs. by our loader (GPU decode).
 #
 # One script for one <= 10-minute call on a lent H100/H200 with 16 cores, run from the repository root:
 #   bash scripts/gpu_check.sh            (results: $OUT/gpu_check.jsonl and the summary on stdout)
@@ -8,7 +8,7 @@
 # in21k.benchmarks.data.make_bench_data (224 px JPEGs at quality 95, the real 11,221-class tree), so
 # neither WordNet, Ray nor the raw release is needed there.
 #
-# Targets (issue 5): loader-fed >= 0.9 of synthetic for resnet50, >= 0.7 for mobilenetv3_large_100.
+# Targets (docs/benchmarks.md, "Training"): loader-fed >= 0.9 of synthetic for resnet50, >= 0.7 for mobilenetv3_large_100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -37,7 +37,7 @@ bench() {  # model batch steps limit_s [extra args]
   local model=$1 batch=$2 steps=$3 limit=$4; shift 4
   echo "== $model batch $batch, $steps steps"
   timeout "$limit" $PY -m in21k.benchmarks.train --data "$DATA" --model "$model" --batch-size "$batch" \
-    --steps "$steps" --warmup 15 --amp bf16 --channels-last --gpu-decode --loader.num-workers "$WORKERS" "$@" \
+    --steps "$steps" --warmup 15 --amp bf16 --channels-last --gpu-decode --loader.num-workers "$WORKERS" --json "$@" \
     | tee -a "$RESULTS" || echo "   ($model did not finish within ${limit}s)"
 }
 bench resnet50 256 200 170 --cpu-decode-too

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of issue 6: the model-zoo speed table (maximal batch, training and inference img/s at 90% of it)
+# GPU check: the model-zoo speed table (maximal batch, training and inference img/s at 90% of it)
 # for the four models of the original's table, beside its V100 figures, in one <= 10-minute device call.
 #
 # From the repository root on a lent H100/H200:
@@ -30,7 +30,7 @@ row() {  # model limit_s
   fi
   echo "== $model"
   timeout "$limit" $PY -m in21k.benchmarks.train --model "$model" --search-start 32 --steps "$STEPS" --warmup 10 \
-    --amp fp16 --channels-last --tree fall11 | tee -a "$RESULTS" || echo "   ($model did not finish within ${limit}s)"
+    --amp fp16 --channels-last --tree fall11 --json | tee -a "$RESULTS" || echo "   ($model did not finish within ${limit}s)"
 }
 row mobilenetv3_large_100 130
 row resnet50 130

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from in21k import __version__
+from in21k.config import CommandParser, report_error
 from in21k.errors import In21kError
-from in21k.redact import install_log_filter, scrub_text
+from in21k.redact import install_log_filter
 
 # Feature modules in the order their commands appear in --help. A command is listed only once it works.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -51,7 +53,7 @@ class Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="in21k",
         description="ImageNet-21K pretraining toolkit: semantic tree, Ray preprocessing, loaders, training.",
     )
@@ -75,14 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_log_filter(logging.getLogger().handlers)  # no credential in what is logged
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        return int(func(args) or 0)
+        status = int(func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is noticed where it can be handled
+        return status
     except In21kError as exc:
         # Problems the user can fix end with the message alone (it says what to do); everything else, bugs
         # and errors inside torch included, keeps its traceback. -v shows the traceback of these too.
         if args.verbose:
             raise
-        print(f"in21k {args.command}: error: {scrub_text(str(exc))}", file=sys.stderr)
-        return 2
+        return report_error(f"in21k {args.command}", exc)
+    except BrokenPipeError:
+        # The reader of our output closed it (`in21k tree info fall11 | head`): stop quietly, as a command killed
+        # by SIGPIPE does, and point stdout at /dev/null so that the exit's own flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,13 +12,26 @@ A field whose type is itself a dataclass is a *section*, owned by the module tha
 ``loader:``, ``in21k.loaders.options.LoaderOptions``). In YAML it is a nested mapping; on the command line
 its keys are ``--SECTION.KEY`` (``--loader.num-workers 4``); a YAML section and flags merge key by key.
 Errors are ``ConfigError``s that name the key (``loader.shard_errors``).
+
+A required option has an empty default (``None`` or ``""``) and its config's ``validate`` raises
+``ConfigError("--NAME is required: ...")`` (``"NAME is required"`` for a positional one) when it is still
+empty after merging. ``--print-config`` shows a
+config without its required options (they print as empty): what a file in ``configs/`` holds can be looked at
+alone, every other check still applies.
+
+The command line is parsed by ``CommandParser``: every argparse error is one line, and an unknown flag is
+answered with the closest known one (``--num-workers`` -> ``--loader.num-workers``).
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
 import difflib
 import logging
+import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -27,7 +40,7 @@ from typing import Any, TypeVar
 import yaml
 
 from in21k.errors import ConfigError
-from in21k.redact import redact, remember, strip_redacted
+from in21k.redact import redact, remember, scrub_text, strip_redacted
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -123,11 +136,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(
-    cls: type[T], *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    cls: type[T],
+    *,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    allow_missing: bool = False,
 ) -> T:
     """Merge defaults < ``config_file`` < ``overrides`` into a validated ``cls`` instance.
 
-    ``overrides`` holds only the flags the user typed (``None`` means "not given").
+    ``overrides`` holds only the flags the user typed (``None`` means "not given"). ``allow_missing``: required
+    options may stay empty (for ``--print-config``); every other check still applies.
     """
     values: dict[str, Any] = {}
     if config_file is not None:
@@ -138,10 +156,10 @@ def resolve_config(
         given = {k: v for k, v in overrides.items() if v is not None}
         _check_tree(cls, given, "command-line overrides")
         _merge(values, given)
-    return _build(cls, values, where=cls.__name__)
+    return _build(cls, values, where=cls.__name__, allow_missing=allow_missing)
 
 
-def _build(cls: type[T], values: dict[str, Any], *, where: str, prefix: str = "") -> T:
+def _build(cls: type[T], values: dict[str, Any], *, where: str, prefix: str = "", allow_missing: bool = False) -> T:
     check_keys(cls, values, where)
     hints = _field_types(cls)
     values = dict(values)
@@ -158,10 +176,39 @@ def _build(cls: type[T], values: dict[str, Any], *, where: str, prefix: str = ""
         cfg = cls(**checked)
     except TypeError as exc:  # a required field was not given
         raise ConfigError(f"incomplete config for {cls.__name__}: {exc}") from None
+    if allow_missing:
+        return _validated_without_required(cfg)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         validate()
     return cfg
+
+
+_REQUIRED = re.compile(r"(?:--)?([a-z][a-z0-9_-]*) is required")  # "--out is required", "tree is required" (positional)
+_PLACEHOLDER = "<required>"
+
+
+def _validated_without_required(cfg: T) -> T:
+    """``cfg`` validated as if its empty required options were given: each ``--NAME is required`` error of
+    ``validate`` fills NAME with a placeholder and validates again; any other error raises."""
+    if not callable(getattr(cfg, "validate", None)):
+        return cfg
+    probe = copy.copy(cfg)
+    filled: list[str] = []
+    while True:
+        try:
+            probe.validate()  # type: ignore[attr-defined]
+            break
+        except ConfigError as exc:
+            match = _REQUIRED.match(str(exc))
+            name = match.group(1).replace("-", "_") if match else ""
+            if not hasattr(probe, name) or getattr(probe, name) not in (None, "") or name in filled:
+                raise
+            object.__setattr__(probe, name, _PLACEHOLDER)
+            filled.append(name)
+    for name in filled:  # validate may have normalised other fields: keep those, put the empty values back
+        object.__setattr__(probe, name, getattr(cfg, name))
+    return probe
 
 
 def _check_tree(cls: type, data: dict[str, Any], where: str) -> None:
@@ -255,8 +302,6 @@ def add_config_args(parser: Any, cls: type, *, positional: typing.Sequence[str] 
 
 
 def _add_field_args(parser: Any, cls: type, *, positional: typing.Sequence[str] = (), prefix: str = "") -> None:
-    import argparse
-
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
@@ -323,8 +368,10 @@ def overrides_from_args(args: Any, cls: type, prefix: str = "") -> dict[str, Any
 
 
 def config_from_args(args: Any, cls: type[T]) -> T:
-    """``resolve_config`` for an argparse namespace built by ``add_config_args``."""
-    return resolve_config(cls, config_file=args.config, overrides=overrides_from_args(args, cls))
+    """``resolve_config`` for an argparse namespace built by ``add_config_args`` (with ``--print-config``, required
+    options may stay empty)."""
+    return resolve_config(cls, config_file=args.config, overrides=overrides_from_args(args, cls),
+                          allow_missing=bool(getattr(args, "print_config", False)))  # fmt: skip
 
 
 def print_config_requested(args: Any, cfg: Any, *, as_dict: typing.Callable[[Any], dict] = saved_config) -> bool:
@@ -334,3 +381,46 @@ def print_config_requested(args: Any, cfg: Any, *, as_dict: typing.Callable[[Any
         return False
     print(yaml.safe_dump(as_dict(cfg), sort_keys=False), end="")
     return True
+
+
+class CommandParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line (``PROG: error: ...``, exit status 2) and which
+    answers an unknown flag with the closest flag it knows (the subcommands it makes are ``CommandParser``s too).
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not self._subparsers:  # a command's own parser: what it does not know is an error here
+            self.error(self.unknown_message(extras))
+        return parsed, extras
+
+    def unknown_message(self, extras: list[str]) -> str:
+        """What to say about arguments this parser does not know: the first unknown flag and the closest known one."""
+        flags = [a.split("=", 1)[0] for a in extras if a.startswith("-")]
+        if not flags:
+            return f"unrecognized arguments: {' '.join(extras)}"
+        flag = flags[0]
+        close = closest_flag(flag, list(self._option_string_actions))
+        hint = f"did you mean {close}?" if close else f"{self.prog} --help lists the flags"
+        return f"unknown flag {flag} ({hint})"
+
+
+def closest_flag(flag: str, known: typing.Sequence[str]) -> str | None:
+    """The known flag ``flag`` most likely meant: the same name inside a section (``--num-workers`` ->
+    ``--loader.num-workers``), else the closest spelling, else ``None``."""
+    name = flag.lstrip("-")
+    in_section = sorted(k for k in known if k.startswith("--") and k.rsplit(".", 1)[-1] == name and "." in k)
+    if in_section:
+        return in_section[0]
+    names = {k[2:]: k for k in known if k.startswith("--")}  # compared without the dashes every flag shares
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return names[close[0]] if close else None
+
+
+def report_error(prog: str, exc: Exception) -> int:
+    """Print a problem the user can fix as one line on stderr; the exit status of such a problem (2)."""
+    print(f"{prog}: error: {scrub_text(str(exc))}", file=sys.stderr)
+    return 2

@@ -1,5 +1,5 @@
-"""The prepared dataset: the files ``in21k prepare`` writes and every other stage reads (DESIGN, "Prepared
-dataset layout"). This module is the only one that knows their names and formats:
+"""The prepared dataset: the files ``in21k prepare`` writes and every other stage reads (docs/design.md,
+"The prepared dataset"). This module is the only one that knows their names and formats:
 
 - ``_info.json``: timm's wds-reader format (``name``, ``num_classes``, per split ``filenames``,
   ``shard_lengths``, ``num_samples``) plus our keys (``schema``, ``config``, ``tree``);
@@ -7,17 +7,15 @@ dataset layout"). This module is the only one that knows their names and formats
   ``imagenet21k_miil_tree.pth`` (the same tree in the original's layout); ``classes.tsv``;
 - the shard, stats and manifest file names; the sample-key rule on both sides (``sample_key`` when
   writing, ``split_member`` when reading);
-- the shard tar format (``ShardTarWriter``): fixed headers, members of a sample together.
+- how samples sit in a shard tar (``ShardTarWriter``): members of a sample together, in extension order,
+  with the fixed headers of ``in21k.tarformat`` (which owns the tar format itself, reading and writing).
 
 Readers use ``PreparedDataset.open(url, storage_options=...)`` (any URL of ``in21k.storage``); writers
 (``prepare``, and every benchmark or test that fabricates a dataset) use ``DatasetWriter``.
 
-The tar reader and writer are our own rather than webdataset's: reading, the direct header parser of
-``in21k.loaders.pipeline.tar_members`` costs about 3 us per member where webdataset's
-``tar_file_expander`` + ``group_by_keys`` (Python ``tarfile`` underneath) costs about 20 us (figures in
-docs/benchmarks.md); writing, the fixed-header writer gives byte-identical shards for identical inputs.
-Both keep webdataset's conventions exactly, and the test suite reads our shards with webdataset and
-reads ``webdataset.TarWriter`` shards with our loader.
+The tar reader and writer are our own rather than webdataset's (``in21k.tarformat`` says why); both keep
+webdataset's conventions exactly, and the test suite reads our shards with webdataset and reads
+``webdataset.TarWriter`` shards with our loader.
 """
 
 from __future__ import annotations
@@ -26,12 +24,11 @@ import hashlib
 import json
 import posixpath
 import re
-import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from in21k import storage
+from in21k import storage, tarformat
 from in21k.errors import DataError
 
 SCHEMA = "in21k.prepared/1"
@@ -75,46 +72,14 @@ def split_member(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2).lower()) if m else None
 
 
-# ----------------------------------------------------------------------------------------- tar format
-TAR_OWNER = "in21k"
-
-
-def ustar_header(name: str, size: int) -> bytes:
-    """The 512-byte ustar header of a regular file with our fixed fields (what ``tarfile`` writes, faster)."""
-    raw = name.encode("utf-8")
-    if len(raw) > 100:
-        raise DataError(f"tar member name longer than 100 bytes: {name!r}")
-    header = b"".join(
-        (
-            raw.ljust(100, b"\0"),
-            b"0000644\0",  # mode
-            b"0000000\0",  # uid
-            b"0000000\0",  # gid
-            b"%011o\0" % size,
-            b"00000000000\0",  # mtime 0
-            b" " * 8,  # checksum placeholder
-            b"0",  # regular file
-            b"\0" * 100,  # linkname
-            b"ustar\x0000",
-            TAR_OWNER.encode().ljust(32, b"\0"),
-            TAR_OWNER.encode().ljust(32, b"\0"),
-            b"\0" * 16,  # devmajor, devminor: empty for regular files, as tarfile writes them
-            b"\0" * 155,  # prefix
-            b"\0" * 12,
-        )
-    )
-    checksum = b"%06o\0 " % sum(header)
-    return header[:148] + checksum + header[156:]
-
-
+# ----------------------------------------------------------------------------------------- shard tars
 class ShardTarWriter:
     """Streams samples into a WebDataset tar file with fixed headers (memory: one sample at a time).
 
-    The tar is written directly (header, data, zero padding; two zero blocks and padding to 10 KiB at the
-    end, as ``tarfile`` does): ``tarfile.addfile`` costs more per member than encoding a small JPEG's
-    headers should. ``tests/pipeline/test_sources_and_plan.py`` checks the bytes against ``tarfile``'s own
-    output. ``offsets[i]`` is the byte offset of sample ``i``'s first header: ``prepare`` records them in the
-    shard's stats file, so a reader can start at any sample with one ranged read.
+    The tar is written directly from ``in21k.tarformat``'s pieces (header, data, zero padding; the end of
+    archive as ``tarfile`` writes it); ``tests/pipeline/test_sources_and_plan.py`` checks the bytes against
+    ``tarfile``'s own output. ``offsets[i]`` is the byte offset of sample ``i``'s first header: ``prepare``
+    records them in the shard's stats file, so a reader can start at any sample with one ranged read.
     """
 
     def __init__(self, path: str) -> None:
@@ -125,12 +90,12 @@ class ShardTarWriter:
         self.offsets: list[int] = []
 
     def _add(self, name: str, data: bytes) -> None:
-        pad = -len(data) % 512
-        self._file.write(ustar_header(name, len(data)))
+        pad = tarformat.padding(len(data))
+        self._file.write(tarformat.ustar_header(name, len(data)))
         self._file.write(data)
         if pad:
-            self._file.write(b"\0" * pad)
-        self._offset += 512 + len(data) + pad
+            self._file.write(pad)
+        self._offset += tarformat.BLOCK + len(data) + len(pad)
 
     def add_sample(self, key: str, parts: Mapping[str, bytes]) -> None:
         """One sample: member ``<key>.<ext>`` per entry of ``parts``, in sorted extension order."""
@@ -151,8 +116,7 @@ class ShardTarWriter:
     def close(self) -> None:
         if self._file.closed:
             return
-        end = self._offset + 1024
-        self._file.write(b"\0" * (1024 + (-end % tarfile.RECORDSIZE)))
+        self._file.write(tarformat.end_of_archive(self._offset))
         self._file.close()
 
     def __enter__(self) -> ShardTarWriter:

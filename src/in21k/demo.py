@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
+from in21k.errors import ConfigError
 from in21k.redact import redact
 from in21k.training.rundir import CURVES, METRICS, MODEL, RunDir, read_metrics
 
@@ -44,12 +45,12 @@ class DemoConfig:
     def validate(self) -> None:
         for stage in ("synth", "prepare", "train"):
             if not (Path(self.configs_dir) / stage / "demo.yaml").exists():
-                raise ValueError(
+                raise ConfigError(
                     f"{Path(self.configs_dir) / stage / 'demo.yaml'} not found: run the demo from a checkout "
                     "(`make demo`) or pass --configs-dir pointing at the repository's configs/ folder"
                 )
         if self.heldout_classes < 1 or self.heldout_per_class < 1:
-            raise ValueError("--heldout-classes and --heldout-per-class must be at least 1")
+            raise ConfigError("--heldout-classes and --heldout-per-class must be at least 1")
 
 
 def _run(stage: str, argv: list[str], timings: dict[str, float]) -> str:

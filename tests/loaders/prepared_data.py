@@ -1,4 +1,4 @@
-"""Small prepared datasets in the DESIGN layout, for tests of the loader and the trainer.
+"""Small prepared datasets in the layout `in21k prepare` writes, for tests of the loader and the trainer.
 
 ``make_prepared_dataset`` writes real JPEG bytes into real WebDataset tars (``<key>.jpg``, ``<key>.cls``,
 ``<key>.json``), an ``_info.json`` in timm's wds-reader format, and a ``tree.json`` built from real
@@ -21,7 +21,7 @@ import numpy as np
 
 # Real WordNet 3.0 noun wnids: two fish, a dog chain (dog > working dog > German shepherd; dog > toy dog
 # > Chihuahua), birds, cats, frogs. Taken in this order when fewer classes are asked for; the class
-# index is the position in the *sorted* list (DESIGN: class indices = sorted wnids).
+# index is the position in the *sorted* list (class indices follow the sorted wnids, as timm's lists do).
 WNIDS: tuple[str, ...] = (
     "n01440764",  # tench
     "n01443537",  # goldfish

@@ -80,3 +80,20 @@ def test_gcs_emulator_through_pyarrow_gives_the_same_batches(prepared: Path, gcs
         remote = create_loader(data=url, **kw)
         assert batch_keys(remote, table) == batch_keys(create_loader(data=str(prepared), **kw), table)
         assert remote.epoch_stats()["shard_errors"] == 0
+
+
+@pytest.mark.s3
+def test_filesystems_cached_before_the_workers_fork_are_closed_here(s3_server) -> None:
+    """A forked loader worker empties fsspec's instance cache; a cached s3fs filesystem would then be finalised in
+    the worker, on an event loop it does not run. ``release_filesystems`` (called before the workers fork) closes
+    them in the process that made them."""
+    import weakref
+
+    bucket = s3_server.make_bucket("in21k-release-test")
+    store = storage.Store(f"s3://{bucket}/x", s3_server.storage_options)
+    store.write_json("a.json", {"a": 1})  # a request: the filesystem holds a live session on this process's loop
+    fs = weakref.ref(store.fs)
+    del store
+    assert fs() is not None  # fsspec's instance cache keeps it
+    storage.release_filesystems()
+    assert fs() is None

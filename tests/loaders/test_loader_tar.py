@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from in21k.loaders.pipeline import TarFormatError, tar_members
+from in21k.tarformat import TarFormatError, tar_members
 
 
 def make_tar(fmt: int, members: list[tuple[str, bytes]]) -> bytes:

@@ -21,7 +21,8 @@ import pytest
 from in21k.dataset import sample_key
 from in21k.pipeline import plan as plan_module
 from in21k.pipeline.plan import make_plan, num_train_shards, readable_looking, seeded_hash
-from in21k.pipeline.sources import Container, Index, _tar_members_fast, _tar_members_tolerant, index_container
+from in21k.pipeline.sources import Container, Index, index_container
+from in21k.tarformat import scan_plain, scan_tolerant
 from tests.pipeline.conftest import prep_config
 
 FISH, DOG, PLANT, PERSON = "n02512053", "n02084071", "n00017222", "n00007846"
@@ -207,9 +208,9 @@ def test_fast_header_scan_agrees_with_tarfile(tmp_path: Path, fmt: int) -> None:
         path = tmp_path / f"{name}.tar"
         path.write_bytes(data)
         with open(path, "rb") as f:
-            fast = _tar_members_fast(f, len(data))
+            fast = scan_plain(f, len(data))
             f.seek(0)
-            slow = _tar_members_tolerant(f)
+            slow = scan_tolerant(f)
         if fast is not None:
             assert (fast, "") == slow, name
         rows = index_container(Container("n01440764", "tar", str(path)))
@@ -220,7 +221,7 @@ def test_fast_header_scan_agrees_with_tarfile(tmp_path: Path, fmt: int) -> None:
         )
     if fmt == tarfile.USTAR_FORMAT:  # plain archives take the fast path (long names need GNU or pax headers)
         plain = _tar(members[:40], fmt)
-        assert _tar_members_fast(io.BytesIO(plain), len(plain)) == _tar_members_tolerant(io.BytesIO(plain))[0]
+        assert scan_plain(io.BytesIO(plain), len(plain)) == scan_tolerant(io.BytesIO(plain))[0]
 
 
 def test_slices_of_a_few_rows_give_the_same_plan(monkeypatch) -> None:

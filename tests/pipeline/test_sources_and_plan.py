@@ -74,6 +74,7 @@ def test_damaged_tar_keeps_members_before_the_damage(tmp_path: Path) -> None:
 def test_an_unreachable_object_store_is_no_damage(tmp_path: Path, monkeypatch) -> None:
     """A tar that cannot be read for a transient reason (connection refused midway) must fail its index task, to be
     retried, not enter the cached index as damaged with the members read so far."""
+    from in21k import tarformat
     from in21k.pipeline import sources
 
     blob = tar_bytes(members_of("n01440764", 40))
@@ -92,7 +93,7 @@ def test_an_unreachable_object_store_is_no_damage(tmp_path: Path, monkeypatch) -
             return len(blob)
 
     monkeypatch.setattr(sources, "filesystem", lambda url, options=None: (FlakyFS(), url))
-    monkeypatch.setattr(sources, "SCAN_READ", 1024)
+    monkeypatch.setattr(tarformat, "SCAN_READ", 1024)
     with pytest.raises(ConnectionRefusedError):
         index_container(Container("n01440764", "tar", "s3://bucket/raw/n01440764.tar"))
     # A local file that fails the same way is what it was before: damage, with the members before it.
@@ -196,7 +197,8 @@ def test_shard_count_defaults_fit_the_cluster() -> None:
 
 
 def test_shard_tar_bytes_match_tarfile(tmp_path: Path) -> None:
-    from in21k.dataset import TAR_OWNER, ShardTarWriter
+    from in21k.dataset import ShardTarWriter
+    from in21k.tarformat import OWNER
 
     samples = [("n01440764_1", b"\xff\xd8jpeg" * 100, 3, {"wnid": "n01440764"}), ("n01440764_22", b"x", 0, {})]
     path = tmp_path / "ours.tar"
@@ -217,7 +219,7 @@ def test_shard_tar_bytes_match_tarfile(tmp_path: Path) -> None:
             for ext in sorted(parts):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size, info.mtime, info.mode, info.uid, info.gid = len(parts[ext]), 0, 0o644, 0, 0
-                info.uname = info.gname = TAR_OWNER
+                info.uname = info.gname = OWNER
                 tar.addfile(info, io.BytesIO(parts[ext]))
     assert path.read_bytes() == buf.getvalue()
 

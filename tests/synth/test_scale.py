@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from in21k.dataset import ustar_header
 from in21k.errors import ConfigError
 from in21k.synth import scale
+from in21k.tarformat import ustar_header
 from in21k.tree import SemanticTree
 from in21k.tree.wordnet import noun_synset
 

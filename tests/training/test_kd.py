@@ -19,7 +19,7 @@ from tests.loaders.prepared_data import WNIDS, make_prepared_dataset
 
 
 def reference_kd(tree: SemanticTree, student: torch.Tensor, teacher: torch.Tensor) -> float:
-    """Per sample, per level, in plain Python: the DESIGN formula."""
+    """Per sample, per level, in plain Python: the formula of docs/design.md and docs/training.md."""
     total = 0.0
     batch = student.shape[0]
     for level in tree.levels:

@@ -61,6 +61,7 @@ from typing import Any
 from in21k.benchmarks.common import machine
 from in21k.benchmarks.options import LoaderBenchConfig
 from in21k.config import saved_config
+from in21k.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +461,7 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
         result["samples_in_subset"] = total
         result["shards_in_subset"] = len(urls)
         if len(urls) < workers:
-            raise ValueError(
+            raise ConfigError(
                 f"the first {cfg.max_samples} samples span {len(urls)} shard(s), fewer than {workers} workers: "
                 "raise --max-samples or lower --loader.num-workers"
             )
@@ -471,7 +472,7 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
         samples: list[bytes] = []
         if cfg.baselines:
             if any("://" in u for u in urls):
-                raise ValueError("the baselines need a local --data (the images are extracted from local shards)")
+                raise ConfigError("the baselines need a local --data (the images are extracted from local shards)")
             raw = read_samples(urls)
             extract_to_folder(raw, tmp_path / "folder")
             samples = [s[1] for s in raw]
@@ -574,7 +575,7 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
             "ours_vs_limit >= 0.9": ratios["ours_vs_limit"] >= 0.9,
         }
         if cfg.loader.transform == "eval" and "ours_vs_turbo_limit" in ratios:
-            # Issue 12: with nothing but a decode to do, ours should be close to libjpeg-turbo alone.
+            # With nothing but a decode to do, ours should be close to libjpeg-turbo's decode alone.
             result["targets"]["ours_vs_turbo_limit >= 0.85"] = ratios["ours_vs_turbo_limit"] >= 0.85
         if "ours_vs_best_peer" in ratios:
             result["targets"]["ours_vs_best_peer >= 1.5"] = ratios["ours_vs_best_peer"] >= 1.5

@@ -43,6 +43,12 @@ class PrepareBenchConfig:
     workdir: str | None = field(default=None, metadata={"help": "where to write the corpus (default: a temp dir)"})
     seed: int = field(default=0, metadata={"help": "corpus seed"})
 
+    def validate(self) -> None:
+        if self.workdir is not None and not os.path.isdir(self.workdir):
+            raise ConfigError(
+                f"--workdir {self.workdir}: no such folder; create it, or leave --workdir out (a temp dir)"
+            )
+
 
 @dataclass
 class LoaderBenchConfig:

@@ -28,6 +28,7 @@ from in21k.benchmarks.common import machine
 from in21k.benchmarks.loader import Contender, _count_epochs, _cpu_seconds, subset_view
 from in21k.benchmarks.options import StorageBenchConfig
 from in21k.config import saved_config
+from in21k.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def run_storage_bench(cfg: StorageBenchConfig) -> dict[str, Any]:
         tmp_path = Path(tmp)
         view, urls, total = subset_view(cfg.data, cfg.split, cfg.max_samples, tmp_path / "view")
         if any("://" in u for u in urls):
-            raise ValueError("bench storage needs a local --data (its shards are uploaded to a local server)")
+            raise ConfigError("bench storage needs a local --data (its shards are uploaded to a local server)")
         result["samples_in_subset"], result["shards_in_subset"] = total, len(urls)
         result["mb_in_subset"] = round(sum(Path(u).stat().st_size for u in urls) / 1e6, 1)
         server = start_local_s3(tmp_path / "weed", key="in21k-bench", secret="in21k-bench-secret")

@@ -1,15 +1,14 @@
 """``in21k bench train`` and ``in21k bench infer``: training and inference throughput.
 
-The model-zoo row (issue 6, as the original's table): without ``--batch-size`` the maximal batch is
-found by search (doubling from ``--search-start`` until an out-of-memory error, then bisection to
-within 1/64; on CPU, where memory exhaustion is not an exception, ``--max-batch`` caps the search), then
-training (``bench train``) and inference (both commands) are timed on synthetic device tensors at 90%
-of it. The row's ``ratio`` is against the original's V100 figure for that model (DESIGN speed table):
-a cross-machine reference, not a same-machine baseline.
+The model-zoo row (the columns of the original's table, docs/design.md "Where the time goes"): without
+``--batch-size`` the maximal batch is found by search (doubling from ``--search-start`` until an
+out-of-memory error, then bisection to within 1/64; on CPU, where memory exhaustion is not an exception,
+``--max-batch`` caps the search), then training (``bench train``) and inference (both commands) are timed
+on synthetic device tensors at 90% of it. The row's ``ratio`` is against the original's V100 figure for
+that model: a cross-machine reference, not a same-machine baseline.
 
-The loader comparison (issue 5) of ``bench train``:
-
-The synthetic run is what the GPU can consume (no input pipeline at all); the loader-fed run reads
+The loader comparison of ``bench train`` (does our input path keep the accelerator busy?): the synthetic
+run is what the GPU can consume (no input pipeline at all); the loader-fed run reads
 real shards through ``create_loader`` (``--gpu-decode``: workers only batch JPEG bytes and the device
 decodes and augments). Their ratio says how much of the accelerator the data path leaves idle.
 ``--make-data`` first writes a synthetic prepared dataset (224 px JPEGs at quality 95, the real
@@ -102,7 +101,7 @@ def resolve_defaults(cfg: Any, device: torch.device, *, steps: int, warmup: int)
 
 
 # ----------------------------------------------------------------------------------------- model-zoo row
-# The original's model-zoo table (one V100, 224 px, 90% of the maximal batch; DESIGN "Facts"):
+# The original's model-zoo table (one V100, 224 px, 90% of the maximal batch; docs/design.md "Where the time goes"):
 # model -> (maximal batch size, training img/s, inference img/s).
 V100_TABLE: dict[str, tuple[int, int, int]] = {
     "mobilenetv3_large_100": (488, 1210, 5980),
@@ -111,7 +110,7 @@ V100_TABLE: dict[str, tuple[int, int, int]] = {
     "vit_base_patch16_224": (160, 340, 1140),
 }
 RATIO_BASELINE = (
-    "the original's V100 figure for this model (DESIGN speed table, 224 px): a cross-machine reference, "
+    "the original's V100 figure for this model (its model-zoo table, 224 px): a cross-machine reference, "
     "not a same-machine baseline"
 )
 ROW_HEADER = (
@@ -440,15 +439,25 @@ def main(argv: list[str] | None = None) -> int:
     (for machines that have torch, timm and torchvision but not the whole toolkit's dependencies)."""
     import argparse
 
-    from in21k.config import add_config_args, config_from_args
+    from in21k.config import CommandParser, add_config_args, config_from_args, print_config_requested, report_error
+    from in21k.errors import In21kError
 
-    parser = argparse.ArgumentParser(prog="python -m in21k.benchmarks.train", description=__doc__)
+    parser = CommandParser(prog="python -m in21k.benchmarks.train", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_config_args(parser, BenchTrainConfig)
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    print(json.dumps(bench_train(config_from_args(args, BenchTrainConfig))), flush=True)
+    try:
+        cfg = config_from_args(args, BenchTrainConfig)
+        if print_config_requested(args, cfg):
+            return 0
+        result = bench_train(cfg)
+    except In21kError as exc:
+        return report_error(parser.prog, exc)
+    print(json.dumps(result) if args.json else format_text(result), flush=True)
     return 0
 
 

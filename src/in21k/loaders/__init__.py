@@ -1,7 +1,8 @@
 """Streaming loaders: prepared WebDataset shards from disk or object storage to every rank, evenly and resumably.
 
 ``create_loader`` is the entry point; docs/loader.md describes the options and the guarantees. Names are
-imported lazily so that ``in21k --help`` (which imports ``in21k.loaders.cli``) does not import torch.
+imported lazily so that importing the package (the option classes, the command line's ``--help``) does not
+import torch.
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ from in21k.loaders.transforms import (
     build_transform,
     jpeg_looks_complete,
 )
+from in21k.storage import release_filesystems
 
 log = logging.getLogger(__name__)
 
@@ -493,6 +494,8 @@ class StreamingLoader:
             "repeated": sum(max(0, w.batches * bs - w.samples) for w in rank_workers), "dropped": 0,
             "segment": plan.segment,
         }  # fmt: skip
+        if self.spec.num_workers > 0 and getattr(self._dl, "_iterator", None) is None:
+            release_filesystems()  # the workers fork now: nothing of ours for them to finalise on the wrong loop
         try:
             for item in self._dl:
                 if isinstance(item[0], str):  # (_RING, slot, n, stats)

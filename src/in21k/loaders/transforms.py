@@ -1,8 +1,8 @@
 """Per-sample image work in the loader workers: JPEG decode, then a transform chosen by name.
 
 Everything here ends in a ``uint8`` HWC array; conversion to float and mean/std normalisation happen
-on the device in the trainer (DESIGN "Performance facts": float conversion and 4x larger worker-to-main
-copies are what made the original's data path slow). The transforms:
+on the device in the trainer (docs/design.md, "Where the time goes": float conversion and 4x larger
+worker-to-main copies are what made the original's data path slow). The transforms:
 
 ``miil`` (the original recipe, train): squash to ``image_size`` x ``image_size`` (aspect ratio
 ignored), Cutout (one square of half the image side, random centre, clipped at the border, filled

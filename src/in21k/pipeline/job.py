@@ -36,6 +36,7 @@ import posixpath
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 import traceback
@@ -246,6 +247,10 @@ def cluster_driver(address: str) -> Iterator[None]:
         env.set("RAY_AUTH_MODE", "token")
     try:
         _reload_auth_settings()
+        try:
+            _probe(address)
+        except (OSError, TimeoutError) as exc:
+            raise _no_cluster(address, exc) from None
         gcs = _gcs_address(address)
         if gcs is not None and _gcs_refuses(gcs):
             raise SetupError(_auth_advice(address, given))
@@ -256,7 +261,7 @@ def cluster_driver(address: str) -> Iterator[None]:
             # a refusal the check above could not see (a ray:// address).
             if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in "".join(traceback.format_exception(exc)):
                 raise SetupError(_auth_advice(address, given)) from None
-            raise
+            raise _no_cluster(address, exc) from None
         try:
             yield
         finally:
@@ -285,6 +290,22 @@ def _connect(cfg: PrepareConfig) -> Callable[[], None] | None:
         else:
             stack.enter_context(local_ray(cfg.num_cpus))
         return stack.pop_all().close
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds where nothing listens at a named ``host:port`` (Ray itself retries such an address for
+    minutes); ``auto`` is left to Ray, which fails at once when it finds no cluster on this machine."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if host and port.isdigit():
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=10):  # [::1]:6379 too
+            pass
+
+
+def _no_cluster(address: str, exc: BaseException) -> SetupError:
+    return SetupError(
+        f"no Ray cluster answers at --ray-address {address} ({_brief(exc)}): start the cluster first "
+        "(`ray start --head`, docs/scaling.md), or leave --ray-address out to run on a local Ray"
+    )
 
 
 def _brief(exc: BaseException) -> str:
@@ -587,6 +608,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
     timings: dict[str, float] = {}
     try:
+        if cluster_address(cfg):
+            connect()  # a named cluster that does not answer fails here, before anything is written
         store.makedirs()
         removed = store.remove_temp_files()
         if removed:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from in21k.dataset import ShardTarWriter, manifest_name, sample_key, stats_name
+from in21k.dataset import DatasetWriter, ShardTarWriter, manifest_name, sample_key
 from in21k.errors import StorageError
 from in21k.pipeline.imaging import ImageResult, ResizeMode, process_image
 from in21k.pipeline.plan import ShardSpec
@@ -211,5 +211,5 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
         "host": socket.gethostname(),
     }
     # Written last and atomically: its existence is what marks the shard finished.
-    store.write_json(stats_name(spec.split, spec.shard), stats)
+    DatasetWriter(store).write_stats(spec.split, spec.shard, stats)
     return stats

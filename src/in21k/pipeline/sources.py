@@ -1,6 +1,7 @@
 """Where the raw release lies and what is in it: layouts, fsspec access, header-only tar indexing.
 
-Three raw layouts (DESIGN, "Raw inputs"), on a local path or any fsspec URL (``s3://``, ``gs://``):
+The raw layouts ``prepare`` accepts (docs/design.md, "The raw release"), on a local path or any fsspec URL
+(``s3://``, ``gs://``):
 
 - ``class-tars``: a folder of per-class tars ``nXXXXXXXX.tar``;
 - ``whole-tar``: the uncompressed outer archive (``fall11_whole.tar``) holding the class tars; its nested
@@ -15,10 +16,10 @@ Three raw layouts (DESIGN, "Raw inputs"), on a local path or any fsspec URL (``s
   while they are indexed.
 
 A ``Container`` is one class's tar (or folder). ``index_container`` lists a tar's members from their
-headers alone (name, absolute byte offset, size) without reading member data; ``index_table`` does it for
-a batch of containers as one Arrow table, the unit of work that the job runs in parallel. ``Index`` holds
-every member of the release as columns (about 35 bytes a member), in canonical order. URLs, credentials
-and endpoints follow ``in21k.storage``.
+headers alone (name, absolute byte offset, size; ``in21k.tarformat.member_offsets``) without reading member
+data; ``index_table`` does it for a batch of containers as one Arrow table, the unit of work that the job
+runs in parallel. ``Index`` holds every member of the release as columns (about 35 bytes a member), in
+canonical order. URLs, credentials and endpoints follow ``in21k.storage``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import logging
 import posixpath
 import re
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ import numpy as np
 from in21k.errors import DataError, StorageError
 from in21k.progress import progress
 from in21k.storage import filesystem, fs_is_local, full_url, is_remote, is_transient
+from in21k.tarformat import member_offsets, scan_tolerant
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,6 @@ Layout = Literal["class-tars", "whole-tar", "whole-tar-gz", "folders", "processe
 
 # The index's columns, one row per raw member (regular file) found.
 INDEX_COLUMNS = ("wnid", "member", "source", "offset", "size")
-# Header scans read this much at a time (through fsspec's read-ahead cache on object stores).
-SCAN_READ = 64 << 10
 # Rows per slice where the index is compared or remapped in pieces (bounds temporary memory).
 INDEX_SLICE = 1 << 20
 
@@ -127,6 +127,11 @@ class _Window(io.RawIOBase):
         return len(data)
 
 
+def _read_failure(url: str) -> Callable[[OSError], bool] | None:
+    """For a remote tar, which ``OSError``s are failed reads (the job retries them) rather than a damaged tar."""
+    return is_transient if is_remote(url) else None
+
+
 def index_container(container: Container, storage_options: dict[str, Any] | None = None) -> dict[str, list]:
     """Index rows (columns ``INDEX_COLUMNS`` plus ``error``) of one container; never reads member data.
 
@@ -152,12 +157,7 @@ def index_container(container: Container, storage_options: dict[str, Any] | None
         with fs.open(path, "rb", block_size=INDEX_BLOCK_SIZE, cache_type="readahead") as f:
             length = container.length if container.length >= 0 else fs.size(path) - container.start
             window = _Window(f, container.start, length)
-            scanned = _tar_members_fast(window, length)
-            if scanned is None:  # anything unusual: tarfile reads it, from the start
-                window.seek(0)
-                found, error = _tar_members_tolerant(window, raise_transient=is_remote(container.url))
-            else:
-                found = scanned
+            found, error = member_offsets(window, length, read_failure=_read_failure(container.url))
     except OSError as exc:
         if is_remote(container.url) and is_transient(exc):
             # The object store is unreachable or overloaded, not the tar damaged: recording the tar as damaged
@@ -171,102 +171,6 @@ def index_container(container: Container, storage_options: dict[str, Any] | None
         rows["offset"].append(container.start + offset)
         rows["size"].append(size)
     return {**rows, "error": error}
-
-
-_OCTAL = re.compile(rb" *[0-7]*[ \0]*")  # the number fields tarfile reads as plain octal
-# mode, uid, gid, mtime, devmajor, devminor: the same bytes in nearly every header of a tar, so checked once
-_FIXED_FIELDS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))
-_FILE_TYPES = (b"0", b"\0", b"7")  # regular files as tarfile counts them (sparse "S" goes to tarfile)
-_OTHER_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directories, fifos: no data blocks
-
-
-def _tar_members_fast(fileobj: Any, length: int) -> list[tuple[str, int, int]] | None:
-    """``_tar_members_tolerant``'s members for a plain ustar/v7 archive, from its headers read directly.
-
-    About five times faster than ``tarfile`` (~5 us a member against ~25 us). Returns ``None`` at the first
-    thing it does not handle exactly as ``tarfile`` would: GNU long names, pax or sparse headers, a name
-    prefix, a bad checksum, an odd number field, a cut header or data past the end. The caller then runs
-    ``tarfile`` over the whole archive, so the result never depends on which path ran.
-    """
-    out: list[tuple[str, int, int]] = []
-    headers: list[bytes] = []
-    checksums: list[int] = []
-    checked: set[bytes] = set()
-    pos = 0
-    buf = b""
-    buf_start = 0
-    while pos < length:
-        if pos + 512 > buf_start + len(buf):
-            fileobj.seek(pos)
-            buf = fileobj.read(SCAN_READ)
-            buf_start = pos
-        at = pos - buf_start
-        block = buf[at : at + 512]
-        if len(block) < 512:
-            return None
-        if not block.strip(b"\0"):
-            if not pos:
-                return None  # an archive that starts with its end: tarfile decides
-            break
-        fixed = block[100:124] + block[136:148] + block[329:345]
-        if fixed not in checked:
-            if any(_OCTAL.fullmatch(block, a, b) is None for a, b in _FIXED_FIELDS):
-                return None
-            checked.add(fixed)
-        if block[345] or _OCTAL.fullmatch(block, 124, 136) is None or _OCTAL.fullmatch(block, 148, 156) is None:
-            return None
-        headers.append(block)
-        checksums.append(int(block[148:156].strip(b" \0") or b"0", 8))
-        kind = block[156:157]
-        name = block[:100].split(b"\0", 1)[0].decode(tarfile.ENCODING, "surrogateescape")
-        if kind in _FILE_TYPES and not (kind == b"\0" and name.endswith("/")):
-            size = int(block[124:136].strip(b" \0") or b"0", 8)
-            out.append((name, pos + 512, size))
-            pos += 512 + -(-size // 512) * 512
-            if pos > length:
-                return None  # tarfile reports the cut ("unexpected end of data")
-        elif kind in _OTHER_TYPES or kind == b"\0":
-            pos += 512
-        else:
-            return None
-    if not pos:
-        return None
-    # Checksums of all headers at once (unsigned, the checksum field counted as spaces, as tarfile does).
-    blocks = np.frombuffer(b"".join(headers), np.uint8).reshape(-1, 512)
-    sums = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 256
-    return out if np.array_equal(sums, np.asarray(checksums, np.int64)) else None
-
-
-def _tar_members_tolerant(fileobj: Any, *, raise_transient: bool = True) -> tuple[list[tuple[str, int, int]], str]:
-    """(name, data offset, size) of each regular file from headers alone (tarfile seeks over the data).
-
-    A damaged archive keeps the members read before the damage: ``(members, error)``. A read that failed for a
-    transient reason (``is_transient``: the object store unreachable) is no damage and raises, unless
-    ``raise_transient`` is false.
-    """
-    out: list[tuple[str, int, int]] = []
-    try:
-        tar = tarfile.open(fileobj=fileobj, mode="r:")
-    except tarfile.TarError as exc:
-        return out, f"not a tar archive: {exc}"
-    try:
-        while True:
-            info = tar.next()
-            if info is None:
-                break
-            if info.isfile():
-                out.append((info.name, info.offset_data, info.size))
-        # tarfile ends quietly at a bad header after the first; only zero blocks may follow a sound archive.
-        fileobj.seek(tar.offset)
-        if fileobj.read(512).strip(b"\0"):
-            return out, f"damaged tar: unreadable header at byte {tar.offset} after {len(out)} members"
-    except (tarfile.TarError, OSError) as exc:
-        if raise_transient and isinstance(exc, OSError) and is_transient(exc):
-            raise  # a failed read, not damage
-        return out, f"damaged tar after {len(out)} members: {exc}"
-    finally:
-        tar.close()
-    return out, ""
 
 
 def index_table(
@@ -547,7 +451,7 @@ def list_nested_tars(fs: Any, path: str) -> list[Container]:
     """The class tars inside an uncompressed outer tar, by their absolute offsets (headers only)."""
     url = full_url(fs, path)
     with fs.open(path, "rb", block_size=INDEX_BLOCK_SIZE, cache_type="readahead") as f:
-        members, error = _tar_members_tolerant(f, raise_transient=is_remote(url))  # an outage must not drop classes
+        members, error = scan_tolerant(f, read_failure=_read_failure(url))  # an outage must not drop classes
     if error and not members:
         raise DataError(f"{url!r} is not a readable tar archive ({error})")
     if error:

@@ -110,9 +110,9 @@ class SynthConfig:
         try:
             lo, hi = (int(x) for x in self.images.split(":"))
         except ValueError:
-            raise ValueError(f"--images must be MIN:MAX with integers, e.g. 20:120, got {self.images!r}") from None
+            raise ConfigError(f"--images must be MIN:MAX with integers, e.g. 20:120, got {self.images!r}") from None
         if not 1 <= lo <= hi:
-            raise ValueError(f"--images {self.images}: need 1 <= MIN <= MAX")
+            raise ConfigError(f"--images {self.images}: need 1 <= MIN <= MAX")
         return lo, hi
 
     def validate(self) -> None:
@@ -122,18 +122,18 @@ class SynthConfig:
             return
         self.image_range()
         if self.classes < 2:
-            raise ValueError("--classes must be at least 2")
+            raise ConfigError("--classes must be at least 2")
         if not 0 <= self.non_noun_classes < self.classes:
-            raise ValueError("--non-noun-classes must be >= 0 and smaller than --classes")
+            raise ConfigError("--non-noun-classes must be >= 0 and smaller than --classes")
         for name in ("bad_share", "odd_share", "small_share", "large_share"):
             if not 0.0 <= getattr(self, name) <= 0.5:
-                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 0.5")
+                raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 0.5")
         if self.layout == "whole-tar" and not (self.whole_name.endswith(".tar") or self.whole_name.endswith(".tar.gz")):
-            raise ValueError("--whole-name must end in .tar or .tar.gz")
+            raise ConfigError("--whole-name must end in .tar or .tar.gz")
         if self.size < 8 or self.val_per_class < 1 or self.min_images < self.val_per_class:
-            raise ValueError("need --size >= 8, --val-per-class >= 1 and --min-images >= --val-per-class")
+            raise ConfigError("need --size >= 8, --val-per-class >= 1 and --min-images >= --val-per-class")
         if not 1 <= self.quality <= 100:
-            raise ValueError("--quality must be within 1..100")
+            raise ConfigError("--quality must be within 1..100")
 
 
 # ---------------------------------------------------------------------------------------------- classes
@@ -179,7 +179,7 @@ def choose_classes(num_nouns: int, rng: np.random.Generator, tree_name: str = "f
                 add(kid)
                 frontier.append(kid)
     if len(chosen) < num_nouns:
-        raise ValueError(f"could not pick {num_nouns} classes forming whole chains; ask for fewer --classes")
+        raise ConfigError(f"could not pick {num_nouns} classes forming whole chains; ask for fewer --classes")
     return sorted(tree.wnids[i] for i in chosen)
 
 

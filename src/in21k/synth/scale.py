@@ -22,7 +22,7 @@ defaults and the share of validation samples are the same at 1 M, 4 M or 14.2 M 
 Every member is a real-looking ``nXXXXXXXX_NNNN.JPEG`` (distinct image numbers, in random order as in
 the real tars) holding one of a pool of distinct tiny valid JPEGs (a few hundred bytes, 8-16 px), so a
 member takes two 512-byte tar blocks and 14.2 M members take ~14.6 GB. Tars are written with fixed
-ustar headers built from one template per JPEG (``in21k.dataset.ustar_header``) with the name and
+ustar headers built from one template per JPEG (``in21k.tarformat.ustar_header``) with the name and
 checksum patched in: ~1-2 us per member instead of ~30 us with ``tarfile.addfile``.
 """
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import numpy as np
 
 from in21k.errors import ConfigError
 from in21k.progress import progress
+from in21k.tarformat import end_of_archive, ustar_header
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +139,10 @@ def jpeg_pool(seed: int, count: int = POOL_SIZE) -> list[bytes]:
 class _Headers:
     """ustar headers of the pool's members: one template per JPEG size, name and checksum patched in.
 
-    The bytes equal ``in21k.dataset.ustar_header(name, size)`` (tested), for names up to 100 bytes.
+    The bytes equal ``in21k.tarformat.ustar_header(name, size)`` (tested), for names up to 100 bytes.
     """
 
     def __init__(self, sizes: list[int]) -> None:
-        from in21k.dataset import ustar_header
-
         self._tail: dict[int, tuple[bytes, bytes, int]] = {}
         for size in set(sizes):
             blank = ustar_header("", size)  # no name: its checksum is that of the fixed fields
@@ -195,7 +193,6 @@ def write_fall11_scale(out: str | Path, *, members: int = FALL11_MEMBERS, seed: 
     pool = jpeg_pool(seed)
     blocks = [data.ljust(512, b"\0") for data in pool]
     headers = _Headers([len(d) for d in pool])
-    end_pad = 1024  # two zero blocks, then zeros up to the 10 KiB record as tarfile writes them
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wnids = sorted(sizes)
@@ -211,8 +208,7 @@ def write_fall11_scale(out: str | Path, *, members: int = FALL11_MEMBERS, seed: 
             for number, k in zip(numbers.tolist(), picks.tolist(), strict=True):
                 parts.append(headers(b"%s%d.JPEG" % (prefix, number), len(pool[k])))
                 parts.append(blocks[k])
-            body = 1024 * n
-            parts.append(b"\0" * (end_pad + (-(body + end_pad) % tarfile.RECORDSIZE)))
+            parts.append(end_of_archive(1024 * n))
             blob = b"".join(parts)
             (out / f"{wnid}.tar").write_bytes(blob)
             written_bytes += len(blob)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
+from in21k.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,22 @@ class TreeBuildConfig:
     )
 
 
+@dataclass
+class TreeInfoConfig:
+    tree: str = field(
+        default="",
+        metadata={
+            "help": "tree.json, imagenet21k_miil_tree.pth, or a built-in name: fall11, winter21",
+            "metavar": "TREE",
+        },
+    )
+    json: bool = field(default=False, metadata={"help": "print one JSON object"})
+
+    def validate(self) -> None:
+        if not self.tree:
+            raise ConfigError("tree is required: a tree.json, an imagenet21k_miil_tree.pth, or fall11 / winter21")
+
+
 def _build(args: argparse.Namespace) -> int:
     from in21k.tree import SemanticTree, load_class_list
 
@@ -57,9 +74,12 @@ def _build(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from in21k.tree import SemanticTree
 
-    tree = SemanticTree.load(args.tree)
+    cfg = config_from_args(args, TreeInfoConfig)
+    if print_config_requested(args, cfg):
+        return 0
+    tree = SemanticTree.load(cfg.tree)
     summary = tree.summary()
-    if args.json:
+    if cfg.json:
         print(json.dumps(summary))
         return 0
     print(f"{summary['num_classes']} classes, {summary['num_levels']} levels, {summary['num_roots']} roots")
@@ -81,6 +101,5 @@ def register(commands) -> None:
     add_config_args(build, TreeBuildConfig)
     build.set_defaults(func=_build)
     info = sub.add_parser("info", help="print levels and classes per level of a tree")
-    info.add_argument("tree", help="tree.json, imagenet21k_miil_tree.pth, or a built-in name: fall11, winter21")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
+    add_config_args(info, TreeInfoConfig, positional=("tree",))
     info.set_defaults(func=_info)

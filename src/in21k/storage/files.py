@@ -1,0 +1,58 @@
+"""Whole small files at any URL: their bytes, their JSON, their size, whether they exist.
+
+Whole-file reads always go through fsspec, never pyarrow: the process that forks the loader's workers then has
+made no pyarrow request (AWS's C++ SDK must not be mid-request when a process forks).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from typing import Any
+
+from in21k.errors import DataError
+from in21k.storage.errors import NotFoundError
+from in21k.storage.filesystems import filesystem
+from in21k.storage.streams import open_stream
+from in21k.storage.urls import display, is_local, is_remote, local_path
+
+
+def read_bytes(url: str, *, storage_options: dict[str, Any] | None = None) -> bytes:
+    """The whole content of a (small) file at any non-pipe URL (through fsspec: see the module docstring)."""
+    with open_stream(url, storage_options=storage_options, client="fsspec") as f:
+        data = f.read()
+    del f
+    if is_remote(url):
+        # Collect the async filesystem (s3fs, gcsfs) here, in the process that owns its event loop: if a
+        # forked DataLoader worker were the one to collect it, its session finaliser would run on the wrong
+        # loop and log "attached to a different loop" errors.
+        gc.collect()
+    return data
+
+
+def read_json(url: str, *, storage_options: dict[str, Any] | None = None) -> Any:
+    """A JSON document from any non-pipe URL; ``DataError`` if it is not JSON."""
+    raw = read_bytes(url, storage_options=storage_options)
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{display(url)} is not valid JSON: {exc}") from None
+
+
+def size(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
+    """The size in bytes of a file or object."""
+    if is_local(url):
+        return os.path.getsize(local_path(url))
+    fs, path = filesystem(url, storage_options)
+    try:
+        return int(fs.size(path))
+    except FileNotFoundError:
+        raise NotFoundError(f"{url}: no such object") from None
+
+
+def exists(url: str, *, storage_options: dict[str, Any] | None = None) -> bool:
+    if is_local(url):
+        return os.path.exists(local_path(url))
+    fs, path = filesystem(url, storage_options)
+    return fs.exists(path)

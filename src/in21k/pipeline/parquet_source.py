@@ -30,13 +30,12 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import tarfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from in21k.dataset import ustar_header
+from in21k import tarformat
 from in21k.errors import DataError
 from in21k.pipeline.options import ParquetOptions
 from in21k.pipeline.plan import GIVEN_NONE, GIVEN_OTHER, GIVEN_TRAIN, GIVEN_VALIDATION, UNLABELLED
@@ -282,18 +281,18 @@ def stage_file(container: Any, storage_options: dict[str, Any] | None = None) ->
                     elif "." not in member:
                         member = f"{member}.{ext}"
                     entry = member if len(member.encode()) <= 100 else f"row{row:08d}.{ext}"
-                    out.write(ustar_header(entry, len(data)))
+                    out.write(tarformat.ustar_header(entry, len(data)))
                     out.write(data)
-                    pad = -len(data) % 512
-                    out.write(b"\0" * pad)
+                    pad = tarformat.padding(len(data))
+                    out.write(pad)
                     rows["wnid"].append(wnid)
                     rows["member"].append(member)
                     rows["source"].append(staged)
-                    rows["offset"].append(offset + 512)
+                    rows["offset"].append(offset + tarformat.BLOCK)
                     rows["size"].append(len(data))
-                    offset += 512 + len(data) + pad
+                    offset += tarformat.BLOCK + len(data) + len(pad)
                     row += 1
-            out.write(b"\0" * (1024 + (-(offset + 1024) % tarfile.RECORDSIZE)))
+            out.write(tarformat.end_of_archive(offset))
         store.put_file(tmp, task.rel)
     except BaseException:
         import os

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from in21k.dataset import ustar_header
+from in21k import tarformat
 from in21k.errors import DataError
 from in21k.pipeline.plan import GIVEN_HELD_OUT, GIVEN_NONE, GIVEN_TRAIN, GIVEN_VALIDATION
 from in21k.progress import progress
@@ -187,7 +187,7 @@ def stage_archive(url: str, staging: str, storage_options: dict[str, Any] | None
         nonlocal out
         if out is None:
             return
-        out.write(b"\0" * (1024 + (-(offset + 1024) % tarfile.RECORDSIZE)))
+        out.write(tarformat.end_of_archive(offset))
         out.close()
         store.put_file(tmp, rel)
         out = None
@@ -222,12 +222,11 @@ def stage_archive(url: str, staging: str, storage_options: dict[str, Any] | None
                     src = tar.extractfile(info)
                     name = posixpath.basename(info.name)
                     name = name if len(name.encode()) <= 100 else f"member{offset}{posixpath.splitext(name)[1][:20]}"
-                    out.write(ustar_header(name, info.size))
+                    out.write(tarformat.ustar_header(name, info.size))
                     while chunk := src.read(8 << 20):
                         out.write(chunk)
-                    pad = -info.size % 512
-                    out.write(b"\0" * pad)
-                    offset += 512 + info.size + pad
+                    out.write(tarformat.padding(info.size))
+                    offset += tarformat.BLOCK + info.size + len(tarformat.padding(info.size))
             finish()
             reader.drain()
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:

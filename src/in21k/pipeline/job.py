@@ -205,6 +205,17 @@ def _gcs_address(address: str) -> str | None:
     return address if re.fullmatch(r"[\w.-]+:\d+|\[[0-9a-fA-F:.]+\]:\d+", address) else None
 
 
+def _has_token() -> bool:
+    """Whether Ray finds a token to send (the environment, or its default token file in the home folder)."""
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return bool(AuthenticationTokenLoader.instance().has_token())
+    except AuthenticationError:
+        return False
+
+
 def _gcs_refuses(address: str) -> bool:
     """Whether the cluster's GCS at ``address`` answers one request of this driver, with the token Ray would send,
     as unauthenticated. One plain gRPC call, so that a refusal is an error at once: ``ray.init`` itself retries a
@@ -247,6 +258,8 @@ def cluster_driver(address: str) -> Iterator[None]:
         env.set("RAY_AUTH_MODE", "token")
     try:
         _reload_auth_settings()
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and not _has_token():
+            raise SetupError(_auth_advice(address, given))  # Ray would refuse to connect at all: say why at once
         try:
             _probe(address)
         except (OSError, TimeoutError) as exc:

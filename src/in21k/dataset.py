@@ -145,8 +145,12 @@ class PreparedDataset:
 
     @classmethod
     def open(cls, url: str, *, storage_options: dict[str, Any] | None = None) -> PreparedDataset:
-        """Read ``URL/_info.json``; ``storage.NotFoundError`` naming the fix when ``url`` is not a prepared dataset."""
+        """Read ``URL/_info.json``; ``storage.NotFoundError`` naming the fix when ``url`` is not a prepared dataset.
+
+        A remote address is checked first (``storage.check_access``): a wrong endpoint or bucket, or missing or
+        refused credentials, fail here within seconds, before any retry."""
         try:
+            storage.check_access(storage.join(url, INFO_FILE), storage_options)
             info = storage.read_json(storage.join(url, INFO_FILE), storage_options=storage_options)
         except storage.NotFoundError:
             raise storage.NotFoundError(
@@ -252,6 +256,10 @@ class PreparedDataset:
 
 def is_prepared(url: str, *, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``url`` holds an ``_info.json`` (a prepared dataset) rather than, say, class folders."""
+    try:
+        storage.check_access(storage.join(url, INFO_FILE), storage_options)
+    except storage.NotFoundError:
+        return False
     return storage.exists(storage.join(url, INFO_FILE), storage_options=storage_options)
 
 

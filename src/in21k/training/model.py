@@ -62,6 +62,7 @@ def load_weights_file(path: str | Path, *, what: str = "checkpoint") -> Any:
     from in21k import storage
 
     try:
+        storage.check_access(str(path))  # a remote file at a wrong address fails in seconds, with its cause
         raw = storage.read_bytes(str(path))
     except storage.NotFoundError:
         raise DataError(f"{what} {str(path)!r} does not exist") from None

@@ -58,7 +58,7 @@ def _in21k(*args: str) -> subprocess.CompletedProcess:
     return _run("-m", "in21k", *args)
 
 
-def test_timm_loads_the_export_and_gives_the_logits_in21k_predicts(demo_run, tmp_path: Path) -> None:
+def test_timm_loads_the_export_and_gives_the_logits_in21k_predicts(demo_run, tmp_path: Path, capsys) -> None:
     model_pt = demo_run.out / "run" / "model.pt"
     prepared = demo_run.out / "prepared"
     folder = tmp_path / "export"
@@ -94,13 +94,16 @@ def test_timm_loads_the_export_and_gives_the_logits_in21k_predicts(demo_run, tmp
     assert all(name.split(" (n")[0] == tree.names[i] for i, name in enumerate(timm_out["labels"]))
     assert set(timm_out["descriptions"]) == set(timm_out["labels"]) and all(timm_out["descriptions"].values())
 
-    for checkpoint in (model_pt, folder):  # the source model, and the export read back by in21k
-        pred = _in21k("predict", "--checkpoint", str(checkpoint), "--json", "--top-k", "50", "--device", "cpu",
-                      *map(str, images), str(notes))  # fmt: skip
-        assert pred.returncode == 1, pred.stderr[-3000:]  # one input is not an image
-        rows = [json.loads(line) for line in pred.stdout.splitlines() if line.startswith("{")]
+    predict = ["predict", "--json", "--top-k", "50", "--device", "cpu", *map(str, images), str(notes)]
+    pred = _in21k(*predict, "--checkpoint", str(model_pt))  # the source model, as a user runs predict
+    assert pred.returncode == 1, pred.stderr[-3000:]  # one input is not an image
+    assert "BytesIO" not in pred.stdout + pred.stderr
+    capsys.readouterr()
+    assert main([*predict, "--checkpoint", str(folder)]) == 1  # the export, read back by in21k (in this process)
+    outputs = [pred.stdout, capsys.readouterr().out]
+    for stdout in outputs:
+        rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
         assert rows[-1]["input"] == str(notes) and rows[-1]["error"].startswith(f"{notes}: cannot decode image")
-        assert "BytesIO" not in pred.stdout + pred.stderr
         for row, probs in zip(rows[:-1], timm_out["levels"], strict=True):
             assert len(row["levels"]) == len(tree.levels) == len(probs)
             for level in row["levels"]:

@@ -141,21 +141,24 @@ def classify(exc: BaseException) -> Cause | None:
 
 
 def _hint(proto: str, kind: str) -> str:
-    s3 = proto == "s3"
-    return {
-        "endpoint": "check the endpoint: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, or endpoint_url in the storage "
-        "options" if s3 else "check STORAGE_EMULATOR_HOST, or endpoint_url in the storage options"
-        if proto in ("gs", "gcs") else "check the URL's host and port",
-        "bucket": "check the bucket's name" + (" and the endpoint or region it lives at" if s3 else ""),
-        "object": "check the path",
-        "no_credentials": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), give key and secret "
-        'in the storage options, or {"anon": true} for a public bucket' if s3 else "give credentials "
-        "(GOOGLE_APPLICATION_CREDENTIALS, or token in the storage options)",
-        "credentials": "check the credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or key and secret in the "
-        "storage options" if s3 else "check the credentials (GOOGLE_APPLICATION_CREDENTIALS, or token in the "
-        "storage options)",
-        "denied": "the credentials are valid but may not read this; check the bucket's permissions",
-    }[kind]
+    """What to do about a cause, in the terms of the protocol's own configuration."""
+    s3, gcs = proto == "s3", proto in ("gs", "gcs")
+    if kind == "endpoint":
+        if s3:
+            return "check the endpoint: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, or endpoint_url in the storage options"
+        return "check STORAGE_EMULATOR_HOST, or endpoint_url in the storage options" if gcs else "check the URL"
+    if kind == "bucket":
+        return "check the bucket's name" + (" and the endpoint or region it lives at" if s3 else "")
+    if kind == "object":
+        return "check the path"
+    if kind == "no_credentials" and s3:
+        return ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), give key and secret in the storage "
+                'options, or {"anon": true} for a public bucket')  # fmt: skip
+    if kind in ("no_credentials", "credentials"):
+        if s3:
+            return "check the credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or key and secret in the options"
+        return "check the credentials (GOOGLE_APPLICATION_CREDENTIALS, or token in the storage options)"
+    return "the credentials are valid but may not read this; check the bucket's permissions"
 
 
 def explain(url: str, cause: Cause) -> str:
@@ -199,7 +202,7 @@ def _connect(url: str, endpoint: Endpoint) -> None:
         cause = f"the host {endpoint.host!r} is unknown: its DNS lookup failed"
     except ConnectionRefusedError:
         cause = f"nothing listens at {where}: connection refused"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         cause = f"no answer from {where} within {CONNECT_SECONDS:g} s"
     except OSError as exc:
         cause = f"cannot connect to {where}: {exc.strerror or exc}"
@@ -210,9 +213,8 @@ def _connect(url: str, endpoint: Endpoint) -> None:
 
 def _key(url: str, storage_options: dict[str, Any] | None) -> str:
     options = json.dumps(fsspec_options(url, storage_options), sort_keys=True, default=str)
-    return f"{endpoint_of(url, storage_options).url}|{'' if protocol(url) in ('http', 'https') else _bucket_of(url)}|" + (
-        hashlib.sha256(options.encode()).hexdigest()[:16]
-    )
+    bucket = "" if protocol(url) in ("http", "https") else _bucket_of(url)
+    return f"{endpoint_of(url, storage_options).url}|{bucket}|{hashlib.sha256(options.encode()).hexdigest()[:16]}"
 
 
 def check_access(url: str, storage_options: dict[str, Any] | None = None, *, what: What = "object") -> None:

@@ -34,7 +34,8 @@ def summary_writer(log_dir: Path, *, purge_step: int | None = None) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise SetupError(f"TensorBoard event files need the tensorboard package ({exc}): pip install tensorboard") from None
+        missing = f"TensorBoard event files need the tensorboard package ({exc})"
+        raise SetupError(f"{missing}: pip install tensorboard") from None
     log_dir.mkdir(parents=True, exist_ok=True)
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 

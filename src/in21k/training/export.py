@@ -50,7 +50,8 @@ def glosses(tree: Any) -> list[str]:
     try:
         load_wordnet()
     except SetupError as exc:
-        raise SetupError(f"the label descriptions are WordNet glosses: {str(exc).splitlines()[0]} (make wordnet)")
+        first = str(exc).splitlines()[0]
+        raise SetupError(f"the label descriptions are WordNet glosses: {first} (make wordnet)") from None
     return [gloss(wnid) or name for wnid, name in zip(tree.wnids, tree.names, strict=True)]
 
 
@@ -101,7 +102,8 @@ def _data_section(report: dict[str, Any] | None, why: str, tree: Any) -> list[st
     if report is None:
         return [*lines, f"- classes: {tree.num_classes:,} (the head's rows; tree.json lists them)",
                 f"- the prepared dataset's report is not available: {why}",
-                "- duplicates and evaluation-set overlap removed: unknown (not recorded with this model)", ""]  # fmt: skip
+                "- duplicates and evaluation-set overlap removed: unknown (not recorded with this model)",
+                ""]  # fmt: skip
     t = report.get("totals") or {}
     release = report.get("release") or {}
     if release:
@@ -110,8 +112,10 @@ def _data_section(report: dict[str, Any] | None, why: str, tree: Any) -> list[st
                      f"{release.get('members', 0):,} members)")  # fmt: skip
     else:
         lines.append(f"- release: not identified (layout {report.get('layout', 'unknown')})")
-    lines.append(f"- classes: {t.get('classes_kept', tree.num_classes):,} kept of {t.get('classes_seen', 0):,} seen "
-                 f"({t.get('classes_dropped', 0):,} dropped); tree levels: {t.get('tree_levels', tree.num_levels)}")
+    lines.append(
+        f"- classes: {t.get('classes_kept', tree.num_classes):,} kept of {t.get('classes_seen', 0):,} seen "
+        f"({t.get('classes_dropped', 0):,} dropped); tree levels: {t.get('tree_levels', tree.num_levels)}"
+    )
     lines.append(f"- images: {t.get('train_samples', 0):,} train + {t.get('validation_samples', 0):,} validation, of "
                  f"{t.get('raw_members', 0):,} raw members ({t.get('rejected', 0):,} rejected, "
                  f"{t.get('dropped_class', 0):,} in dropped classes)")  # fmt: skip
@@ -163,8 +167,8 @@ def model_card(*, out_name: str, trained: TrainedModel, config: dict[str, Any], 
         f"of the WordNet hierarchy), trained with the semantic softmax; exported by in21k from `{source}`.", "",
         f"- input: {cfg['input_size'][1]} x {cfg['input_size'][2]} px, `crop_mode={cfg['crop_mode']}`, "
         f"`crop_pct={cfg['crop_pct']}`, {cfg['interpolation']}, mean {cfg['mean']}, std {cfg['std']}",
-        f"- labels: `label_names` are WordNet lemma names in head order (a repeated name carries its wnid), "
-        f"`label_descriptions` WordNet 3.0 glosses; `tree.json` gives each class's wnid and parent",
+        "- labels: `label_names` are WordNet lemma names in head order (a repeated name carries its wnid), "
+        "`label_descriptions` WordNet 3.0 glosses; `tree.json` gives each class's wnid and parent",
         "",
     ]  # fmt: skip
     lines += _data_section(report, why, tree)
@@ -183,8 +187,9 @@ def model_card(*, out_name: str, trained: TrainedModel, config: dict[str, Any], 
             "`in21k predict --checkpoint DIR IMAGE` prints the predicted path down the tree, level by level.", "",
         ]  # fmt: skip
     else:
-        lines += ["Read as one softmax over all classes, as timm reads any classifier (the model was trained with one "
-                  "softmax per tree level; export with `in21k export --tree-head` to keep the levels).", ""]  # fmt: skip
+        lines += ["Read as one softmax over all classes, as timm reads any classifier (the model was trained with "
+                  "one softmax per tree level; export with `in21k export --tree-head` to keep the levels).",
+                  ""]  # fmt: skip
     lines += [
         "## How to load", "",
         "With timm alone (no in21k needed):", "",

@@ -72,7 +72,8 @@ def is_export(path: str | Path) -> bool:
 def label_names(tree: SemanticTree) -> list[str]:
     """One label per head row, in class order: the lemma names, with the wnid appended where a name repeats."""
     counts = Counter(tree.names)
-    return [name if counts[name] == 1 else f"{name} ({wnid})" for name, wnid in zip(tree.names, tree.wnids, strict=True)]
+    pairs = zip(tree.names, tree.wnids, strict=True)
+    return [name if counts[name] == 1 else f"{name} ({wnid})" for name, wnid in pairs]
 
 
 def preprocessing(transform: str, *, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
@@ -125,8 +126,14 @@ def hub_config(
         "label_names": labels,
         "label_descriptions": dict(zip(labels, descriptions, strict=True)),
         "pretrained_cfg": pretrained_cfg,
-        "in21k": {"schema": SCHEMA, "head": head, "tree": TREE, "transform": transform, "source": source,
-                  "run_config": run_config or {}},
+        "in21k": {
+            "schema": SCHEMA,
+            "head": head,
+            "tree": TREE,
+            "transform": transform,
+            "source": source,
+            "run_config": run_config or {},
+        },
     }
 
 

@@ -44,7 +44,7 @@ FENCE = re.compile(r"^```(?P<lang>[A-Za-z0-9_+-]*)\s*$")
 SMALL_SYNTH = "--classes 6 --images 22:30 --seed 5 --large-share 0"
 SMALL_PREPARE = "--min-images 12 --val-per-class 3 --shard-size 16 --no-progress"
 TRAIN = ("--model resnet10t --image-size 32 --epochs 1 --batch-size 8 --amp none --loader.num-workers 1 "
-         "--max-steps-per-epoch 4 --val-max-batches 2 --no-plot")  # fmt: skip
+         "--run.max-steps-per-epoch 4 --run.val-max-batches 2 --no-plot")  # fmt: skip
 PREPARED = "demo_out/prepared"
 GENERIC = [
     (re.compile(r"\bDST\b"), PREPARED),

@@ -86,3 +86,14 @@ def test_classify_reads_each_cause_once(s3_server, tmp_path: Path) -> None:
         storage.read_bytes(f"s3://{bucket}/gone", storage_options=options)
     with pytest.raises(storage.AccessError, match="does not exist"):
         storage.check_access("s3://in21k-no-such-bucket/x", options)
+
+
+def test_a_library_error_past_the_check_is_one_line_too() -> None:
+    """Credentials that vanish mid-run reach the read itself: botocore's error becomes the same one line."""
+    from botocore.exceptions import NoCredentialsError
+
+    def open_object(fresh: bool) -> None:
+        raise NoCredentialsError()
+
+    with pytest.raises(storage.AccessError, match=r"^s3://b/k: no credentials were found .*AWS_ACCESS_KEY_ID"):
+        storage.ResilientStream("s3://b/k", open_object, retry=storage.Retry(attempts=3, base_delay=0.01))

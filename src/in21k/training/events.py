@@ -11,8 +11,8 @@ own keys, at the optimizer step (docs/training.md, "Watching a run"):
   per-level accuracy, and ``val_ema/...`` the same for the EMA weights;
 - ``loader/<key>`` of each ``loader`` record (the epoch's bad samples, unreadable shards, read retries).
 
-A resumed run passes the step it resumed at as ``purge_step``: TensorBoard then hides what a killed run logged
-after its last checkpoint, which the resumed run logs again.
+A resumed run passes the step after the one it resumed at as ``purge_step``: TensorBoard then hides what a killed
+run logged after its last checkpoint, which the resumed run logs again.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from in21k.errors import SetupError
 
 log = logging.getLogger(__name__)
 
-_NOT_SCALARS = ("kind", "epoch", "step")
+# Record fields that are positions, not measurements (the loader's rank, start step and segment among them).
+_NOT_SCALARS = ("kind", "epoch", "step", "rank", "start_step", "segment")
 
 
 def summary_writer(log_dir: Path, *, purge_step: int | None = None) -> Any:

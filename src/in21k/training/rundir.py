@@ -117,9 +117,10 @@ class MetricsWriter:
         return cls(run.metrics, enabled, events_dir=run.events)
 
     def resumed_at(self, step: int) -> None:
-        """The run continues from a checkpoint at ``step``: event files hide what was logged after it."""
+        """The run continues from a checkpoint at ``step``: event files hide what was logged after it (which the
+        resumed run logs again; what step ``step`` itself logged was done before the checkpoint and stays)."""
         if self.events is not None:
-            self.events.purge_step = step
+            self.events.purge_step = step + 1
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:

@@ -1,9 +1,16 @@
-"""Shared test setup: a local-only Ray environment, and real S3-compatible and GCS servers on 127.0.0.1."""
+"""Shared test setup: a local-only Ray environment, real S3-compatible and GCS servers on 127.0.0.1, and one run of
+``in21k demo`` that the tests of its outputs share."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +44,25 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGCS]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One finished ``in21k demo --out OUT --epochs 2``: its folder, its output, its summary (the last stdout line)."""
+
+    out: Path
+    stdout: str
+    stderr: str
+    summary: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``in21k demo`` as ``make demo`` runs it (two training epochs to keep the suite short), once per session: the
+    demo's own test checks it, and the tests of what users do with its outputs (export its model, read its shards
+    with other tools) start from it. Tests that use it are ``slow`` and ``ray``."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    proc = subprocess.run([sys.executable, "-m", "in21k", "demo", "--out", str(out), "--epochs", "2"],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return DemoRun(out, proc.stdout, proc.stderr, json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -1,22 +1,17 @@
-"""``in21k demo`` end to end, as ``make demo`` runs it (one training epoch to keep the suite short)."""
+"""``in21k demo`` end to end, as ``make demo`` runs it (two training epochs to keep the suite short): the session's
+``demo_run`` (tests/conftest.py), which other tests reuse."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_demo_runs_every_stage_and_reports(tmp_path):
-    out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "in21k", "demo", "--out", str(out), "--epochs", "2"],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_demo_runs_every_stage_and_reports(demo_run):
+    out, summary = demo_run.out, demo_run.summary
     t = summary["totals"]
     synth = json.loads((out / "raw" / "synth_report.json").read_text())["totals"]
     assert t["raw_members"] == synth["members"] == t["written"] + t["rejected"] + t["dropped_class"]
@@ -37,4 +32,4 @@ def test_demo_runs_every_stage_and_reports(tmp_path):
     assert "semantic top-1" in text and "Held-out predictions" in text
     right, total = map(int, summary["heldout_path_levels_correct"].split("/"))
     assert total > 0 and right / total > 0.5
-    assert str(report / "report.md") in proc.stderr  # tells the user where everything is
+    assert str(report / "report.md") in demo_run.stderr  # tells the user where everything is

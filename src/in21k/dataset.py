@@ -4,7 +4,8 @@
 - ``_info.json``: timm's wds-reader format (``name``, ``num_classes``, per split ``filenames``,
   ``shard_lengths``, ``num_samples``) plus our keys (``schema``, ``config``, ``tree``);
 - ``tree.json`` (the semantic tree's own schema, ``in21k.semantic-tree/1``) and
-  ``imagenet21k_miil_tree.pth`` (the same tree in the original's layout); ``classes.tsv``;
+  ``imagenet21k_miil_tree.pth`` (the same tree in the original's layout); ``classes.tsv``; the name of
+  ``report.json`` (its content is the prepare job's: ``in21k.pipeline.report``);
 - the shard, stats and manifest file names; the sample-key rule on both sides (``sample_key`` when
   writing, ``split_member`` when reading);
 - how samples sit in a shard tar (``ShardTarWriter``): members of a sample together, in extension order,
@@ -36,6 +37,7 @@ INFO_FILE = "_info.json"
 TREE_FILE = "tree.json"
 MIIL_TREE_FILE = "imagenet21k_miil_tree.pth"
 CLASSES_FILE = "classes.tsv"
+REPORT_FILE = "report.json"  # prepare's totals and the dropped classes (in21k.pipeline.report writes it)
 UNSHARDED_MANIFEST = "manifest/unsharded.parquet"  # manifest rows of members never read (dropped, duplicate)
 SPLITS = ("train", "validation")
 
@@ -145,8 +147,12 @@ class PreparedDataset:
 
     @classmethod
     def open(cls, url: str, *, storage_options: dict[str, Any] | None = None) -> PreparedDataset:
-        """Read ``URL/_info.json``; ``storage.NotFoundError`` naming the fix when ``url`` is not a prepared dataset."""
+        """Read ``URL/_info.json``; ``storage.NotFoundError`` naming the fix when ``url`` is not a prepared dataset.
+
+        A remote address is checked first (``storage.check_access``): a wrong endpoint or bucket, or missing or
+        refused credentials, fail here within seconds, before any retry."""
         try:
+            storage.check_access(storage.join(url, INFO_FILE), storage_options)
             info = storage.read_json(storage.join(url, INFO_FILE), storage_options=storage_options)
         except storage.NotFoundError:
             raise storage.NotFoundError(
@@ -235,6 +241,14 @@ class PreparedDataset:
         blob = json.dumps([self.num_classes, splits], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def report(self) -> dict[str, Any] | None:
+        """The parsed ``report.json`` that ``prepare`` wrote next to ``_info.json``, or ``None`` without one."""
+        try:
+            data = storage.read_json(storage.join(self.url, REPORT_FILE), storage_options=self.storage_options)
+        except storage.NotFoundError:
+            return None
+        return data if isinstance(data, dict) else None
+
     def tree_data(self) -> dict[str, Any]:
         """The parsed ``tree.json`` (for ``SemanticTree.from_dict``)."""
         url = storage.join(self.url, str(self.info.get("tree") or TREE_FILE))
@@ -252,6 +266,10 @@ class PreparedDataset:
 
 def is_prepared(url: str, *, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``url`` holds an ``_info.json`` (a prepared dataset) rather than, say, class folders."""
+    try:
+        storage.check_access(storage.join(url, INFO_FILE), storage_options)
+    except storage.NotFoundError:
+        return False
     return storage.exists(storage.join(url, INFO_FILE), storage_options=storage_options)
 
 

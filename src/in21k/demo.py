@@ -22,7 +22,7 @@ from typing import Any
 from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
 from in21k.errors import ConfigError
 from in21k.redact import redact
-from in21k.training.rundir import CURVES, METRICS, MODEL, RunDir, read_metrics
+from in21k.training.rundir import CURVES, EVENTS, METRICS, MODEL, RunDir, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def _main(args: argparse.Namespace) -> int:
         f"  report:        {out / 'report' / 'report.md'} (figures beside it)\n"
         f"  raw release:   {out / 'raw'} (synth_report.json counts every member)\n"
         f"  prepared data: {out / 'prepared'} (report.md, manifest/, train/, validation/)\n"
-        f"  training run:  {out / 'run'} ({METRICS}, {CURVES}, {MODEL})\n"
+        f"  training run:  {out / 'run'} ({METRICS}, {EVENTS}/ for TensorBoard, {CURVES}, {MODEL})\n"
         f"  semantic top-1 {summary['semantic_top1']:.3f} vs chance {summary['chance_semantic_top1']:.3f}",
         file=sys.stderr,
     )

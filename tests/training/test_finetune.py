@@ -55,6 +55,8 @@ def test_finetune_class_folders_with_head_map_and_exact_resume(pretrained, folde
     assert len(val) == 2 and val[-1]["samples"] == 10 and "ema" in val[-1] and 0 <= val[-1]["top1"] <= 1
     lrs = [r["lr"] for r in records if r["kind"] == "train"]
     assert max(lrs) == pytest.approx(0.003) and lrs[-1] < lrs[4]  # warmup then cosine
+    assert all(0.0 <= r["data_wait"] <= 1.0 for r in records if r["kind"] == "train")
+    assert any((full / "tensorboard").glob("events.out.tfevents.*"))  # the same records for TensorBoard
     final = torch.load(full / "model.pt", map_location="cpu", weights_only=True)
     assert final["classes"] == sorted(IN_TREE + NOT_IN_TREE) and final["task"] == "single-label"
     assert final["schema"] == "in21k.model/1" and final["source_checkpoint"] == str(pretrained)

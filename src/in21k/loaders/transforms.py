@@ -70,6 +70,12 @@ def decode_rgb(data: bytes, *, squash_to: int | None = None):
         if squash_to is not None and img.format == "JPEG":
             img.draft("RGB", (squash_to, squash_to))
         img = img.convert("RGB")  # forces the full decode: a truncated file raises here
+    except Image.UnidentifiedImageError:
+        # (Pillow's own message names the in-memory buffer, "<_io.BytesIO object at 0x...>", not the file.)
+        head = data[:8].hex(" ") if data else "empty"
+        raise CorruptImageError(
+            f"cannot decode image: not in an image format Pillow reads ({len(data):,} bytes, starting {head})"
+        ) from None
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...) for bad bytes
         raise CorruptImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
     if squash_to is not None and img.size != (squash_to, squash_to):

@@ -559,6 +559,7 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
                 "exclude nothing); e.g. n00007846 is person.n.01"
             )
     layout, fs, path = sources.describe(cfg.raw, cfg.storage_options)
+    storage.check_access(cfg.out, cfg.storage_options, what="folder")  # a wrong output address: seconds, one line
     store = Store(cfg.out, cfg.storage_options)
     try:
         check_output(store, cfg)

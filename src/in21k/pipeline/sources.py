@@ -38,7 +38,7 @@ import numpy as np
 
 from in21k.errors import DataError, StorageError
 from in21k.progress import progress
-from in21k.storage import filesystem, fs_is_local, full_url, is_remote, is_transient
+from in21k.storage import check_access, filesystem, fs_is_local, full_url, is_remote, is_transient
 from in21k.tarformat import member_offsets, scan_tolerant
 
 log = logging.getLogger(__name__)
@@ -400,6 +400,7 @@ def _wnid_of_tar(name: str) -> str | None:
 
 def describe(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Layout, Any, str]:
     """Detect the layout of ``url``; a ``DataError``/``StorageError`` says what to do if it is not a raw release."""
+    check_access(url, storage_options, what="any")  # a wrong address fails in seconds, with its cause
     try:
         fs, path = filesystem(url, storage_options)
         is_file = fs.isfile(path)

@@ -67,6 +67,7 @@ def read_inputs(inputs: Sequence[str], *, timeout: float = 30.0) -> Iterator[Inp
     for name in expand(inputs):
         if is_url(name):
             try:
+                storage.check_access(name)  # a wrong host, bucket or object: its cause, in seconds
                 if name.startswith(("http://", "https://")):  # web images: a timeout, a size cap, a User-Agent
                     data = fetch_url(name, timeout=timeout)
                 else:  # s3://, gs://: credentials and endpoints as everywhere else

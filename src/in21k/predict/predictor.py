@@ -122,8 +122,8 @@ class Predictor:
             try:
                 pending.append((len(results) - 1, self.transform(image.data)))
             except CorruptImageError as exc:
-                results[-1].error = str(exc)
-                log.warning("%s: %s", image.name, exc)
+                results[-1].error = f"{image.name}: {exc}"
+                log.warning("%s", results[-1].error)
             if len(pending) >= self.batch_size:
                 flush()
         flush()

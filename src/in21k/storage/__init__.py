@@ -8,12 +8,14 @@ URL means the same thing everywhere. Its modules, one concern each (import the n
 - ``filesystems``: fsspec options and filesystem objects, credentials and endpoints from the options or
   the environment; ``release_filesystems`` before a process forks workers;
 - ``retry``: which failures are transient (``is_transient``) and the backoff budget of an outage (``Retry``);
+- ``access``: the first contact with an address (``check_access``: wrong endpoint, bucket or object, missing or
+  refused credentials fail in seconds with one line), and ``classify``, which reads a client library's error;
 - ``clients``: the library a remote object is streamed with (pyarrow, fsspec or obstore: ``stream_client``);
 - ``streams``: ``open_stream``, sequential reads that resume at the offset reached after a transient failure;
 - ``files``: whole small files (``read_bytes``, ``read_json``, ``size``, ``exists``);
 - ``ranges``: ``RangeReader``, byte ranges of many files at once (what ``prepare`` reads members with);
 - ``store``: ``Store``, a root folder or prefix with atomic writes (what every writer writes through);
-- ``errors``: ``NotFoundError``, ``PipeNotAllowedError``, ``IncompleteReadError``.
+- ``errors``: ``NotFoundError``, ``PipeNotAllowedError``, ``IncompleteReadError`` (and ``access.AccessError``).
 
 Filesystem objects and clients are made per process: fsspec's own instance cache is reset in a forked child
 (it keys on the pid), and the clients ``open_stream`` keeps are keyed on the pid too. Every module logs as
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from in21k.storage.access import AccessError, check_access, classify
 from in21k.storage.clients import READ_BLOCK, STREAM_CLIENTS, stream_client
 from in21k.storage.errors import IncompleteReadError, NotFoundError, PipeNotAllowedError
 from in21k.storage.files import exists, read_bytes, read_json, size
@@ -48,6 +51,7 @@ from in21k.storage.urls import (
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AccessError",
     "READ_BLOCK",
     "REMOTE_PROTOCOLS",
     "STREAM_CLIENTS",
@@ -58,6 +62,8 @@ __all__ = [
     "ResilientStream",
     "Retry",
     "Store",
+    "check_access",
+    "classify",
     "display",
     "exists",
     "filesystem",

@@ -5,7 +5,7 @@ HEAD and ten GETs, and no request stays open while a slow consumer works through
 the bytes it has handed out; a transient failure (``is_transient``: a reset, refused or timed-out connection, a
 body cut short, HTTP 5xx or SlowDown) reopens the object with a fresh client and goes on from that offset, after
 a backoff (``Retry``), so the reader sees the same bytes as an undisturbed read. A missing object, denied access
-or an object whose size changed raise at once.
+or an object whose size changed raise at once (as one line: ``access.classify`` reads the library's error).
 
 ``pipe:COMMAND`` (the command's stdout) is read only where the caller opts in with ``allow_pipe=True``: shard
 names come from ``_info.json``, which may be untrusted, and a ``pipe:`` name would run a shell command.
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from in21k.errors import In21kError, StorageError
+from in21k.storage.access import AccessError, classify, explain
 from in21k.storage.clients import READ_BLOCK, open_object, stream_client
 from in21k.storage.errors import IncompleteReadError, NotFoundError, PipeNotAllowedError
 from in21k.storage.retry import Retry, brief, is_transient
@@ -98,9 +99,14 @@ class ResilientStream(io.RawIOBase):
                 return action()
             except Exception as exc:
                 if not is_transient(exc):
-                    if isinstance(exc, FileNotFoundError) and not isinstance(exc, In21kError):
+                    if isinstance(exc, In21kError):
+                        raise
+                    cause = classify(exc)  # a library's own error (botocore's missing credentials...): one line
+                    if cause is not None and cause.kind != "object":
+                        raise AccessError(explain(self.url, cause)) from None
+                    if isinstance(exc, FileNotFoundError) or cause is not None:
                         raise NotFoundError(f"{self.url}: no such object") from None
-                    if isinstance(exc, OSError) and not isinstance(exc, In21kError):
+                    if isinstance(exc, OSError):
                         raise StorageError(f"{self.url}: {exc}") from exc
                     raise
                 if self._obj is not None:

@@ -208,3 +208,35 @@ class FinetuneConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_epochs < 0:
             raise ConfigError("--warmup-epochs must be >= 0")
+
+
+@dataclass
+class ExportConfig:
+    """``in21k export``: a trained 21K model as a folder in timm's hub layout (``training.hub``)."""
+
+    checkpoint: str = field(
+        default="",
+        metadata=_h("21K model: our model.pt or checkpoint, or the original's published state dict (then --model and "
+                    "--tree)", "CKPT"),
+    )  # fmt: skip
+    out: str = field(default="", metadata=_h("folder to write: model.safetensors, config.json, tree.json, README.md",
+                                             "DIR"))  # fmt: skip
+    tree_head: bool = field(
+        default=False,
+        metadata=_h("keep the semantic-softmax head's levels in the tree file and the card, so that in21k predict DIR "
+                    "answers per level (default: one softmax over all classes, as timm reads a classifier)"),
+    )  # fmt: skip
+    model: str | None = field(
+        default=None, metadata=_h("timm architecture (default: the checkpoint's; required for a state dict)", "NAME")
+    )
+    tree: str | None = field(
+        default=None, metadata=_h("semantic tree (default: the checkpoint's; required for a state dict)",
+                                  "PATH|fall11|winter21"),
+    )  # fmt: skip
+    image_size: int | None = field(default=None, metadata=_h("input size (default: the checkpoint's, else 224)", "PX"))
+    weights: Literal["model", "ema"] = field(default="model", metadata=_h("which weights of our files to export"))
+
+    def validate(self) -> None:
+        for name, what in (("checkpoint", "the 21K model to export"), ("out", "the folder to write")):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} is required: {what}")

@@ -16,8 +16,9 @@ an ``Engine`` (everything through the constructor), calls ``Engine.start`` (resu
   validate, checkpoint and end with the same weights;
 - the fit loop (``fit``): per epoch, the rest of the epoch, buffer agreement, validation of the model and
   the EMA through the command's ``Validation``, the ``val`` record and log line, the epoch-end checkpoint;
-- the metrics window (losses summed on the device, one host sync per metrics line) and the ``train``,
-  ``val`` and ``loader`` records of ``metrics.jsonl``;
+- the metrics window (losses summed on the device, one host sync per metrics line; images/s, the data-wait
+  share, device memory) and the ``train``, ``val`` and ``loader`` records of ``metrics.jsonl`` and of the
+  TensorBoard event files (``training.events``);
 - the per-rank session (``run_session``): process group, ``RUN_DIR/logs/rank-R.log``, console output from
   rank 0 only, ``config.yaml``, the device.
 
@@ -128,12 +129,19 @@ def run_session(run: RunDir, cfg: Any) -> Iterator[tuple[du.DistInfo, torch.devi
 
 
 class LossWindow:
-    """Loss sums and timing since the last metrics line (the sums stay on the device until then)."""
+    """Loss sums and timing since the last metrics line (the sums stay on the device until then).
+
+    ``waited`` is the time this rank spent waiting for its next batch (in ``next()`` of the loader, or of the
+    feed's read-ahead thread): its share of the window's wall time is the data-wait share of step time, near 0
+    when the loader keeps ahead of the model and near 1 when the model waits for data.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.sums: dict[str, torch.Tensor] = {}
-        self.batches, self.start = 0, time.perf_counter()
+        self.batches, self.start, self.waited = 0, time.perf_counter(), 0.0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
     def add(self, losses: dict[str, torch.Tensor]) -> None:
         for name, value in losses.items():
@@ -142,14 +150,33 @@ class LossWindow:
             self.sums[name] += value.detach().double()
         self.batches += 1
 
-    def take(self, global_batch: int) -> tuple[dict[str, float], float]:
-        """Mean of each loss over the window and over ranks, and images/s of the whole job."""
+    def take(self, global_batch: int) -> tuple[dict[str, float], dict[str, float]]:
+        """Mean of each loss over the window and over ranks; and the window's speed: ``img_per_s`` (the whole
+        job), ``data_wait`` (this rank's share of time spent waiting for data) and, on GPUs, ``device_mem_gib``
+        (this rank's peak of allocated device memory)."""
         means = {k: float(du.all_reduce_mean(v / max(self.batches, 1))) for k, v in self.sums.items()}
-        img_s = self.batches * global_batch / max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        speed = {"img_per_s": round(self.batches * global_batch / elapsed, 1),
+                 "data_wait": round(min(self.waited / elapsed, 1.0), 4)}  # fmt: skip
+        if self.device.type == "cuda":
+            speed["device_mem_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+            torch.cuda.reset_peak_memory_stats(self.device)
         for v in self.sums.values():
             v.zero_()
-        self.batches, self.start = 0, time.perf_counter()
-        return means, round(img_s, 1)
+        self.batches, self.start, self.waited = 0, time.perf_counter(), 0.0
+        return means, speed
+
+
+def timed(batches: Iterator[Any], window: LossWindow) -> Iterator[Any]:
+    """``batches``, adding the time each ``next()`` takes to the window's ``waited``."""
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(batches)
+        except StopIteration:
+            return
+        window.waited += time.perf_counter() - start
+        yield item
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
@@ -393,7 +420,7 @@ class Engine:
             stream = stack.enter_context(contextlib.closing(batches))
             if bar is not None:
                 stack.callback(bar.close)  # also when the epoch ends in an error: the bar is done before it prints
-            for batch_idx, x, y in stream:
+            for batch_idx, x, y in timed(iter(stream), window):
                 if batch_idx >= total:
                     break
                 last_micro = (batch_idx + 1) % self.accum_steps == 0
@@ -406,15 +433,15 @@ class Engine:
                 pos.batch_in_epoch = batch_idx + 1
                 end = pos.batch_in_epoch == total
                 if pos.step % settings.log_every == 0 or end:
-                    means, img_s = window.take(global_batch)
+                    means, speed = window.take(global_batch)
                     if not math.isfinite(means["loss"]):
                         raise ConfigError(
                             f"loss is {means['loss']} at step {pos.step}: lower --lr or use --amp bf16/none"
                         )
-                    metrics.write({"kind": "train", "epoch": epoch, "step": pos.step, **means, "lr": lr,
-                                   "img_per_s": img_s})  # fmt: skip
+                    metrics.write({"kind": "train", "epoch": epoch, "step": pos.step, **means, "lr": lr, **speed})
                     if bar is not None:
-                        bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{img_s:.0f}")
+                        bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed['img_per_s']:.0f}",
+                                        data_wait=f"{speed['data_wait']:.0%}")  # fmt: skip
                 if pos.step % settings.save_every == 0 and not end:
                     self.save()
         self._report_loader(epoch)
@@ -499,6 +526,7 @@ class Engine:
         else:
             log.warning("checkpoint from %s ranks, now %s: RNG states not restored", len(rngs), du.get_world_size())
         self.pos = Position.from_dict(state["position"], global_batch=self.global_batch)
+        self.metrics.resumed_at(self.pos.step)
         if state.get("loader"):
             # The loader decides where the epoch continues: at the same batch with the same configuration, or,
             # on another world size or worker count, at the start of the rest of the epoch's unseen samples.
@@ -528,7 +556,9 @@ class Engine:
             atomic_save(model_file(task, model=self.model.state_dict(), ema=ema, **fields), path)
 
     def finish(self) -> str:
-        """Every rank's parameter digest; raises if the replicas diverged (a bug). Returns the digest."""
+        """Every rank's parameter digest; raises if the replicas diverged (a bug). Returns the digest. Closes the
+        event files."""
+        self.metrics.close()
         return du.check_replicas_agree(self.model)
 
 

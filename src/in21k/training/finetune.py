@@ -212,7 +212,7 @@ def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: to
     checkpoints = CheckpointManager(rundir, keep_last=cfg.run.keep_last)
     engine = Engine(
         model, build_optimizer_for(model, cfg), schedule, train_loader=data.train, device=device, info=info,
-        checkpoints=checkpoints, metrics=MetricsWriter(rundir.metrics, info.rank == 0),
+        checkpoints=checkpoints, metrics=MetricsWriter.for_run(rundir, enabled=info.rank == 0),
         schema=CHECKPOINT_SCHEMAS["finetune"],
         checkpoint_extra={"config": saved_config(cfg), "model_name": trained.model_name,
                           "classes": data.class_names},

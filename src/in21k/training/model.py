@@ -1,7 +1,8 @@
 """Models: any timm architecture by name with a head sized from the tree, and ``--init`` weights.
 
 ``load_init_checkpoint`` reads a checkpoint (a plain state dict, or one under ``state_dict`` or ``model``, saved
-by ``torch.save`` as ``.pth``/``.bin``, or a ``.safetensors`` file as timm saves weights) with
+by ``torch.save`` as ``.pth``/``.bin``, a ``.safetensors`` file as timm saves weights, or a folder in timm's hub
+layout, e.g. one ``in21k export`` wrote) with
 ``torch.load(weights_only=True)`` (or safetensors' loader) and copies every tensor whose name AND shape match;
 an ImageNet-1K checkpoint's 1000-class head (and anything else that differs) is skipped and logged, while the
 weights of a model with this dataset's head layout (timm's ``*.miil_in21k`` models on a dataset prepared with
@@ -60,8 +61,12 @@ def load_weights_file(path: str | Path, *, what: str = "checkpoint") -> Any:
     import io
 
     from in21k import storage
+    from in21k.training import hub
 
+    if hub.is_export(path):  # an exported folder (in21k export, timm's hub layout): its weights file
+        path = Path(str(path)) / hub.WEIGHTS
     try:
+        storage.check_access(str(path))  # a remote file at a wrong address fails in seconds, with its cause
         raw = storage.read_bytes(str(path))
     except storage.NotFoundError:
         raise DataError(f"{what} {str(path)!r} does not exist") from None

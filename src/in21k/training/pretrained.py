@@ -13,6 +13,10 @@ schema (``training.rundir.identify``, which also knows the formats):
 - **Foreign files**, e.g. the original's published weights (``resnet50_miil_21k.pth``) or a timm state dict:
   a plain state dict, possibly under ``state_dict`` (or ``model``); the architecture name and the tree must
   be given (``fall11`` is built in). Preprocessing is the original's: squash, no mean/std normalisation.
+- **An exported folder** (``in21k export``, timm's hub layout, ``training.hub``): architecture, preprocessing
+  and tree from its ``config.json`` and tree file; its head is read per tree level when it was exported with
+  ``--tree-head``, else as one softmax over all classes. Any timm hub folder (``config.json`` and
+  ``model.safetensors``) is read too, with the tree given.
 
 A single-label model or checkpoint of ``in21k finetune`` is refused (it has no semantic 21K head), and so is
 a file of an in21k schema this version does not know.
@@ -21,7 +25,7 @@ a file of an in21k schema this version does not know.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,7 @@ from torch import nn
 from in21k import storage
 from in21k.errors import ConfigError, DataError, StorageError
 from in21k.redact import strip_redacted
+from in21k.training import hub
 from in21k.training.rundir import SINGLE_LABEL, identify
 
 if TYPE_CHECKING:
@@ -50,8 +55,10 @@ class TrainedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     transform: str  # the loader transform whose eval variant matches the model's validation preprocessing
-    kind: str  # "model" (our model file), "checkpoint" (ours) or "foreign" (a plain state dict: the original's format)
+    kind: str  # "model" (our model file), "checkpoint" (ours), "export" (a timm hub folder) or "foreign" (a plain
+    # state dict: the original's format)
     weights: str  # "model" or "ema"
+    config: dict[str, Any] = field(default_factory=dict)  # the run's saved config (redacted); {} for foreign files
 
 
 def _tensors(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -111,6 +118,8 @@ def read_trained_model(
 
     if weights not in ("model", "ema"):
         raise ConfigError(f"weights must be 'model' or 'ema', got {weights!r}")
+    if hub.is_export(path):
+        return _read_export(path, model_name=model_name, tree=_load_tree(tree), image_size=image_size, weights=weights)
     obj = load_weights_file(path)
     what = identify(obj, path)
     if what.task == SINGLE_LABEL:
@@ -170,6 +179,41 @@ def read_trained_model(
     return TrainedModel(
         model=model, model_name=model_name, tree=tree, image_size=int(image_size), mean=tuple(mean),
         std=tuple(std), transform=transform, kind=kind, weights=weights,
+        config=dict(obj.get("config") or {}) if kind != "foreign" else {},
+    )  # fmt: skip
+
+
+def _read_export(
+    path: str | Path, *, model_name: str | None, tree: SemanticTree | None, image_size: int | None, weights: str
+) -> TrainedModel:
+    """An exported folder (``training.hub``): its own architecture, preprocessing and tree unless given."""
+    from in21k.training.model import build_model
+
+    export = hub.read_export(path)
+    if weights == "ema":
+        raise ConfigError(f"{path} is an exported folder: it holds the one set of weights chosen at export; "
+                          "drop --weights ema")  # fmt: skip
+    if model_name and model_name != export.model_name:
+        raise ConfigError(f"{path} holds a {export.model_name} model, not {model_name}; drop --model or fix it")
+    if tree is None:
+        if export.tree is None:
+            raise ConfigError(f"{path} is a timm model folder without an in21k tree file: give --tree")
+        tree = export.tree
+    elif export.tree is not None and export.tree.wnids != tree.wnids:
+        raise DataError(
+            f"{path} was trained on another class list ({export.tree.num_classes} classes) than the tree given "
+            f"({tree.num_classes}); its head's rows would be read as the wrong classes"
+        )
+    image_size = image_size or export.image_size
+    model = build_model(name=export.model_name, num_classes=tree.num_classes, image_size=image_size)
+    _load_strict(model, dict(export.state), Path(path), tree.num_classes)
+    model.eval()
+    log.info("loaded the exported folder %s (%s, %s head): %d classes, %d px", path, export.model_name, export.head,
+             tree.num_classes, image_size)  # fmt: skip
+    return TrainedModel(
+        model=model, model_name=export.model_name, tree=tree, image_size=int(image_size), mean=export.mean,
+        std=export.std, transform=export.transform, kind="export", weights="model",
+        config=dict((export.config.get("in21k") or {}).get("run_config") or {}),
     )  # fmt: skip
 
 

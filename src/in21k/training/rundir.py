@@ -9,6 +9,7 @@ can use it cheaply.
 
     config.yaml                    the merged config (rerun with --config RUN_DIR/config.yaml)
     metrics.jsonl                  one JSON object per line, rank 0 ("train", "val" and "loader" records)
+    tensorboard/                   the same records as TensorBoard event files (training.events), rank 0
     logs/rank-R.log                every rank's log
     checkpoints/ckpt-<step>.pt     the last --run.keep-last checkpoints (step zero-padded to 9 digits)
     curves.png                     train loss, lr, validation accuracy (in21k train)
@@ -49,6 +50,7 @@ from in21k.errors import DataError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+EVENTS = "tensorboard"
 LOGS = "logs"
 CHECKPOINTS = "checkpoints"
 CURVES = "curves.png"
@@ -72,6 +74,7 @@ class RunDir:
         self.root = Path(root)
         self.config = self.root / CONFIG
         self.metrics = self.root / METRICS
+        self.events = self.root / EVENTS
         self.checkpoints = self.root / CHECKPOINTS
         self.curves = self.root / CURVES
         self.head_init = self.root / HEAD_INIT
@@ -96,16 +99,39 @@ class RunDir:
 
 # ----------------------------------------------------------------------------------------- metrics.jsonl
 class MetricsWriter:
-    """Appends records to ``metrics.jsonl`` on rank 0 (appends, so a resumed run continues the same file)."""
+    """Appends records to ``metrics.jsonl`` on rank 0 (appends, so a resumed run continues the same file), and,
+    with ``events_dir``, the same records to TensorBoard event files there (``training.events``)."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, *, events_dir: Path | None = None) -> None:
         self.path = path
         self.enabled = enabled
+        self.events: Any = None
+        if enabled and events_dir is not None:
+            from in21k.training.events import EventWriter
+
+            self.events = EventWriter(events_dir)
+
+    @classmethod
+    def for_run(cls, run: RunDir, *, enabled: bool) -> MetricsWriter:
+        """The writer of a run directory: ``metrics.jsonl`` and ``tensorboard/``, on rank 0 (``enabled``)."""
+        return cls(run.metrics, enabled, events_dir=run.events)
+
+    def resumed_at(self, step: int) -> None:
+        """The run continues from a checkpoint at ``step``: event files hide what was logged after it (which the
+        resumed run logs again; what step ``step`` itself logged was done before the checkpoint and stays)."""
+        if self.events is not None:
+            self.events.purge_step = step + 1
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.events is not None:
+                self.events.add(record)
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
 
 
 def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:

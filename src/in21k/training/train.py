@@ -168,7 +168,7 @@ def build_run(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: to
     )  # fmt: skip
     engine = Engine(
         model, optimizer, schedule, train_loader=train_loader, device=device, info=info, checkpoints=checkpoints,
-        metrics=MetricsWriter(rundir.metrics, info.rank == 0), schema=CHECKPOINT_SCHEMAS["train"],
+        metrics=MetricsWriter.for_run(rundir, enabled=info.rank == 0), schema=CHECKPOINT_SCHEMAS["train"],
         checkpoint_extra={"model_name": cfg.model, "num_classes": tree.num_classes, "config": saved_config(cfg)},
         batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
         grad_clip=cfg.grad_clip, accum_steps=cfg.accum_steps, compile=cfg.compile, seed=cfg.seed,

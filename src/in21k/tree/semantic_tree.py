@@ -306,6 +306,7 @@ class SemanticTree:
             return cls.builtin(str(path))
         url = str(path)
         try:
+            storage.check_access(url, storage_options)
             raw = storage.read_bytes(url, storage_options=storage_options)
         except storage.NotFoundError:
             raise DataError(

@@ -86,3 +86,9 @@ def wnid_of(synset: Any) -> str:
 
 def env_nltk_data() -> str | None:
     return os.environ.get("NLTK_DATA")
+
+
+def gloss(wnid: str) -> str:
+    """WordNet 3.0's definition (gloss) of a wnid's noun synset, ``""`` when the wnid is not one."""
+    synset = noun_synset(wnid)
+    return str(synset.definition()) if synset is not None else ""

@@ -1,6 +1,6 @@
 """Semantic knowledge distillation (``in21k train --teacher CKPT``): the loss and the teacher.
 
-The loss (DESIGN "Semantic KD"): at every level of the tree, the softmax of the student's and of the
+The loss (docs/design.md, "Semantic KD"): at every level of the tree, the softmax of the student's and of the
 teacher's logits over that level's classes; the squared differences of the two distributions, summed
 over the level's classes (the element-wise MSE times ``n_level``, so that a 10,000-class level does not
 vanish next to a 10-class one), weighted per sample by the teacher's confidence at that level (the sum of
@@ -112,7 +112,7 @@ def build_teacher(
     trained = read_trained_model(path, model_name=model_name, tree=tree, image_size=image_size)
     log.info("KD teacher: %s from %s (%s, %d px)", trained.model_name, path, trained.kind, trained.image_size)
     if mean is not None and std is not None and (tuple(mean), tuple(std)) != (trained.mean, trained.std):
-        # The teacher sees the student's batch as it is (DESIGN): say so when it was trained on another normalisation.
+        # The teacher sees the student's batch as it is (no renormalisation): warn when it was trained on another.
         log.warning("the teacher was trained with mean %s / std %s, the student's batches use %s / %s",
                     trained.mean, trained.std, tuple(mean), tuple(std))  # fmt: skip
     model = trained.model.to(device)

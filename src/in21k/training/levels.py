@@ -27,7 +27,7 @@ class SemanticLevels(nn.Module):
             raise ConfigError(f"min_level_classes must be >= 1, got {min_level_classes}")
         sizes = [len(level) for level in tree.levels]
         n = tree.num_classes
-        # Every level with enough classes, deepest included (the original dropped the deepest; DESIGN).
+        # Every level with enough classes, deepest included (the original dropped the deepest: docs/design.md).
         self.level_ids: list[int] = [k for k, size in enumerate(sizes) if size >= min_level_classes]
         if not self.level_ids:
             raise ConfigError(

@@ -1,9 +1,9 @@
 """Training losses: the semantic softmax of the original work, and plain single-label cross-entropy.
 
-Semantic softmax (DESIGN "Facts"): one softmax per hierarchy level over that level's classes. For each
-level the target is the sample's ancestor at that level (or "ignore" below the sample's own depth);
-cross-entropy with label smoothing ``(1-e)*onehot + e/n_level``, ignored rows contribute zero, and
-each level's loss is averaged over the whole batch (not over its valid rows), then
+Semantic softmax (docs/design.md, "Semantic softmax"): one softmax per hierarchy level over that level's
+classes. For each level the target is the sample's ancestor at that level (or "ignore" below the sample's
+own depth); cross-entropy with label smoothing ``(1-e)*onehot + e/n_level``, ignored rows contribute zero,
+and each level's loss is averaged over the whole batch (not over its valid rows), then
 ``total = sum_k W_k * L_k``.
 """
 

@@ -1,4 +1,5 @@
-"""Semantic top-1 accuracy (docs/design.md, "Semantic top-1"): per level, argmax over the level's classes against the level target.
+"""Semantic top-1 accuracy: per level, argmax over the level's classes against the level target (docs/design.md,
+"Semantic top-1").
 
 The result holds summable counts (correct and valid (sample, level) pairs per level) so that batches
 add up and ranks all-reduce exactly; ratios are taken only at the end.

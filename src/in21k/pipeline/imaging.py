@@ -49,6 +49,8 @@ from typing import Literal
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from in21k.pipeline.fingerprint import exact_hash, thumbnail
+
 try:  # libjpeg-turbo without Pillow's per-image overhead; without it every image takes the Pillow path
     import simplejpeg as _simplejpeg
 except ImportError:  # pragma: no cover - simplejpeg is a runtime dependency
@@ -87,6 +89,9 @@ class ImageResult:
     width: int = 0
     height: int = 0
     detail: str = ""
+    # With process_image(fingerprint=True): what in21k.pipeline.fingerprint needs of the written pixels.
+    thumbnail: bytes | None = None
+    pixel_hash: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -161,20 +166,35 @@ def process_image(
     size: int = 224,
     quality: int = 95,
     max_image_pixels: int = 89_478_485,
+    fingerprint: bool = False,
 ) -> ImageResult:
-    """Decode ``data``, convert to RGB, apply EXIF orientation, resize and encode as JPEG."""
+    """Decode ``data``, convert to RGB, apply EXIF orientation, resize and encode as JPEG; with ``fingerprint``,
+    also the thumbnail and exact hash of the written pixels that ``in21k.pipeline.fingerprint`` works from."""
     if not data:
         return ImageResult(None, "empty")
+    opts = {"resize": resize, "size": size, "quality": quality, "max_image_pixels": max_image_pixels,
+            "fingerprint": fingerprint}  # fmt: skip
     if _simplejpeg is not None and data[:2] == b"\xff\xd8":
         try:
-            result = _process_turbo(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels)
+            result = _process_turbo(data, **opts)
         except (TypeError, NameError):
             raise
         except Exception:  # noqa: BLE001 - libjpeg-turbo refused or warned (ValueError), or ran out of memory:
             result = None  # the Pillow path decides, and names the reason
         if result is not None:
             return result
-    return _process_pillow(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels)
+    return _process_pillow(data, **opts)
+
+
+def _encoded(img: Image.Image, quality: int, fingerprint: bool, src_w: int, src_h: int) -> ImageResult:
+    """The written JPEG of the final pixels (both paths end here), with what their fingerprints need if asked."""
+    buf = io.BytesIO()  # Pillow's encoder takes RGBX as it is (why not simplejpeg's: module docstring)
+    img.save(buf, format="JPEG", quality=quality)
+    jpeg = buf.getvalue()
+    result = ImageResult(jpeg, None, src_w, src_h, img.size[0], img.size[1])
+    if fingerprint:
+        result.thumbnail, result.pixel_hash = thumbnail(img), exact_hash(jpeg)
+    return result
 
 
 def _jpeg_orientation(data: bytes) -> int | None:
@@ -203,7 +223,7 @@ def _jpeg_orientation(data: bytes) -> int | None:
 
 
 def _process_turbo(
-    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int
+    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int, fingerprint: bool
 ) -> ImageResult | None:
     """The fast path for JPEGs libjpeg-turbo decodes cleanly; None hands the member to the Pillow path."""
     sj = _simplejpeg
@@ -234,12 +254,12 @@ def _process_turbo(
         img = img.resize((raw_w, raw_h), Image.Resampling.BILINEAR)
     if orientation in _ORIENTATION:
         img = img.transpose(_ORIENTATION[orientation])
-    buf = io.BytesIO()  # Pillow's encoder takes RGBX as it is (why not simplejpeg's: module docstring)
-    img.save(buf, format="JPEG", quality=quality)
-    return ImageResult(buf.getvalue(), None, src_w, src_h, img.size[0], img.size[1])
+    return _encoded(img, quality, fingerprint, src_w, src_h)
 
 
-def _process_pillow(data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int) -> ImageResult:
+def _process_pillow(
+    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int, fingerprint: bool
+) -> ImageResult:
     """Any format Pillow reads; the source of every rejection reason."""
     try:
         with warnings.catch_warnings():
@@ -264,9 +284,7 @@ def _process_pillow(data: bytes, *, resize: ResizeMode, size: int, quality: int,
                 img = img.resize((raw_w, raw_h), Image.Resampling.BILINEAR)
             if orientation in _ORIENTATION:
                 img = img.transpose(_ORIENTATION[orientation])
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=quality)
-            return ImageResult(buf.getvalue(), None, src_w, src_h, img.size[0], img.size[1])
+            return _encoded(img, quality, fingerprint, src_w, src_h)
     except (TypeError, NameError):
         raise
     except UnidentifiedImageError as exc:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from in21k import storage
-from in21k.dataset import stats_name
+from in21k.dataset import shard_name, stats_name
 from in21k.errors import ConfigError, DataError, In21kError, StorageError
 from in21k.pipeline import sources
 from in21k.pipeline.options import PrepareConfig
@@ -59,6 +59,7 @@ INDEX_PARTS_PER_READ = 64
 RETRY_BASE_DELAY = 1.0  # seconds before a task's first retry after a storage error; doubled each time
 RETRY_MAX_DELAY = 60.0
 WINDOW_REFRESH = 10.0  # seconds between looks at the cluster's CPUs (nodes join and leave while shards run)
+SCAN_TABLES_PER_TASK = 30  # join tables per Ray task: each task partitions the hashes once for its tables
 
 
 def check_output(store: Store, cfg: PrepareConfig) -> None:
@@ -327,8 +328,11 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
     }
 
 
-def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
-    """All checks that need no Ray and do no work: config, output, raw source. Returns store and layout."""
+def preflight(cfg: PrepareConfig) -> tuple[Store, str, list[Any]]:
+    """All checks that need no Ray and do no work: config, output, raw source, evaluation sets (listed: a missing
+    or empty one is an error before any work). Returns store, layout and the evaluation sets."""
+    from in21k.pipeline.against import EvalSet, parse_specs
+
     cfg.validate()
     if cfg.exclude_subtree:
         from in21k.tree.wordnet import noun_synset
@@ -349,7 +353,165 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
         raise StorageError(f"cannot use the output {cfg.out!r}: {type(exc).__name__}: {exc}") from None
     if layout == "whole-tar-gz" and cfg.staging is None:
         cfg.staging = storage.join(cfg.out, "_staging")
-    return store, layout
+    eval_sets = [EvalSet.open(name, url, cfg.storage_options) for name, url in parse_specs(cfg.against)]
+    for es in eval_sets:
+        log.info("evaluation set %s: %s (%s), %d images", es.name, es.url, es.kind, len(es.members))
+    return store, layout, eval_sets
+
+
+def _image_settings(cfg: PrepareConfig) -> Any:
+    from in21k.pipeline.against import ImageSettings
+
+    return ImageSettings(resize=cfg.resize, size=cfg.size, quality=cfg.quality, max_image_pixels=cfg.max_image_pixels)
+
+
+def _fingerprint_eval_sets(eval_sets: list[Any], store: Store, cfg: PrepareConfig, connect: Callable[[], None]) -> None:
+    """Fingerprint each evaluation set once (Ray tasks of ``against.CHUNK`` images), cached under
+    ``_work/against/``; a rerun reuses a cache of the same set, listing and settings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from in21k.pipeline import against
+
+    settings = _image_settings(cfg)
+    for es in eval_sets:
+        data_name, meta_name = against.cache_names(es.name)
+        if store.exists(meta_name) and against.cache_matches(json.loads(store.read_bytes(meta_name)), es, settings):
+            log.info("evaluation set %s: reusing its fingerprints from an earlier run", es.name)
+            continue
+        connect()
+        chunks = es.chunks()
+        parts: list[bytes | None] = [None] * len(chunks)
+        names = [f"evaluation set {es.name}, images {k * against.CHUNK}..." for k in range(len(chunks))]
+
+        def task_args(k: int, chunks: list = chunks, kind: str = es.kind) -> tuple:
+            return chunks[k], kind, settings, cfg.storage_options
+
+        with progress(total=len(es.members), unit="img", desc=f"fingerprinting {es.name}", enabled=cfg.progress) as bar:
+            for k, blob in _completed(against.fingerprint_chunk, names, task_args, cfg, window=_shard_window):
+                parts[k] = blob
+                bar.update(len(chunks[k]))
+        table = pa.concat_tables([pq.read_table(io.BytesIO(b)) for b in parts if b is not None])
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        store.write_bytes(data_name, buf.getvalue())
+        meta = against.describe(es, settings, table)
+        store.write_json(meta_name, meta)  # last: marks the cache complete
+        if meta["unreadable"]:
+            log.warning("evaluation set %s: %d of %d images do not decode (listed in the report)", es.name,
+                        meta["unreadable"], meta["images"])  # fmt: skip
+
+
+def _scan_in_ray(hashes: Any, cfg: PrepareConfig) -> dict[str, Any]:
+    """The join over ``hashes``: its tables as Ray tasks, grouped by first key block (``dedup.scan_tables``)."""
+    import ray
+
+    from in21k.pipeline import dedup
+
+    combos = dedup.tables()
+    units: list[list[int]] = []
+    for first in sorted({c[0] for c in combos}):
+        ids = [t for t, c in enumerate(combos) if c[0] == first]
+        units += [ids[a : a + SCAN_TABLES_PER_TASK] for a in range(0, len(ids), SCAN_TABLES_PER_TASK)]
+    ref = ray.put(hashes)
+    names = [f"join tables {u[0]}..{u[-1]}" for u in units]
+    results = []
+    with progress(total=len(combos), unit="table", desc="finding copies", enabled=cfg.progress) as bar:
+        for k, result in _completed(dedup.scan_tables, names, lambda k: (ref, units[k], cfg.dedup_distance), cfg,
+                                    window=_shard_window):  # fmt: skip
+            results.append(result)
+            bar.update(len(units[k]))
+    return dedup.merge_scans(results)
+
+
+def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: list[Any]) -> dict[str, Any]:
+    """The clean-data stage (``in21k.pipeline.clean``): decisions (reused from an earlier run if complete), then
+    the rewrite of every shard they touch (Ray tasks; a shard already rewritten is skipped). Returns the summary."""
+    import numpy as np
+
+    from in21k.pipeline import clean
+
+    policy = clean.Policy(dedup=cfg.dedup, max_distance=cfg.dedup_distance, max_color_distance=cfg.dedup_color_distance,
+                          in_class=cfg.duplicates_in_class, across_classes=cfg.duplicates_across_classes)  # fmt: skip
+    shards = [(s.split, s.shard) for s in plan.shards]
+    parts = clean.manifest_parts(shards)
+    store.invalidate_cache()
+    done = clean.read_decisions(store, policy)
+    if done is not None:
+        table, summary = done
+        log.info("reusing the duplicate decisions of an earlier run (%d members)", table.num_rows)
+    else:
+        t = time.perf_counter()
+        class_of = {c.wnid: c.index for c in plan.classes if c.kept}
+        release = clean.load_release(store, parts, class_of)
+        evals = clean.load_evals(store, [es.name for es in eval_sets])
+        depth = np.asarray(tree.depths, np.int64)
+        log.info("looking for copies among %d images%s", len(release),
+                 f" and {len(evals.member)} evaluation images" if eval_sets else "")  # fmt: skip
+        table, summary = clean.decide(
+            release, lambda rows: clean.load_details(store, parts, release, rows), evals, policy, depth,
+            lambda hashes: _scan_in_ray(hashes, cfg),
+        )  # fmt: skip
+        summary["timings"]["load"] = round(time.perf_counter() - t - summary["timings"]["decide"], 2)
+        from in21k.pipeline import against
+
+        for entry in summary["eval_sets"]:
+            meta = json.loads(store.read_bytes(against.cache_names(entry["name"])[1]))
+            entry.update(url=meta["url"], images=meta["images"], unreadable=meta["unreadable"])
+        picture = _pairs_picture(summary["samples"], eval_sets, cfg)
+        if picture is not None:
+            store.write_bytes(clean.PAIRS_PICTURE, picture)
+        summary["picture"] = clean.PAIRS_PICTURE if picture is not None else None
+        del release
+        clean.write_decisions(store, table, summary)
+        summary = json.loads(store.read_bytes(clean.SUMMARY_FILE))
+    digest = summary["digest"]
+    part_column = table.column("part").to_numpy()
+    touched = np.unique(part_column).tolist()
+    finished = {k for k in touched if json.loads(store.read_bytes(stats_name(*shards[k]))).get("clean") == digest}
+    todo = [k for k in touched if k not in finished]
+    if len(todo) < len(touched):
+        log.info("resuming: %d of %d shards with removed or grouped members are rewritten already",
+                 len(touched) - len(todo), len(touched))  # fmt: skip
+    names = [f"rewrite {shard_name(*shards[k])}" for k in todo]
+    with progress(total=len(todo), unit="shard", desc="rewriting shards", enabled=cfg.progress) as bar:
+        for _ in _completed(clean.rewrite_shard, names,
+                            lambda i: (*shards[todo[i]], clean.shard_rows(table, todo[i], part_column), digest, cfg.out,
+                                       cfg.storage_options), cfg, window=_shard_window):  # fmt: skip
+            bar.update()
+    store.invalidate_cache()
+    return summary
+
+
+def _pairs_picture(samples: dict[str, list], eval_sets: list[Any], cfg: PrepareConfig) -> bytes | None:
+    """The report's picture of matched pairs, read from the raw release and the evaluation sets."""
+    from in21k.pipeline import against, clean
+
+    reader = storage.RangeReader(cfg.storage_options)
+
+    def read_release(sides: list[dict]) -> list[bytes]:
+        got = reader.fetch([(s["source"], s["offset"], s["size"]) for s in sides])
+        return [g if isinstance(g, bytes) else b"" for g in got]
+
+    by_name = {es.name: es for es in eval_sets}
+
+    def read_eval(sides: list[dict]) -> list[bytes]:
+        out = []
+        for s in sides:
+            es = by_name[s["eval"]]
+            loc = dict(es.members).get(s["member"])
+            if loc is None:  # a parquet member named by its file's name column
+                out.append(b"")
+                continue
+            data = against.read_chunk([(s["member"], loc)], es.kind, cfg.storage_options)[0][1]
+            out.append(data if isinstance(data, bytes) else b"")
+        return out
+
+    try:
+        return clean.pairs_picture(samples, read_release, read_eval)
+    except Exception as exc:  # noqa: BLE001 - the picture illustrates the report; its absence must not stop the job
+        log.warning("could not draw the report's picture of matched pairs: %s", _brief(exc))
+        return None
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
@@ -359,7 +521,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     the plan's summary (``report.plan_summary``).
     """
     t0 = time.perf_counter()
-    store, _ = preflight(cfg)
+    store, _, eval_sets = preflight(cfg)
     ray_started = False
 
     def connect() -> None:
@@ -418,10 +580,16 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         )
         if cfg.plan_only:
             summary = plan_summary(plan, cfg, tree, layout=layout, index_errors=errors)
+            summary["against"] = [{"name": es.name, "url": es.url, "kind": es.kind, "images": len(es.members)}
+                                  for es in eval_sets]  # fmt: skip
             summary["timings"] = {k: round(v, 2) for k, v in timings.items()}
             store.write_json(PLAN_FILE, summary)
             return summary
 
+        if eval_sets:
+            t = time.perf_counter()
+            _fingerprint_eval_sets(eval_sets, store, cfg, connect)
+            timings["eval_sets"] = time.perf_counter() - t
         t = time.perf_counter()
         write_unsharded_manifest(store, plan)
         timings["unsharded_manifest"] = time.perf_counter() - t
@@ -430,11 +598,17 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         run = _run_shards(plan, store, cfg)
         timings["shards"] = time.perf_counter() - t
         plan.release_index()  # the report needs only the shard list and the class decisions
+        cleaned = None
+        if cfg.dedup or eval_sets:
+            t = time.perf_counter()
+            cleaned = _clean(plan, store, cfg, tree, eval_sets)
+            timings["clean"] = time.perf_counter() - t
         # The tasks wrote files that this process's cached listings (fsspec's, of stats/ when resuming) do not
         # hold: an object store would answer "not found" from the stale listing.
         store.invalidate_cache()
         timings["total"] = time.perf_counter() - t0
-        report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors)
+        report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors,
+                          clean=cleaned)  # fmt: skip
     finally:
         if ray_started:
             import ray

@@ -1,0 +1,559 @@
+"""The clean-data stage of ``prepare``: once every shard is written, find the copies inside the release and the
+matches with evaluation sets, decide what goes, and rewrite the shards without it. No Ray here: the job
+(``in21k.pipeline.job``) runs the join's tables and the shard rewrites as Ray tasks through the functions below.
+
+Order of work, and why. The raw release is read and decoded once, by the shard tasks, which write every image
+that decodes together with its fingerprints (``in21k.pipeline.fingerprint``) in the manifest. Only when all
+fingerprints exist can copies be found, so removing them costs a second write of the affected output shards: a
+byte copy of the kept tar members, no decode and no re-encode.
+
+1. ``load_release``: the fingerprints of every decoded member from the manifest (a few columns, ~30 bytes a
+   member: fall11 needs ~0.4 GB on the driver).
+2. ``decide``: exact copies (equal ``pixel_hash`` and ``phash``) collapse to one representative; the
+   representatives and the evaluation images go through the join (``in21k.pipeline.dedup``); candidate pairs
+   within ``--dedup-distance`` are verified on their colour grids (``--dedup-color-distance``), read from the
+   manifest for the members involved only; matched pairs form groups; the policies decide. The decisions
+   (``DECISIONS_FILE``) and their summary (``SUMMARY_FILE``, written last: it marks them complete) are kept
+   under ``_work/``: a rerun reuses them.
+3. ``rewrite_shard``: for each shard with decided members, the tar without the removed samples (their places
+   are closed up: the shard is shorter, every other sample keeps its bytes and order), its manifest part with
+   the new statuses, and last its stats file, which records the decisions' digest (``clean``) and so marks the
+   shard done. Shard count and names stay; ``_info.json`` lists each shard with its true length.
+
+Policies (``PrepareConfig``):
+
+- ``--duplicates-in-class keep-one`` (default) keeps one copy of a picture per class; ``keep-all`` keeps all.
+- ``--duplicates-across-classes drop-all`` (default) removes every copy of a picture filed under two or more
+  classes: one image with two contradicting single labels teaches the softmax nothing right, and which class is
+  right is not known. ``keep-one`` keeps the copy in the most specific class (deepest in the tree), ``keep-all``
+  leaves the classes alone (then ``--duplicates-in-class`` applies within each).
+- Evaluation matches (``--against``) are always removed, from train and validation.
+
+The copy kept is the first by: validation before train (the validation split keeps its size), more source
+pixels, smaller key. A removed member's ``match`` is the key of the member kept (or, where the whole group goes,
+of the group's first member; that member's own ``match`` is the second); evaluation matches name
+``NAME:member``. Every member of a group, kept or not, gets ``dup_group``: the key of the group's first member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from in21k.dataset import ShardTarWriter, manifest_name, shard_name, split_member, stats_name
+from in21k.pipeline.dedup import components, exact_groups, split_pairs
+from in21k.pipeline.fingerprint import COLOR_BYTES, color_distance, colors_array, hamming
+from in21k.storage import Store
+
+log = logging.getLogger(__name__)
+
+CLEAN_DIR = "_work/clean"
+DECISIONS_FILE = f"{CLEAN_DIR}/decisions.parquet"
+SUMMARY_FILE = f"{CLEAN_DIR}/summary.json"  # written after the decisions: marks them complete
+CLEAN_SCHEMA = "in21k.clean/1"
+PAIRS_PICTURE = "report_pairs.png"  # next to report.md: matched pairs at and near the thresholds, side by side
+REASON_IN_CLASS = "duplicate_in_class"
+REASON_ACROSS = "duplicate_across_classes"
+REASON_EVAL = "eval_match"
+CLEAN_REASONS = (REASON_IN_CLASS, REASON_ACROSS, REASON_EVAL)
+PARTS_PER_READ = 256  # manifest parts read back at a time
+SAMPLES_PER_KIND = 6  # pairs of each kind in the picture
+DECISION_COLUMNS = (("part", "int32"), ("position", "int32"), ("status", "string"), ("reason", "string"),
+                    ("match", "string"), ("match_distance", "int16"), ("dup_group", "string"))  # fmt: skip
+
+
+@dataclass
+class Policy:
+    dedup: bool = True
+    max_distance: int = 12
+    max_color_distance: float = 7.0
+    in_class: str = "keep-one"
+    across_classes: str = "drop-all"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Release:
+    """The decoded members of the release, as columns: where each is (manifest part, row in it) and its
+    fingerprints, class and split."""
+
+    part: np.ndarray  # int32: index into the list of manifest parts
+    position: np.ndarray  # int32: row in that part
+    phash: np.ndarray  # uint64
+    pixel_hash: np.ndarray  # uint64
+    cls: np.ndarray  # int32: class index (-1: not a kept class)
+    val: np.ndarray  # bool: in the validation split
+    pixels: np.ndarray  # int64: source width x height
+
+    def __len__(self) -> int:
+        return len(self.phash)
+
+
+@dataclass
+class EvalImages:
+    """The readable images of all evaluation sets, as columns."""
+
+    set_index: np.ndarray  # int16: which set
+    member: list[str]
+    phash: np.ndarray
+    colors: np.ndarray  # (n, COLOR_BYTES) uint8
+    names: list[str]  # the sets' names, by set_index
+
+
+def manifest_parts(shards: list[tuple[str, int]]) -> list[str]:
+    return [manifest_name(split, shard) for split, shard in shards]
+
+
+def _read_parts(store: Store, names: list[str], columns: list[str]) -> Iterator[tuple[int, Any]]:
+    """``(first part index, table)`` of each manifest part, a few hundred at a time."""
+    import pyarrow.parquet as pq
+
+    for a in range(0, len(names), PARTS_PER_READ):
+        for k, blob in enumerate(store.read_many(names[a : a + PARTS_PER_READ])):
+            yield a + k, pq.read_table(io.BytesIO(blob), columns=columns)
+
+
+def load_release(store: Store, parts: list[str], class_of: dict[str, int]) -> Release:
+    """Fingerprints and placement of every decoded member (``phash`` set) of the manifest ``parts``."""
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("part", "position", "phash", "pixel_hash", "cls", "val",
+                                                           "pixels")}  # fmt: skip
+    for p, table in _read_parts(store, parts, ["wnid", "split", "phash", "pixel_hash", "src_width", "src_height"]):
+        valid = table.column("phash").is_valid().to_numpy(zero_copy_only=False)
+        if not valid.any():
+            continue
+        t = table.filter(valid)
+        chunks["part"].append(np.full(t.num_rows, p, np.int32))
+        chunks["position"].append(np.flatnonzero(valid).astype(np.int32))
+        chunks["phash"].append(t.column("phash").to_numpy().astype(np.uint64))
+        chunks["pixel_hash"].append(t.column("pixel_hash").fill_null(0).to_numpy().astype(np.uint64))
+        chunks["cls"].append(np.array([class_of.get(w, -1) for w in t.column("wnid").to_pylist()], np.int32))
+        chunks["val"].append(np.array([s == "validation" for s in t.column("split").to_pylist()], bool))
+        w = t.column("src_width").fill_null(0).to_numpy().astype(np.int64)
+        chunks["pixels"].append(w * t.column("src_height").fill_null(0).to_numpy().astype(np.int64))
+    empty = {"part": np.int32, "position": np.int32, "phash": np.uint64, "pixel_hash": np.uint64, "cls": np.int32,
+             "val": bool, "pixels": np.int64}  # fmt: skip
+    return Release(**{k: np.concatenate(v) if v else np.empty(0, empty[k]) for k, v in chunks.items()})
+
+
+def load_details(store: Store, parts: list[str], release: Release, rows: np.ndarray) -> dict[str, Any]:
+    """``key``, ``colors``, ``source``, ``offset``, ``src_bytes`` of the release ``rows`` (sorted indices into
+    ``release``), read from the parts that hold them."""
+    out: dict[str, Any] = {"key": [None] * len(rows), "colors": np.zeros((len(rows), COLOR_BYTES), np.uint8),
+                           "source": [None] * len(rows), "offset": np.zeros(len(rows), np.int64),
+                           "src_bytes": np.zeros(len(rows), np.int64)}  # fmt: skip
+    if not len(rows):
+        return out
+    wanted_parts = np.unique(release.part[rows])
+    order = np.lexsort((release.position[rows], release.part[rows]))
+    names = [parts[int(p)] for p in wanted_parts]
+    cursor = 0
+    for k, table in _read_parts(store, names, ["key", "colors", "source", "offset", "src_bytes"]):
+        p = int(wanted_parts[k])
+        stop = cursor
+        while stop < len(order) and release.part[rows[order[stop]]] == p:
+            stop += 1
+        at = order[cursor:stop]
+        positions = release.position[rows[at]]
+        sub = table.take(positions)
+        out["colors"][at] = colors_array(sub.column("colors"))
+        for name in ("key", "source"):
+            values = sub.column(name).to_pylist()
+            for i, v in zip(at.tolist(), values, strict=True):
+                out[name][i] = v
+        out["offset"][at] = sub.column("offset").to_numpy()
+        out["src_bytes"][at] = sub.column("src_bytes").to_numpy()
+        cursor = stop
+    return out
+
+
+def load_evals(store: Store, names: list[str]) -> EvalImages:
+    """The cached fingerprints (``in21k.pipeline.against``) of the evaluation sets ``names``, readable images only."""
+    import pyarrow.parquet as pq
+
+    from in21k.pipeline.against import cache_names
+
+    sets, members, hashes, colors = [], [], [], []
+    for k, name in enumerate(names):
+        table = pq.read_table(io.BytesIO(store.read_bytes(cache_names(name)[0])))
+        table = table.filter(table.column("phash").is_valid())
+        sets.append(np.full(table.num_rows, k, np.int16))
+        members += table.column("member").to_pylist()
+        hashes.append(table.column("phash").to_numpy().astype(np.uint64))
+        colors.append(colors_array(table.column("colors")))
+    return EvalImages(
+        np.concatenate(sets) if sets else np.empty(0, np.int16), members,
+        np.concatenate(hashes) if hashes else np.empty(0, np.uint64),
+        np.concatenate(colors) if colors else np.empty((0, COLOR_BYTES), np.uint8), names,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- deciding
+def decide(
+    release: Release,
+    details: Callable[[np.ndarray], dict[str, Any]],
+    evals: EvalImages,
+    policy: Policy,
+    depth: np.ndarray,
+    scan: Callable[[np.ndarray], dict[str, Any]],
+) -> tuple[Any, dict[str, Any]]:
+    """The decisions (an Arrow table, ``DECISION_COLUMNS``, sorted by part and position) and their summary.
+
+    ``details(rows)`` reads ``load_details`` of release rows; ``depth[c]`` is class ``c``'s depth in the tree;
+    ``scan(hashes)`` runs the join (all tables) over ``hashes``.
+    """
+    t0 = time.perf_counter()
+    n = len(release)
+    rep = exact_groups(release.pixel_hash, release.phash) if policy.dedup else np.arange(n, dtype=np.int64)
+    reps = np.flatnonzero(rep == np.arange(n))
+    if policy.dedup:
+        hashes = np.concatenate([release.phash[reps], evals.phash])
+    else:  # evaluation sets only: the release's own pairs are not looked for (their hashes still go in)
+        hashes = np.concatenate([release.phash, evals.phash])
+    scanned = scan(hashes) if len(hashes) > 1 else {"pairs": np.empty(0, np.uint64), "distances": np.empty(0, np.int8),
+                                                    "candidates": 0, "truncated": 0}  # fmt: skip
+    timings = {"join": time.perf_counter() - t0}
+    a, b = split_pairs(scanned["pairs"])
+    d = scanned["distances"].astype(np.int16)
+    n_left = len(reps)
+    both = (a < n_left) & (b < n_left)
+    to_eval = (a < n_left) & (b >= n_left)  # a < b, so the evaluation image is always b
+    near_i, near_j, near_d = reps[a[both]], reps[b[both]], d[both]
+    if not policy.dedup:
+        near_i, near_j, near_d = near_i[:0], near_j[:0], near_d[:0]
+    ev_row, ev_k, ev_d = reps[a[to_eval]], b[to_eval] - n_left, d[to_eval]
+    copies = np.flatnonzero(rep != np.arange(n))  # exact copies of another member
+    involved = np.unique(np.concatenate([near_i, near_j, ev_row, copies, rep[copies]]))
+    t = time.perf_counter()
+    info = details(involved)
+    timings["details"] = time.perf_counter() - t
+    at = {int(r): k for k, r in enumerate(involved.tolist())}
+
+    def idx(rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(involved, rows)
+
+    colors = info["colors"]
+    near_cd = color_distance(colors[idx(near_i)], colors[idx(near_j)]) if len(near_i) else np.zeros(0, np.float32)
+    near_ok = (near_d <= policy.max_distance) & (near_cd <= policy.max_color_distance)
+    ev_cd = color_distance(colors[idx(ev_row)], evals.colors[ev_k]) if len(ev_row) else np.zeros(0, np.float32)
+    ev_ok = (ev_d <= policy.max_distance) & (ev_cd <= policy.max_color_distance)
+    copy_ok = (colors[idx(copies)] == colors[idx(rep[copies])]).all(axis=1) if len(copies) else np.zeros(0, bool)
+
+    # Evaluation matches: the matched representative and its exact copies; for each, its closest evaluation image.
+    eval_match: dict[int, tuple[int, int]] = {}  # row -> (evaluation image, distance)
+    order = np.lexsort((ev_cd, ev_d))
+    for r, k, dist in zip(ev_row[order][ev_ok[order]].tolist(), ev_k[order][ev_ok[order]].tolist(),
+                          ev_d[order][ev_ok[order]].tolist(), strict=True):  # fmt: skip
+        eval_match.setdefault(r, (k, dist))
+    for c, r in zip(copies[copy_ok].tolist(), rep[copies][copy_ok].tolist(), strict=True):
+        if r in eval_match:
+            eval_match[c] = eval_match[r]
+
+    # Groups: connected components of verified pairs, over the involved members.
+    ei = np.concatenate([idx(near_i[near_ok]), idx(copies[copy_ok])])
+    ej = np.concatenate([idx(near_j[near_ok]), idx(rep[copies][copy_ok])])
+    label = components(len(involved), ei, ej) if policy.dedup else np.arange(len(involved))
+    sizes = np.bincount(label, minlength=len(involved))
+    keys = info["key"]
+    decisions: dict[int, tuple[str, str | None, int | None, int | None, str | None]] = {}
+    reasons: Counter = Counter()
+    groups = across = members_in_groups = 0
+
+    def first_by(members: list[int], *, deepest: bool = False) -> list[int]:
+        """``members`` (indices into involved) in keeping order."""
+        return sorted(members, key=lambda m: ((-int(depth[release.cls[involved[m]]]) if deepest else 0),
+                                              not release.val[involved[m]], -int(release.pixels[involved[m]]),
+                                              keys[m]))  # fmt: skip
+
+    def dist(m: int, other: int) -> int:
+        return int(hamming(release.phash[involved[m]], release.phash[involved[other]]))
+
+    grouped = np.flatnonzero(sizes[label] >= 2)
+    by_label: dict[int, list[int]] = {}
+    for m in grouped.tolist():
+        by_label.setdefault(int(label[m]), []).append(m)
+    for members in by_label.values():
+        groups += 1
+        members_in_groups += len(members)
+        ordered = first_by(members, deepest=True)
+        head = keys[ordered[0]]
+        for m in members:
+            decisions[m] = ("written", None, None, None, head)
+        free = [m for m in ordered if int(involved[m]) not in eval_match]
+        classes = {int(release.cls[involved[m]]) for m in members}
+        if len(classes) > 1:
+            across += 1
+        if len(classes) > 1 and policy.across_classes == "drop-all":
+            for k, m in enumerate(free):
+                other = free[1] if k == 0 and len(free) > 1 else free[0] if k else ordered[1]
+                decisions[m] = ("rejected", REASON_ACROSS, keys[other], dist(m, other), head)
+            continue
+        if len(classes) > 1 and policy.across_classes == "keep-one" and free:
+            kept_class = int(release.cls[involved[free[0]]])
+            for m in free:
+                if int(release.cls[involved[m]]) != kept_class:
+                    decisions[m] = ("rejected", REASON_ACROSS, keys[free[0]], dist(m, free[0]), head)
+            free = [m for m in free if int(release.cls[involved[m]]) == kept_class]
+        if policy.in_class == "keep-one":
+            by_class: dict[int, list[int]] = {}
+            for m in free:
+                by_class.setdefault(int(release.cls[involved[m]]), []).append(m)
+            for same in by_class.values():
+                kept = first_by(same)[0]
+                for m in same:
+                    if m != kept:
+                        decisions[m] = ("rejected", REASON_IN_CLASS, keys[kept], dist(m, kept), head)
+    for r, (k, distance) in eval_match.items():
+        m = at[r]
+        group = decisions.get(m, (None,) * 5)[4]
+        decisions[m] = (
+            "rejected",
+            REASON_EVAL,
+            f"{evals.names[evals.set_index[k]]}:{evals.member[k]}",
+            distance,
+            group,
+        )
+    for status, reason, *_ in decisions.values():
+        if status == "rejected":
+            reasons[reason] += 1
+
+    table = _decision_table(release, involved, decisions)
+    summary = {
+        "schema": CLEAN_SCHEMA,
+        "policy": policy.as_dict(),
+        "fingerprinted": n,
+        "exact_copies": int(copy_ok.sum()),
+        "join": {
+            "hashes": int(len(hashes)),
+            "candidates": int(scanned["candidates"]),
+            "within_distance": int(len(scanned["pairs"])),
+            "truncated": int(scanned["truncated"]),
+        },  # fmt: skip
+        "near_pairs": {
+            "within_distance": int(len(near_i)),
+            "verified": int(near_ok.sum()),
+            "rejected_by_colour": int(((near_d <= policy.max_distance) & ~near_ok).sum()),
+        },  # fmt: skip
+        "groups": groups,
+        "groups_across_classes": across,
+        "members_in_groups": members_in_groups,
+        "removed": {r: reasons[r] for r in CLEAN_REASONS},
+        "eval_sets": _eval_summary(evals, ev_k[ev_ok], eval_match),
+        "samples": _samples(
+            involved, info, near_i, near_j, near_d, near_cd, near_ok, ev_row, ev_k, ev_d, ev_cd, ev_ok, evals, idx
+        ),  # fmt: skip
+        "timings": {k: round(v, 2) for k, v in {**timings, "decide": time.perf_counter() - t0}.items()},
+    }
+    return table, summary
+
+
+def _decision_table(release: Release, involved: np.ndarray, decisions: dict[int, tuple]) -> Any:
+    import pyarrow as pa
+
+    ms = sorted(decisions, key=lambda m: (int(release.part[involved[m]]), int(release.position[involved[m]])))
+    cols = {
+        "part": pa.array([int(release.part[involved[m]]) for m in ms], pa.int32()),
+        "position": pa.array([int(release.position[involved[m]]) for m in ms], pa.int32()),
+    }
+    for k, (name, kind) in enumerate(DECISION_COLUMNS[2:]):
+        cols[name] = pa.array([decisions[m][k] for m in ms], getattr(pa, kind)())
+    return pa.table(cols)
+
+
+def _eval_summary(evals: EvalImages, matched_images: np.ndarray, eval_match: dict[int, tuple[int, int]]) -> list:
+    out = []
+    hit_sets = Counter(int(evals.set_index[k]) for k, _ in eval_match.values())
+    for s, name in enumerate(evals.names):
+        images = {int(k) for k in matched_images.tolist() if evals.set_index[k] == s}
+        out.append({"name": name, "readable": int((evals.set_index == s).sum()), "matched_images": len(images),
+                    "matched_release_members": hit_sets[s]})  # fmt: skip
+    return out
+
+
+def _samples(involved, info, near_i, near_j, near_d, near_cd, near_ok, ev_row, ev_k, ev_d, ev_cd, ev_ok, evals,
+             idx) -> dict[str, list]:  # fmt: skip
+    """Pairs for the report's picture: accepted ones with the largest distances, the closest rejected ones, and
+    evaluation matches with the largest distances."""
+
+    def side(row: int) -> dict[str, Any]:
+        k = int(idx(np.array([row]))[0])
+        return {"key": info["key"][k], "source": info["source"][k], "offset": int(info["offset"][k]),
+                "size": int(info["src_bytes"][k])}  # fmt: skip
+
+    out: dict[str, list] = {"accepted": [], "rejected": [], "eval": []}
+    acc = np.flatnonzero(near_ok)
+    for k in acc[np.lexsort((-near_cd[acc], -near_d[acc]))][:SAMPLES_PER_KIND].tolist():
+        out["accepted"].append({"left": side(int(near_i[k])), "right": side(int(near_j[k])),
+                                "distance": int(near_d[k]), "color_distance": round(float(near_cd[k]), 2)})  # fmt: skip
+    rej = np.flatnonzero(~near_ok)
+    for k in rej[np.lexsort((near_d[rej], near_cd[rej]))][:SAMPLES_PER_KIND].tolist():
+        out["rejected"].append({"left": side(int(near_i[k])), "right": side(int(near_j[k])),
+                                "distance": int(near_d[k]), "color_distance": round(float(near_cd[k]), 2)})  # fmt: skip
+    ok = np.flatnonzero(ev_ok)
+    for k in ok[np.lexsort((-ev_cd[ok], -ev_d[ok]))][:SAMPLES_PER_KIND].tolist():
+        e = int(ev_k[k])
+        out["eval"].append({"left": side(int(ev_row[k])),
+                            "right": {"eval": evals.names[evals.set_index[e]], "member": evals.member[e]},
+                            "distance": int(ev_d[k]), "color_distance": round(float(ev_cd[k]), 2)})  # fmt: skip
+    return out
+
+
+def write_decisions(store: Store, table: Any, summary: dict[str, Any]) -> str:
+    """Write the decisions and, last, their summary (with the decisions' digest); returns the digest."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    store.write_bytes(DECISIONS_FILE, data)
+    store.write_json(SUMMARY_FILE, {**summary, "digest": digest, "decisions": table.num_rows})
+    return digest
+
+
+def read_decisions(store: Store, policy: Policy) -> tuple[Any, dict[str, Any]] | None:
+    """The decisions of an earlier run with the same policy, if they are complete."""
+    import pyarrow.parquet as pq
+
+    if not store.exists(SUMMARY_FILE):
+        return None
+    summary = json.loads(store.read_bytes(SUMMARY_FILE))
+    if summary.get("schema") != CLEAN_SCHEMA or summary.get("policy") != policy.as_dict():
+        return None
+    table = pq.read_table(io.BytesIO(store.read_bytes(DECISIONS_FILE)))
+    return table, summary
+
+
+def shard_rows(table: Any, part: int, parts: np.ndarray | None = None) -> dict[str, list]:
+    """The decisions of one manifest part, as columns (what its rewrite task gets). ``parts``: the table's ``part``
+    column as numpy, to look many up (the table is sorted by it)."""
+    if parts is None:
+        parts = table.column("part").to_numpy()
+    lo, hi = np.searchsorted(parts, [part, part + 1])
+    return table.slice(int(lo), int(hi - lo)).to_pydict()
+
+
+# ----------------------------------------------------------------------------------------- rewriting
+def tar_samples(fileobj: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` of each sample of a WebDataset tar, in order (consecutive members with the same
+    key, webdataset's rule, ``in21k.dataset.split_member``).
+
+    Python's ``tarfile``: it reads any tar (pax, GNU) for the once-per-shard rewrite and the audit of datasets we
+    did not write, where decoding the images costs far more than parsing headers.
+    """
+    key: str | None = None
+    parts: dict[str, bytes] = {}
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            split = split_member(info.name)
+            if split is None:
+                continue
+            k, ext = split
+            if k != key and key is not None:
+                yield key, parts
+                parts = {}
+            key = k
+            f = tar.extractfile(info)
+            parts[ext] = f.read() if f is not None else b""
+    if key is not None:
+        yield key, parts
+
+
+def rewrite_shard(split: str, shard: int, rows: dict[str, list], digest: str, out: str,
+                  storage_options: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    """Apply the decisions ``rows`` (``shard_rows``) to one shard: tar without the removed samples, manifest part
+    with the new statuses, stats last (``clean``: ``digest``). Doing it again gives the same bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from in21k.pipeline.shard import manifest_schema
+
+    store = Store(out, storage_options)
+    stats = json.loads(store.read_bytes(stats_name(split, shard)))
+    if stats.get("clean") == digest:
+        return stats
+    manifest = pq.read_table(io.BytesIO(store.read_bytes(manifest_name(split, shard)))).to_pylist()
+    removed: set[str] = set()
+    for k, position in enumerate(rows["position"]):
+        record = manifest[position]
+        for name in ("status", "reason", "match", "match_distance", "dup_group"):
+            record[name] = rows[name][k]
+        if record["status"] == "rejected":
+            record["width"] = record["height"] = None
+            removed.add(record["key"])
+    if removed:
+        filename = shard_name(split, shard)
+        tmp = store.temp_file(filename)
+        try:
+            with ShardTarWriter(tmp) as writer:
+                for key, parts in tar_samples(io.BytesIO(store.read_bytes(filename))):
+                    if key not in removed:
+                        writer.add_sample(key, parts)
+            store.put_file(tmp, filename)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        stats.update(num_samples=writer.count, offsets=writer.offsets, bytes_written=writer.bytes)
+    schema = manifest_schema()
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(manifest, schema=schema), buf, compression="zstd")
+    store.write_bytes(manifest_name(split, shard), buf.getvalue())
+    reasons = Counter(r["reason"] for r in manifest if r["status"] == "rejected")
+    stats.update(rejected=sum(reasons.values()), reasons=dict(sorted(reasons.items())), clean=digest)
+    store.write_json(stats_name(split, shard), stats)  # last: marks the shard done
+    return stats
+
+
+# ----------------------------------------------------------------------------------------- the report's picture
+def pairs_picture(samples: dict[str, list], read_release: Callable[[list[dict]], list[bytes]],
+                  read_eval: Callable[[list[dict]], list[bytes]]) -> bytes | None:  # fmt: skip
+    """A PNG of the sample pairs side by side (release image | matched image, distances, verdict), or None."""
+    from PIL import Image, ImageDraw
+
+    rows: list[tuple[str, dict]] = [
+        (kind, s) for kind in ("accepted", "rejected", "eval") for s in samples.get(kind, [])
+    ]
+    if not rows:
+        return None
+    lefts = read_release([s["left"] for _, s in rows])
+    rights_release = read_release([s["right"] for _, s in rows if "eval" not in s["right"]])
+    rights_eval = read_eval([s["right"] for _, s in rows if "eval" in s["right"]])
+    it_r, it_e = iter(rights_release), iter(rights_eval)
+    side, text_w, pad = 128, 330, 6
+    sheet = Image.new("RGB", (2 * side + text_w + 4 * pad, len(rows) * (side + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, ((kind, s), left) in enumerate(zip(rows, lefts, strict=True)):
+        right = next(it_e) if "eval" in s["right"] else next(it_r)
+        y = pad + k * (side + pad)
+        for j, data in enumerate((left, right)):
+            x = pad + j * (side + pad)
+            try:
+                img = Image.open(io.BytesIO(data)).convert("RGB")
+                img.thumbnail((side, side))
+                sheet.paste(img, (x + (side - img.width) // 2, y + (side - img.height) // 2))
+            except Exception:  # noqa: BLE001 - an image that no longer reads: leave its place grey
+                draw.rectangle((x, y, x + side, y + side), fill=(200, 200, 200))
+        verdict = {"accepted": "same picture (removed)", "rejected": "different (kept: colours differ)",
+                   "eval": "matches the evaluation set (removed)"}[kind]  # fmt: skip
+        right_name = f"{s['right']['eval']}:{s['right']['member']}" if "eval" in s["right"] else s["right"]["key"]
+        lines = [verdict, f"hash distance {s['distance']}", f"colour distance {s['color_distance']}",
+                 s["left"]["key"][:44], right_name[:44]]  # fmt: skip
+        draw.multiline_text((2 * side + 3 * pad, y + 4), "\n".join(lines), fill="black", spacing=4)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()

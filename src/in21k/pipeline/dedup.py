@@ -1,0 +1,216 @@
+"""Which images are copies of each other: the join over millions of fingerprints, its verification, the groups.
+
+The join is multi-index hashing with guaranteed radius. The 64 bits of ``phash`` are cut into ``BLOCKS`` (11)
+contiguous blocks of 5-6 bits; a *table* is a choice of ``KEY_BLOCKS`` (4) of them, whose bits form a ~23-bit
+key, and there is one table for each of the C(11, 4) = 330 choices. Two hashes within Hamming distance 7 differ
+in at most 7 blocks, so at least 4 blocks are equal and some table puts them under the same key: every pair
+within distance 7 is found. Pairs further apart are found when their differing bits fall into at most 7
+blocks: 93 % of the 1-5 % crops and 77 % of the borders of the planted release at distance <= 12 (the
+threshold), where a plain 4-band index (radius 3) finds 72 % and 60 % (docs/clean-data.md has the table of
+schemes, costs and recalls). A table costs one sort of ``(key, row)`` packed into 64-bit integers and a walk
+over the runs of equal keys; at fall11's 14.2 M hashes that is ~1 s, and ~10^7 candidate pairs (uniform
+hashes), each checked with one XOR and a bit count. Tables are independent: ``scan_tables`` takes any subset,
+so the job runs them as Ray tasks (``in21k.pipeline.job``), the benchmark and ``in21k audit`` in-process.
+
+A run of equal keys longer than ``WINDOW`` (a cluster of thousands of near-identical images) is compared
+within ``WINDOW`` neighbours only; such runs are counted (``truncated``). Exact copies never form such runs:
+they are collapsed to one representative before the join (``exact_groups``).
+
+Verification: a candidate pair is a match when its hash distance is at most ``max_distance`` and its colour
+grids are within ``max_color_distance`` (``in21k.pipeline.fingerprint.color_distance``). 64 bits are not
+enough at 10^14 pairs: in the synthetic release one pair in ~40,000 unrelated ones is within distance 12,
+which would flag several percent of a 14 M release; the colour check, a second, independent look at the
+picture, removes all of those while keeping every planted copy (figures: ``in21k bench dedup``).
+
+Groups are the connected components of the matched pairs (``components``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from in21k.pipeline.fingerprint import HASH_BITS, color_distance
+
+BLOCKS = 11
+KEY_BLOCKS = 4
+WINDOW = 1024  # a run of equal keys is compared to at most this many neighbours of each member
+MAX_DISTANCE = 12  # default --dedup-distance: Hamming distance of phash (even: every phash has 32 ones)
+MAX_COLOR_DISTANCE = 7.0  # default --dedup-color-distance, in 8-bit levels
+
+
+def block_layout(blocks: int = BLOCKS) -> list[tuple[int, int]]:
+    """``(shift, width)`` of each block of the 64 bits, most significant first (widths differ by at most one)."""
+    edges = [round(HASH_BITS * k / blocks) for k in range(blocks + 1)]
+    return [(HASH_BITS - edges[k + 1], edges[k + 1] - edges[k]) for k in range(blocks)]
+
+
+def tables(blocks: int = BLOCKS, key_blocks: int = KEY_BLOCKS) -> list[tuple[int, ...]]:
+    """The blocks of each table's key, in a fixed order."""
+    return list(itertools.combinations(range(blocks), key_blocks))
+
+
+def guaranteed_radius(blocks: int = BLOCKS, key_blocks: int = KEY_BLOCKS) -> int:
+    """Pairs within this Hamming distance are always found."""
+    return blocks - key_blocks
+
+
+def expected_candidates(n: int, blocks: int = BLOCKS, key_blocks: int = KEY_BLOCKS) -> float:
+    """Candidate pairs of ``n`` uniform random hashes over all tables (real hashes cluster: more)."""
+    key_bits = HASH_BITS * key_blocks / blocks
+    return math.comb(blocks, key_blocks) * n * (n - 1) / 2 / 2**key_bits
+
+
+def scan_tables(
+    hashes: np.ndarray,
+    table_ids: Sequence[int],
+    max_distance: int = MAX_DISTANCE,
+    *,
+    blocks: int = BLOCKS,
+    key_blocks: int = KEY_BLOCKS,
+    window: int = WINDOW,
+) -> dict[str, Any]:
+    """Pairs of ``hashes`` (uint64) within ``max_distance`` that the tables ``table_ids`` find.
+
+    Returns ``pairs`` (uint64, ``i << 32 | j`` with ``i < j``, sorted, unique), their ``distances`` (int8),
+    ``candidates`` (pairs compared) and ``truncated`` (members of runs longer than ``window``).
+
+    The tables are worked through grouped by their first key block: the hashes are partitioned once by that
+    block's value (2^5-2^6 parts), and each part, small enough to stay in the CPU's cache, is sorted by the rest
+    of each table's key. At fall11's size that is ~10x faster than sorting all hashes per table, where gathering
+    the candidates' hashes from main memory dominates.
+    """
+    n = len(hashes)
+    if n >= 1 << 32:
+        raise ValueError("more than 2^32 hashes: split the join")
+    h = np.ascontiguousarray(hashes, dtype=np.uint64)
+    layout = block_layout(blocks)
+    combos = tables(blocks, key_blocks)
+    by_first: dict[int, list[tuple[int, ...]]] = {}
+    for t in table_ids:
+        by_first.setdefault(combos[t][0], []).append(combos[t][1:])
+    found: list[np.ndarray] = []
+    dists: list[np.ndarray] = []
+    candidates = truncated = 0
+    low32 = np.uint64(0xFFFFFFFF)
+    for first, rests in sorted(by_first.items()):
+        shift, width = layout[first]
+        part = ((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.uint8)
+        order = np.argsort(part, kind="stable")  # a radix sort for 8-bit values
+        bounds = np.searchsorted(part[order], np.arange((1 << width) + 1))
+        hs, rows = h[order], order.astype(np.uint64)
+        del part, order
+        for p in range(1 << width):
+            lo, hi = int(bounds[p]), int(bounds[p + 1])
+            if hi - lo < 2:
+                continue
+            hp, rp = hs[lo:hi], rows[lo:hi]
+            local = np.arange(hi - lo, dtype=np.uint64)
+            # Each block's value in this part, once: a table's key is then a few shifts and ors of 32-bit values.
+            values = {blk: ((hp >> np.uint64(layout[blk][0])) & np.uint64((1 << layout[blk][1]) - 1)).astype(np.uint32)
+                      for blk in {b for rest in rests for b in rest}}  # fmt: skip
+            for rest in rests:
+                key = values[rest[0]].copy()
+                for blk in rest[1:]:
+                    key <<= np.uint32(layout[blk][1])
+                    key |= values[blk]
+                packed = np.sort((key.astype(np.uint64) << np.uint64(32)) | local)
+                at = np.flatnonzero(((packed[1:] ^ packed[:-1]) >> np.uint64(32)) == 0)  # i, i + 1 share a key
+                offset = 1
+                while at.size and offset <= window:
+                    a = (packed[at] & low32).astype(np.int64)
+                    b = (packed[at + offset] & low32).astype(np.int64)
+                    d = np.bitwise_count(hp[a] ^ hp[b])
+                    candidates += at.size
+                    hit = d <= max_distance
+                    if hit.any():
+                        ga, gb = rp[a[hit]], rp[b[hit]]
+                        found.append(np.minimum(ga, gb) << np.uint64(32) | np.maximum(ga, gb))
+                        dists.append(d[hit].astype(np.int8))
+                    nxt = at + offset + 1  # does the run go on one further?
+                    ok = nxt < len(packed)
+                    at, nxt = at[ok], nxt[ok]
+                    at = at[((packed[nxt] ^ packed[at]) >> np.uint64(32)) == 0]
+                    offset += 1
+                truncated += int(at.size)
+    if not found:
+        return {"pairs": np.empty(0, np.uint64), "distances": np.empty(0, np.int8), "candidates": candidates,
+                "truncated": truncated}  # fmt: skip
+    pairs, first_at = np.unique(np.concatenate(found), return_index=True)
+    return {"pairs": pairs, "distances": np.concatenate(dists)[first_at], "candidates": candidates,
+            "truncated": truncated}  # fmt: skip
+
+
+def merge_scans(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result of several ``scan_tables`` results (of disjoint table subsets): pairs found twice counted once."""
+    pairs = [r["pairs"] for r in results if len(r["pairs"])]
+    out: dict[str, Any] = {
+        "candidates": sum(r["candidates"] for r in results),
+        "truncated": sum(r["truncated"] for r in results),
+    }
+    if not pairs:
+        return {**out, "pairs": np.empty(0, np.uint64), "distances": np.empty(0, np.int8)}
+    merged, first = np.unique(np.concatenate(pairs), return_index=True)
+    dist = np.concatenate([r["distances"] for r in results if len(r["pairs"])])[first]
+    return {**out, "pairs": merged, "distances": dist}
+
+
+def split_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(i, j)`` int64 arrays of packed pairs."""
+    return (pairs >> np.uint64(32)).astype(np.int64), (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def exact_groups(pixel_hash: np.ndarray, phash: np.ndarray, colors: np.ndarray | None = None) -> np.ndarray:
+    """For each row, the first row (in row order) with the same ``pixel_hash`` and ``phash`` (and ``colors``, when
+    given): the representative of its exact copies; a row without copies is its own."""
+    n = len(pixel_hash)
+    rep = np.arange(n, dtype=np.int64)
+    if n < 2:
+        return rep
+    order = np.lexsort((np.arange(n), phash, pixel_hash))
+    same = (pixel_hash[order][1:] == pixel_hash[order][:-1]) & (phash[order][1:] == phash[order][:-1])
+    if colors is not None:
+        same &= (colors[order][1:] == colors[order][:-1]).all(axis=1)
+    starts = np.flatnonzero(np.concatenate(([True], ~same)))
+    run = np.repeat(starts, np.diff(np.concatenate((starts, [n]))))  # each sorted position -> its run's start
+    rep[order] = order[run]
+    return rep
+
+
+def verify(
+    i: np.ndarray, j: np.ndarray, colors: np.ndarray, max_color_distance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which pairs ``(i, j)`` (rows of ``colors``) pass the colour check, and their colour distances."""
+    if not len(i):
+        return np.zeros(0, bool), np.zeros(0, np.float32)
+    dist = np.concatenate([color_distance(colors[i[a : a + 1 << 20]], colors[j[a : a + 1 << 20]])
+                           for a in range(0, len(i), 1 << 20)])  # fmt: skip
+    return dist <= max_color_distance, dist
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected components of ``n`` nodes with edges ``(i, j)``: each node's label is the smallest node of its
+    component. Vectorized: roots are hooked onto the smaller root of each edge, then paths are compressed by
+    pointer jumping, until every edge joins equal labels."""
+    label = np.arange(n, dtype=np.int64)
+    i = np.asarray(i, np.int64)
+    j = np.asarray(j, np.int64)
+    while len(i):
+        li, lj = label[i], label[j]
+        differ = li != lj
+        if not differ.any():
+            break
+        i, j, li, lj = i[differ], j[differ], li[differ], lj[differ]
+        low = np.minimum(li, lj)
+        np.minimum.at(label, li, low)
+        np.minimum.at(label, lj, low)
+        while True:
+            nxt = label[label]
+            if np.array_equal(nxt, label):
+                break
+            label = nxt
+    return label

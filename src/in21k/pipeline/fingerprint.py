@@ -1,0 +1,245 @@
+"""Image fingerprints: what the duplicate finder compares, computed from the pixels ``prepare`` writes.
+
+Every image the shard tasks decode gets three fingerprints, from the image as it is about to be encoded
+(after the resize and the EXIF rotation), so the raw release is decoded once and both decode paths of
+``in21k.pipeline.imaging`` give the same fingerprint for the same image:
+
+- ``phash``: a 64-bit DCT hash (pHash). The image is reduced to a 64 x 64 thumbnail (box filter), a
+  border of one colour around it is trimmed (below), the luma of what is left is reduced to 32 x 32, and
+  of its 2-D DCT the 64 lowest-frequency coefficients after the DC term (zigzag order) give one bit each:
+  above their median or not. Every hash has 32 ones, so distances are even. Re-encoding and rescaling
+  move it by 0-2 bits; crops of up to 5 % by 0-10 (a few up to 16); a trimmed border by 0-12.
+- ``colors``: the mean colour of the same trimmed thumbnail in a 4 x 4 grid (48 bytes). It verifies a
+  candidate pair found by the hash: ``color_distance`` compares the grids in YCbCr with each channel's mean
+  removed, so brightness shifts and colour casts do not count, and looks at chroma only where both images
+  have colour. It is what tells two different pictures with a similar luma layout apart (a pHash of 64 bits
+  cannot, at 10^14 pairs).
+- ``pixel_hash``: the length and CRC-32 of the encoded image (the encoder is deterministic, so two members whose
+  decoded pixels are equal have equal hashes, whatever their file bytes or metadata). The manifest's ``sha1``
+  is of the source bytes.
+
+Border trimming: rows and columns at the edges whose every pixel is within ``TRIM_TOLERANCE`` levels of the
+outermost line's mean colour are cut (at most a third of each side), so a copy with a frame added matches
+its original. An image whose own edges are flat (a product on white) is trimmed the same way in both
+copies.
+
+Cost: ~4 % of the image step's CPU time (``in21k bench decode`` prints the ratio); why these choices, with
+figures: docs/clean-data.md.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+THUMB_SIDE = 64  # the thumbnail both the trim and the reductions work on
+HASH_SIDE = 32  # the DCT size of pHash
+HASH_BITS = 64
+COLOR_GRID = 4  # colors: COLOR_GRID x COLOR_GRID cells x RGB
+COLOR_BYTES = COLOR_GRID * COLOR_GRID * 3
+THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 4  # RGBX: PIL's own layout of RGB, so packing it is a copy
+TRIM_TOLERANCE = 12.0  # 8-bit levels: a border line may vary this much (JPEG noise on a flat colour)
+TRIM_MAX = THUMB_SIDE // 3  # at most this many lines are cut from a side, so a flat image stays whole
+# Chroma below this mean deviation (8-bit levels) counts as a grey image: its copies are compared by luma only.
+GREY_CHROMA = 3.0
+
+
+def _dct_rows(n: int, rows: int) -> np.ndarray:
+    """The first ``rows`` rows of the orthonormal DCT-II matrix of size ``n``."""
+    k = np.arange(rows)[:, None]
+    x = np.arange(n)[None, :]
+    m = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * x + 1) * k / (2 * n))
+    m[0] /= np.sqrt(2.0)
+    return m.astype(np.float32)
+
+
+def _zigzag(size: int, count: int) -> np.ndarray:
+    """Flat indices into a ``size`` x ``size`` block of the first ``count`` coefficients in zigzag order."""
+    cells = sorted(
+        ((u, v) for u in range(size) for v in range(size)),
+        key=lambda p: (p[0] + p[1], p[1] if (p[0] + p[1]) % 2 else p[0]),
+    )
+    return np.array([u * size + v for u, v in cells[:count]], dtype=np.int64)
+
+
+def _ac_basis() -> np.ndarray:
+    """(64, 32 * 32): row k maps a flattened 32 x 32 image to its k-th AC coefficient (zigzag order, DC left out:
+    it is the brightness), so the hash's coefficients are one matrix-vector product."""
+    low = 11  # the first 64 AC coefficients in zigzag order lie within u + v <= 10
+    dct = _dct_rows(HASH_SIDE, low)
+    cells = _zigzag(low, HASH_BITS + 1)[1:]
+    return np.stack([np.outer(dct[c // low], dct[c % low]).ravel() for c in cells]).astype(np.float32)
+
+
+_AC_BASIS = _ac_basis()
+# The four outermost lines of the thumbnail (top, bottom, left, right), as indices into its pixels.
+_SIDE = np.arange(THUMB_SIDE)
+_LAST = THUMB_SIDE - 1
+_OUTER = np.concatenate([_SIDE, _LAST * THUMB_SIDE + _SIDE, _SIDE * THUMB_SIDE, _SIDE * THUMB_SIDE + _LAST])
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as JPEG and PIL's "L" use
+# YCbCr (JPEG's) from RGB, for color_distance
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    phash: int  # 64-bit DCT hash, as an unsigned integer
+    colors: bytes  # COLOR_BYTES: the 4 x 4 RGB grid, row-major
+    pixel_hash: int  # length and CRC-32 of the encoded image (exact_hash)
+
+
+def thumbnail(img: Any) -> bytes:
+    """The 64 x 64 RGBX thumbnail (``THUMB_BYTES``) of a PIL image that the fingerprints are computed from.
+
+    Point sampling: the written pixels are already antialiased by prepare's resize, and a box filter here would
+    cost as much as the rest of the fingerprint (docs/clean-data.md). A large image (``--resize none``) is
+    box-reduced first, to at most twice the thumbnail, so that sampling it does not alias.
+    """
+    from PIL import Image
+
+    factor = min(img.size) // (2 * THUMB_SIDE)
+    if factor >= 2:
+        img = img.reduce(factor)
+    thumb = img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.NEAREST)
+    if thumb.mode not in ("RGB", "RGBX", "RGBA"):
+        thumb = thumb.convert("RGB")
+    return thumb.tobytes("raw", "RGBX")
+
+
+def exact_hash(encoded: bytes) -> int:
+    """``pixel_hash``: the encoded image's length (high 32 bits) and CRC-32 (low 32 bits) as an unsigned integer.
+
+    A CRC rather than SHA-1: it costs a third (~7 us for a 224 px JPEG, 1 % of the image step). Two pictures with
+    equal ``pixel_hash`` are grouped only when their ``phash`` and ``colors`` are equal too, so a collision
+    cannot merge different pictures.
+    """
+    return (len(encoded) & 0xFFFFFFFF) << 32 | zlib.crc32(encoded)
+
+
+def _border_lines(lines: np.ndarray) -> int:
+    """How many of ``lines`` (channels x lines x pixels, the outermost first) are a border: every pixel within
+    ``TRIM_TOLERANCE`` of the outermost line's mean colour."""
+    ref = lines[:, 0].mean(axis=1, dtype=np.float32)[:, None]
+    off = (np.maximum(lines.max(axis=2) - ref, ref - lines.min(axis=2)) > TRIM_TOLERANCE).any(axis=0)
+    return int(np.argmax(off)) if off.any() else len(off)
+
+
+def trim_box(thumb: np.ndarray) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` of ``thumb`` (height x width x channels, uint8; RGB first) inside a border of
+    one colour, at most ``TRIM_MAX`` lines from each side."""
+    h, w = thumb.shape[:2]
+    chw = np.ascontiguousarray(thumb[:, :, :3].transpose(2, 0, 1))  # reductions run fast along the last axis
+    cwh = np.ascontiguousarray(chw.transpose(0, 2, 1))
+    n = TRIM_MAX
+    top, bottom = _border_lines(chw[:, :n]), _border_lines(chw[:, : -n - 1 : -1])
+    left, right = _border_lines(cwh[:, :n]), _border_lines(cwh[:, : -n - 1 : -1])
+    if top + bottom >= h - n or left + right >= w - n:  # a flat image: nothing to trim to
+        return 0, 0, w, h
+    return left, top, w - right, h - bottom
+
+
+def _box_weights(start: int, stop: int, n: int) -> np.ndarray:
+    """(n, THUMB_SIDE): a box filter from the pixels ``start:stop`` of a thumbnail line to ``n`` pixels."""
+    edges = start + (stop - start) * np.arange(n + 1, dtype=np.float64) / n
+    k = np.arange(THUMB_SIDE, dtype=np.float64)
+    overlap = np.minimum(k[None, :] + 1, edges[1:, None]) - np.maximum(k[None, :], edges[:-1, None])
+    return (np.clip(overlap, 0, None) * n / (stop - start)).astype(np.float32)
+
+
+def _block_means(images: np.ndarray, f: int) -> np.ndarray:
+    """Means of the ``f`` x ``f`` blocks of ``images`` (n x h x w x channels), as float32 (n x h/f x w/f x 3):
+    the first three channels (RGB of RGBX).
+
+    Rows are added as whole contiguous lines and columns by a product with a 0/1 matrix: strided slices or a
+    reduction over two axes cost several times more, and this runs for every image prepare writes.
+    """
+    n, h, w, c = images.shape
+    lines = images.reshape(n, h // f, f, w * c)
+    rows = lines[:, :, 0].astype(np.uint16 if images.dtype == np.uint8 else np.float32)
+    for k in range(1, f):
+        rows += lines[:, :, k]
+    pick = np.tile(np.eye(c, 3, dtype=np.float32), (f, 1)) / (f * f)  # (f * c, 3): sums R, G, B of f pixels
+    return (rows.reshape(-1, f * c).astype(np.float32, copy=False) @ pick).reshape(n, h // f, w // f, 3)
+
+
+def fingerprints(thumbnails: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """``(phash, colors)`` of many thumbnails at once: a uint64 array and an (n, COLOR_BYTES) uint8 array.
+
+    Batched because the work per image is small and numpy's per-call cost is not: the shard tasks fingerprint
+    each read batch in one call.
+    """
+    n = len(thumbnails)
+    if n == 0:
+        return np.empty(0, np.uint64), np.empty((0, COLOR_BYTES), np.uint8)
+    thumbs = np.frombuffer(b"".join(thumbnails), np.uint8).reshape(n, THUMB_SIDE, THUMB_SIDE, 4)
+    # Images without a flat outer line (most) keep the whole thumbnail: its 3 x 3 block means. The outer lines as
+    # (image, channel, line, pixel), so that the reductions run along a contiguous axis.
+    flat = thumbs.reshape(n, -1, 4)
+    outer = np.ascontiguousarray(flat[:, _OUTER, :3].transpose(0, 2, 1)).reshape(n, 3, 4, THUMB_SIDE)
+    whole = ((outer.max(axis=3) - outer.min(axis=3)) > 2 * TRIM_TOLERANCE).any(axis=1).all(axis=1)
+    if whole.all():
+        small = _block_means(thumbs, THUMB_SIDE // HASH_SIDE)
+    else:
+        small = np.empty((n, HASH_SIDE, HASH_SIDE, 3), np.float32)
+        if whole.any():
+            small[whole] = _block_means(thumbs[whole], THUMB_SIDE // HASH_SIDE)
+    for i in np.flatnonzero(~whole):
+        left, top, right, bottom = trim_box(thumbs[i])
+        wy, wx = _box_weights(top, bottom, HASH_SIDE), _box_weights(left, right, HASH_SIDE)
+        small[i] = np.einsum("yh,hwc,xw->yxc", wy, thumbs[i, :, :, :3].astype(np.float32), wx)
+    coef = (small.reshape(n, -1, 3) @ _LUMA) @ _AC_BASIS.T  # (n, 64)
+    half = HASH_BITS // 2
+    mid = np.partition(coef, (half - 1, half), axis=1)
+    mid = (mid[:, half - 1] + mid[:, half])[:, None] / 2  # the median of the 64: between the 32nd and 33rd
+    phash = np.packbits(coef > mid, axis=1).view(">u8").ravel().astype(np.uint64)
+    grid = _block_means(small, HASH_SIDE // COLOR_GRID)
+    return phash, np.rint(grid).astype(np.uint8).reshape(n, COLOR_BYTES)
+
+
+def fingerprint(img: Any, encoded: bytes) -> Fingerprint:
+    """The fingerprints of one PIL image (upright, as written) whose encoded bytes are ``encoded``."""
+    phash, colors = fingerprints([thumbnail(img)])
+    return Fingerprint(int(phash[0]), colors[0].tobytes(), exact_hash(encoded))
+
+
+# ----------------------------------------------------------------------------------------- comparing
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bits that differ between the uint64 hashes ``a`` and ``b`` (element-wise)."""
+    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int16)
+
+
+def color_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance of colour grids (``(..., COLOR_BYTES)`` uint8 arrays), in 8-bit levels: the mean absolute
+    difference of their YCbCr cells, each channel's mean over the grid removed first (brightness and colour
+    casts do not count). Luma counts once and chroma twice where both images have colour; luma alone where
+    either is grey."""
+    ya = a.reshape(*a.shape[:-1], COLOR_GRID * COLOR_GRID, 3).astype(np.float32) @ _YCC.T
+    yb = b.reshape(*b.shape[:-1], COLOR_GRID * COLOR_GRID, 3).astype(np.float32) @ _YCC.T
+    ya -= ya.mean(axis=-2, keepdims=True)
+    yb -= yb.mean(axis=-2, keepdims=True)
+    luma = np.abs(ya[..., 0] - yb[..., 0]).mean(axis=-1)
+    chroma = np.abs(ya[..., 1:] - yb[..., 1:]).mean(axis=(-1, -2))
+    colourful = np.minimum(np.abs(ya[..., 1:]).mean(axis=(-1, -2)), np.abs(yb[..., 1:]).mean(axis=(-1, -2)))
+    return np.where(colourful > GREY_CHROMA, (luma + 2 * chroma) / 3, luma).astype(np.float32)
+
+
+def colors_array(values: Any) -> np.ndarray:
+    """A column of ``colors`` (Arrow binary or a list of bytes, all ``COLOR_BYTES`` long) as an (n, 48) uint8 array."""
+    import pyarrow as pa
+
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if len(values) == 0:
+            return np.empty((0, COLOR_BYTES), np.uint8)
+        values = values.cast(pa.binary())
+        offsets = np.frombuffer(values.buffers()[1], np.int32, len(values) + 1, values.offset * 4)
+        data = np.frombuffer(values.buffers()[2], np.uint8)
+        first = int(offsets[0])
+        if int(offsets[-1]) - first != COLOR_BYTES * len(values):
+            raise ValueError("a colors value is not 48 bytes long")
+        return data[first : int(offsets[-1])].reshape(-1, COLOR_BYTES)
+    return np.frombuffer(b"".join(values), np.uint8).reshape(-1, COLOR_BYTES)

@@ -313,6 +313,7 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
             min_images=val + 1,
             val_per_class=val,
             num_train_shards=cfg.shards_per_cpu * n_cpus,
+            dedup=False,  # the corpus reuses its images on purpose: this measures the image step, not the finder
             progress=False,
         )
         pcfg.validate()

@@ -218,3 +218,48 @@ class PrepareConfig:
             value = getattr(self, key)
             out[key] = list(value) if isinstance(value, (list, tuple)) else value
         return out
+
+
+@dataclass
+class AuditConfig:
+    """The options of ``in21k audit``."""
+
+    data: str | None = field(
+        default=None,
+        metadata={"help": "the dataset: one `in21k prepare` wrote, or any WebDataset (its _info.json, or every .tar "
+                  "below it)", "metavar": "DST"},
+    )  # fmt: skip
+    against: list[str] = field(
+        default_factory=list,
+        metadata={"help": "evaluation sets NAME=URL (a folder, .tar or .parquet of images; local, s3://, gs://); "
+                  "repeatable", "metavar": "NAME=URL"},
+    )  # fmt: skip
+    dedup_distance: int = field(default=12, metadata={"help": "as prepare's: hash distance of a candidate pair"})
+    dedup_color_distance: float = field(default=7.0, metadata={"help": "as prepare's: colour distance of a match"})
+    resize: Literal["squash", "short-edge", "none"] = field(
+        default="squash",
+        metadata={"help": "how images are resized before fingerprinting, for a dataset not written by prepare "
+                  "(prepare's own datasets use their _info.json config)"},
+    )  # fmt: skip
+    size: int = field(default=224, metadata={"help": "the size of --resize"})
+    workers: int | None = field(default=None, metadata={"help": "processes that decode images (default: all CPUs)"})
+    storage_options: Any = field(
+        default=None,
+        metadata={"help": "fsspec storage options as JSON (default: from the environment)", "metavar": "JSON"},
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object only"})
+
+    def validate(self) -> None:
+        from in21k.pipeline.against import parse_specs
+
+        if not self.data:
+            raise ConfigError("--data is required: the dataset to audit (a folder or prefix of shards)")
+        if not self.against:
+            raise ConfigError("--against is required: NAME=URL of at least one evaluation set")
+        parse_specs(self.against)
+        self.storage_options = json_option("--storage-options", self.storage_options)
+        if not 0 <= self.dedup_distance <= 32 or self.dedup_color_distance < 0 or self.size < 8:
+            raise ConfigError("need 0 <= --dedup-distance <= 32, --dedup-color-distance >= 0 and --size >= 8")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("--workers must be at least 1")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from in21k.errors import ConfigError, DataError, StorageError
-from in21k.pipeline.fingerprint import fingerprints
+from in21k.pipeline.fingerprint import exact_hash, fingerprints
 from in21k.pipeline.imaging import ResizeMode, process_image
 from in21k.storage import RangeReader, Retry, filesystem, full_url, is_transient
 
@@ -227,7 +227,7 @@ def fingerprint_images(items: list[tuple[str, bytes | Exception]], settings: Ima
             cols["pixel_hash"].append(None)
             continue
         cols["error"].append(None)
-        cols["pixel_hash"].append(result.pixel_hash)
+        cols["pixel_hash"].append(exact_hash(result.jpeg))
         at.append(len(cols["member"]) - 1)
         thumbs.append(result.thumbnail)
     phash, colors = fingerprints(thumbs)

@@ -40,7 +40,6 @@ HASH_SIDE = 32  # the DCT size of pHash
 HASH_BITS = 64
 COLOR_GRID = 4  # colors: COLOR_GRID x COLOR_GRID cells x RGB
 COLOR_BYTES = COLOR_GRID * COLOR_GRID * 3
-THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 4  # RGBX: PIL's own layout of RGB, so packing it is a copy
 TRIM_TOLERANCE = 12.0  # 8-bit levels: a border line may vary this much (JPEG noise on a flat colour)
 TRIM_MAX = THUMB_SIDE // 3  # at most this many lines are cut from a side, so a flat image stays whole
 # Chroma below this mean deviation (8-bit levels) counts as a grey image: its copies are compared by luma only.
@@ -65,16 +64,12 @@ def _zigzag(size: int, count: int) -> np.ndarray:
     return np.array([u * size + v for u, v in cells[:count]], dtype=np.int64)
 
 
-def _ac_basis() -> np.ndarray:
-    """(64, 32 * 32): row k maps a flattened 32 x 32 image to its k-th AC coefficient (zigzag order, DC left out:
-    it is the brightness), so the hash's coefficients are one matrix-vector product."""
-    low = 11  # the first 64 AC coefficients in zigzag order lie within u + v <= 10
-    dct = _dct_rows(HASH_SIDE, low)
-    cells = _zigzag(low, HASH_BITS + 1)[1:]
-    return np.stack([np.outer(dct[c // low], dct[c % low]).ravel() for c in cells]).astype(np.float32)
+_LOW = 11  # the first 64 AC coefficients in zigzag order lie within the 11 x 11 lowest frequencies (u + v <= 10)
+_DCT = _dct_rows(HASH_SIDE, _LOW)  # (11, 32)
+_DCT_T = np.ascontiguousarray(_DCT.T)
+_AC = _zigzag(_LOW, HASH_BITS + 1)[1:]  # DC left out: it is the brightness
 
 
-_AC_BASIS = _ac_basis()
 # The four outermost lines of the thumbnail (top, bottom, left, right), as indices into its pixels.
 _SIDE = np.arange(THUMB_SIDE)
 _LAST = THUMB_SIDE - 1
@@ -91,8 +86,10 @@ class Fingerprint:
     pixel_hash: int  # length and CRC-32 of the encoded image (exact_hash)
 
 
-def thumbnail(img: Any) -> bytes:
-    """The 64 x 64 RGBX thumbnail (``THUMB_BYTES``) of a PIL image that the fingerprints are computed from.
+def thumbnail(img: Any) -> Any:
+    """The 64 x 64 thumbnail (a PIL image) of a PIL image that the fingerprints are computed from. Its pixels are
+    taken out later, in ``fingerprints``, for a whole batch at once: code that runs in a loop stays in the CPU's
+    caches, which for the few microseconds of work per image matters more than the work itself.
 
     Point sampling: the written pixels are already antialiased by prepare's resize, and a box filter here would
     cost as much as the rest of the fingerprint (docs/clean-data.md). A large image (``--resize none``) is
@@ -104,9 +101,7 @@ def thumbnail(img: Any) -> bytes:
     if factor >= 2:
         img = img.reduce(factor)
     thumb = img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.NEAREST)
-    if thumb.mode not in ("RGB", "RGBX", "RGBA"):
-        thumb = thumb.convert("RGB")
-    return thumb.tobytes("raw", "RGBX")
+    return thumb if thumb.mode in ("RGB", "RGBX", "RGBA") else thumb.convert("RGB")
 
 
 def exact_hash(encoded: bytes) -> int:
@@ -153,20 +148,47 @@ def _block_means(images: np.ndarray, f: int) -> np.ndarray:
     """Means of the ``f`` x ``f`` blocks of ``images`` (n x h x w x channels), as float32 (n x h/f x w/f x 3):
     the first three channels (RGB of RGBX).
 
-    Rows are added as whole contiguous lines and columns by a product with a 0/1 matrix: strided slices or a
-    reduction over two axes cost several times more, and this runs for every image prepare writes.
+    Whole lines and strided views are added, with no reduction over several axes and no matrix product: numpy
+    is slow at the first, and OpenBLAS would run the second on all cores, spinning in this process.
     """
     n, h, w, c = images.shape
     lines = images.reshape(n, h // f, f, w * c)
-    rows = lines[:, :, 0].astype(np.uint16 if images.dtype == np.uint8 else np.float32)
+    rows = lines[:, :, 0].astype(np.uint16 if images.dtype == np.uint8 and f * f <= 256 else np.float32)
     for k in range(1, f):
         rows += lines[:, :, k]
-    pick = np.tile(np.eye(c, 3, dtype=np.float32), (f, 1)) / (f * f)  # (f * c, 3): sums R, G, B of f pixels
-    return (rows.reshape(-1, f * c).astype(np.float32, copy=False) @ pick).reshape(n, h // f, w // f, 3)
+    cells = rows.reshape(n, h // f, w // f, f, c)[..., :3]
+    out = cells[:, :, :, 0].astype(np.float32)
+    for k in range(1, f):
+        out += cells[:, :, :, k]
+    return out / (f * f)
 
 
-def fingerprints(thumbnails: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """``(phash, colors)`` of many thumbnails at once: a uint64 array and an (n, COLOR_BYTES) uint8 array.
+def _half(pixels: np.ndarray) -> np.ndarray:
+    """The 2 x 2 block means of RGBX ``pixels`` (n x h x w, each a little-endian uint32) as float32 RGB
+    (n x h/2 x w/2 x 3).
+
+    SIMD within a register: masked, a pixel holds R and B (or G and X) in two 16-bit lanes, so one addition of
+    uint32 arrays sums two channels and four 8-bit values never carry into the next lane. Several times faster
+    than summing strided uint8 views per channel, for every image prepare writes.
+    """
+    n, h, w = pixels.shape
+    mask = np.uint32(0x00FF00FF)
+    lanes = []
+    for part in (pixels & mask, (pixels >> np.uint32(8)) & mask):
+        rows = part.reshape(n, h // 2, 2 * w)
+        pairs = rows[:, :, :w] + rows[:, :, w:]  # two lines, whole and contiguous
+        lanes.append(pairs[:, :, 0::2] + pairs[:, :, 1::2])
+    rb, gx = lanes
+    out = np.empty((n, h // 2, w // 2, 3), np.float32)
+    out[..., 0] = rb & np.uint32(0xFFFF)
+    out[..., 1] = gx & np.uint32(0xFFFF)
+    out[..., 2] = rb >> np.uint32(16)
+    out *= 0.25
+    return out
+
+
+def fingerprints(thumbnails: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(phash, colors)`` of many ``thumbnail`` images at once: a uint64 array and an (n, COLOR_BYTES) uint8 array.
 
     Batched because the work per image is small and numpy's per-call cost is not: the shard tasks fingerprint
     each read batch in one call.
@@ -174,27 +196,26 @@ def fingerprints(thumbnails: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     n = len(thumbnails)
     if n == 0:
         return np.empty(0, np.uint64), np.empty((0, COLOR_BYTES), np.uint8)
-    thumbs = np.frombuffer(b"".join(thumbnails), np.uint8).reshape(n, THUMB_SIDE, THUMB_SIDE, 4)
+    raw = b"".join(t.tobytes("raw", "RGBX") for t in thumbnails)
+    thumbs = np.frombuffer(raw, np.uint8).reshape(n, THUMB_SIDE, THUMB_SIDE, 4)
     # Images without a flat outer line (most) keep the whole thumbnail: its 3 x 3 block means. The outer lines as
     # (image, channel, line, pixel), so that the reductions run along a contiguous axis.
     flat = thumbs.reshape(n, -1, 4)
     outer = np.ascontiguousarray(flat[:, _OUTER, :3].transpose(0, 2, 1)).reshape(n, 3, 4, THUMB_SIDE)
     whole = ((outer.max(axis=3) - outer.min(axis=3)) > 2 * TRIM_TOLERANCE).any(axis=1).all(axis=1)
-    if whole.all():
-        small = _block_means(thumbs, THUMB_SIDE // HASH_SIDE)
-    else:
-        small = np.empty((n, HASH_SIDE, HASH_SIDE, 3), np.float32)
-        if whole.any():
-            small[whole] = _block_means(thumbs[whole], THUMB_SIDE // HASH_SIDE)
+    small = _half(np.frombuffer(raw, "<u4").reshape(n, THUMB_SIDE, THUMB_SIDE))
     for i in np.flatnonzero(~whole):
         left, top, right, bottom = trim_box(thumbs[i])
         wy, wx = _box_weights(top, bottom, HASH_SIDE), _box_weights(left, right, HASH_SIDE)
         small[i] = np.einsum("yh,hwc,xw->yxc", wy, thumbs[i, :, :, :3].astype(np.float32), wx)
-    coef = (small.reshape(n, -1, 3) @ _LUMA) @ _AC_BASIS.T  # (n, 64)
+    luma = small[..., 0] * _LUMA[0] + small[..., 1] * _LUMA[1] + small[..., 2] * _LUMA[2]
+    # Separable 2-D DCT of the 11 x 11 lowest frequencies: small products per image (11 x 32 x 32), which
+    # OpenBLAS runs on one core.
+    coef = (_DCT @ luma @ _DCT_T).reshape(n, -1)[:, _AC]
     half = HASH_BITS // 2
     mid = np.partition(coef, (half - 1, half), axis=1)
     mid = (mid[:, half - 1] + mid[:, half])[:, None] / 2  # the median of the 64: between the 32nd and 33rd
-    phash = np.packbits(coef > mid, axis=1).view(">u8").ravel().astype(np.uint64)
+    phash = np.ascontiguousarray(np.packbits(coef > mid, axis=1)).view(">u8").ravel().astype(np.uint64)
     grid = _block_means(small, HASH_SIDE // COLOR_GRID)
     return phash, np.rint(grid).astype(np.uint8).reshape(n, COLOR_BYTES)
 

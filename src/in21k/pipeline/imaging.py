@@ -45,11 +45,11 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from in21k.pipeline.fingerprint import exact_hash, thumbnail
+from in21k.pipeline.fingerprint import thumbnail
 
 try:  # libjpeg-turbo without Pillow's per-image overhead; without it every image takes the Pillow path
     import simplejpeg as _simplejpeg
@@ -89,9 +89,9 @@ class ImageResult:
     width: int = 0
     height: int = 0
     detail: str = ""
-    # With process_image(fingerprint=True): what in21k.pipeline.fingerprint needs of the written pixels.
-    thumbnail: bytes | None = None
-    pixel_hash: int | None = None
+    # With process_image(fingerprint=True): the thumbnail of the written pixels that in21k.pipeline.fingerprint
+    # works from (its fingerprints() takes a batch of them, with exact_hash of each jpeg).
+    thumbnail: Any = None
 
     @property
     def ok(self) -> bool:
@@ -169,7 +169,7 @@ def process_image(
     fingerprint: bool = False,
 ) -> ImageResult:
     """Decode ``data``, convert to RGB, apply EXIF orientation, resize and encode as JPEG; with ``fingerprint``,
-    also the thumbnail and exact hash of the written pixels that ``in21k.pipeline.fingerprint`` works from."""
+    also the thumbnail of the written pixels that ``in21k.pipeline.fingerprint`` works from."""
     if not data:
         return ImageResult(None, "empty")
     opts = {"resize": resize, "size": size, "quality": quality, "max_image_pixels": max_image_pixels,
@@ -193,7 +193,7 @@ def _encoded(img: Image.Image, quality: int, fingerprint: bool, src_w: int, src_
     jpeg = buf.getvalue()
     result = ImageResult(jpeg, None, src_w, src_h, img.size[0], img.size[1])
     if fingerprint:
-        result.thumbnail, result.pixel_hash = thumbnail(img), exact_hash(jpeg)
+        result.thumbnail = thumbnail(img)
     return result
 
 

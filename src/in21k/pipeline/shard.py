@@ -24,7 +24,7 @@ from typing import Any
 
 from in21k.dataset import ShardTarWriter, manifest_name, sample_key, stats_name
 from in21k.errors import StorageError
-from in21k.pipeline.fingerprint import fingerprints
+from in21k.pipeline.fingerprint import exact_hash, fingerprints
 from in21k.pipeline.imaging import ImageResult, ResizeMode, process_image
 from in21k.pipeline.plan import ShardSpec
 from in21k.storage import RangeReader, Retry, Store, is_transient
@@ -186,7 +186,7 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
                     }
                     writer.write(row["key"], result.jpeg, row["class"], meta)
                     record.update(status="written", reason=None, width=result.width, height=result.height,
-                                  pixel_hash=result.pixel_hash)  # fmt: skip
+                                  pixel_hash=exact_hash(result.jpeg))  # fmt: skip
                     decoded.append((record, result.thumbnail))
                 else:
                     reasons[result.reason] += 1

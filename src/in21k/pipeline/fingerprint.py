@@ -1,30 +1,32 @@
 """Image fingerprints: what the duplicate finder compares, computed from the pixels ``prepare`` writes.
 
-Every image the shard tasks decode gets three fingerprints, from the image as it is about to be encoded
-(after the resize and the EXIF rotation), so the raw release is decoded once and both decode paths of
-``in21k.pipeline.imaging`` give the same fingerprint for the same image:
+Every image the shard tasks decode gets three fingerprints, from the image as it is about to be encoded (after
+the resize and the EXIF rotation): the raw release is decoded once, and both decode paths of
+``in21k.pipeline.imaging`` give the same fingerprint for the same image (they give the same pixels).
 
-- ``phash``: a 64-bit DCT hash (pHash). The image is reduced to a 64 x 64 thumbnail (box filter), a
-  border of one colour around it is trimmed (below), the luma of what is left is reduced to 32 x 32, and
-  of its 2-D DCT the 64 lowest-frequency coefficients after the DC term (zigzag order) give one bit each:
-  above their median or not. Every hash has 32 ones, so distances are even. Re-encoding and rescaling
-  move it by 0-2 bits; crops of up to 5 % by 0-10 (a few up to 16); a trimmed border by 0-12.
+- ``phash``: a 64-bit DCT hash (pHash). The image is point-sampled to a 64 x 64 thumbnail (``thumbnail``), a
+  border of one colour around it is trimmed (below), the rest is reduced to 32 x 32 by 2 x 2 block means, and
+  of the 2-D DCT of its luma the 64 lowest-frequency coefficients after the DC term (zigzag order) give one bit
+  each: above their median or not. Every hash has 32 ones, so distances are even. On the planted release,
+  re-encoding and rescaling move it by 0-2 bits, crops of 1-5 % by 0-14 (90 % within 10), an added border
+  (trimmed) by 0-16 (90 % within 10).
 - ``colors``: the mean colour of the same trimmed thumbnail in a 4 x 4 grid (48 bytes). It verifies a
   candidate pair found by the hash: ``color_distance`` compares the grids in YCbCr with each channel's mean
-  removed, so brightness shifts and colour casts do not count, and looks at chroma only where both images
-  have colour. It is what tells two different pictures with a similar luma layout apart (a pHash of 64 bits
-  cannot, at 10^14 pairs).
-- ``pixel_hash``: the length and CRC-32 of the encoded image (the encoder is deterministic, so two members whose
-  decoded pixels are equal have equal hashes, whatever their file bytes or metadata). The manifest's ``sha1``
-  is of the source bytes.
+  removed, so brightness shifts and colour casts do not count, and looks at chroma only where both images have
+  colour. It is what tells two different pictures with a similar luma layout apart: 64 bits alone cannot, at
+  10^14 pairs.
+- ``pixel_hash`` (``exact_hash``): the length and CRC-32 of the encoded image. The encoder is deterministic, so
+  two members whose decoded pixels are equal have equal hashes, whatever their file bytes or metadata (the
+  manifest's ``sha1`` is of the source bytes).
 
-Border trimming: rows and columns at the edges whose every pixel is within ``TRIM_TOLERANCE`` levels of the
-outermost line's mean colour are cut (at most a third of each side), so a copy with a frame added matches
-its original. An image whose own edges are flat (a product on white) is trimmed the same way in both
-copies.
+Border trimming (``trim_box``): rows and columns at the edges whose every pixel is within ``TRIM_TOLERANCE``
+levels of the outermost line's mean colour are cut (at most a third of each side), so a copy with a frame added
+matches its original; the trimmed part is box-resampled to 32 x 32. An image whose own edges are flat (a
+product on white) is trimmed the same way in both copies.
 
-Cost: ~4 % of the image step's CPU time (``in21k bench decode`` prints the ratio); why these choices, with
-figures: docs/clean-data.md.
+The work is split for speed: ``thumbnail`` per image (a few microseconds of PIL), ``fingerprints`` per read batch
+of 32 (numpy, in a loop that stays in the CPU's caches). Together they add ~4 % to the image step's CPU time
+(``in21k bench decode`` prints it as ``fingerprint_cost``); why these choices, with figures: docs/clean-data.md.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 THUMB_SIDE = 64  # the thumbnail both the trim and the reductions work on
 HASH_SIDE = 32  # the DCT size of pHash
@@ -95,8 +98,6 @@ def thumbnail(img: Any) -> Any:
     cost as much as the rest of the fingerprint (docs/clean-data.md). A large image (``--resize none``) is
     box-reduced first, to at most twice the thumbnail, so that sampling it does not alias.
     """
-    from PIL import Image
-
     factor = min(img.size) // (2 * THUMB_SIDE)
     if factor >= 2:
         img = img.reduce(factor)
@@ -107,7 +108,7 @@ def thumbnail(img: Any) -> Any:
 def exact_hash(encoded: bytes) -> int:
     """``pixel_hash``: the encoded image's length (high 32 bits) and CRC-32 (low 32 bits) as an unsigned integer.
 
-    A CRC rather than SHA-1: it costs a third (~7 us for a 224 px JPEG, 1 % of the image step). Two pictures with
+    A CRC rather than SHA-1: it costs a third (~5 us for a 224 px JPEG). Two pictures with
     equal ``pixel_hash`` are grouped only when their ``phash`` and ``colors`` are equal too, so a collision
     cannot merge different pictures.
     """
@@ -131,8 +132,10 @@ def trim_box(thumb: np.ndarray) -> tuple[int, int, int, int]:
     n = TRIM_MAX
     top, bottom = _border_lines(chw[:, :n]), _border_lines(chw[:, : -n - 1 : -1])
     left, right = _border_lines(cwh[:, :n]), _border_lines(cwh[:, : -n - 1 : -1])
-    if top + bottom >= h - n or left + right >= w - n:  # a flat image: nothing to trim to
-        return 0, 0, w, h
+    if top == bottom == n:  # flat from both sides: a flat image (along this axis), not a frame
+        top = bottom = 0
+    if left == right == n:
+        left = right = 0
     return left, top, w - right, h - bottom
 
 

@@ -36,11 +36,18 @@ def test_the_join_finds_every_pair_within_its_radius_and_nothing_beyond_the_dist
     assert (got["distances"] == np.bitwise_count(h[i] ^ h[j])).all() and (got["distances"] <= 12).all()
     assert found <= _brute(h, 12)
     assert _brute(h, dedup.guaranteed_radius()) <= found  # radius 7: all of them
-    assert len(found) / len(_brute(h, 12)) > 0.7
+    assert len(found) / len(_brute(h, 12)) > 0.7 and got["within"] == len(found)  # each pair reported once
     # Any split of the tables into tasks gives the same pairs.
     parts = [dedup.scan_tables(h, range(a, min(a + 50, 330)), 12) for a in range(0, 330, 50)]
     merged = dedup.merge_scans(parts)
     assert np.array_equal(merged["pairs"], got["pairs"]) and np.array_equal(merged["distances"], got["distances"])
+    # With colours, the pairs are verified: those that differ go, the closest of them are kept for the report.
+    colors = rng.integers(0, 256, (len(h), COLOR_BYTES), dtype=np.uint8)
+    colors[j] = colors[i]  # the pairs found: same colours...
+    colors[j[::2]] = 255 - colors[i[::2]]  # ...but every other one differs
+    checked = dedup.scan_tables(h, range(330), 12, colors, 7.0)
+    assert 0 < len(checked["pairs"]) < len(found) and (checked["color_distances"] <= 7.0).all()
+    assert len(checked["rejected"][0]) == dedup.REJECTED_KEPT and (checked["rejected"][2] > 7.0).all()
 
 
 def test_a_huge_bucket_is_compared_within_a_window() -> None:
@@ -68,15 +75,13 @@ def _decide(release: clean.Release, policy: clean.Policy, evals: clean.EvalImage
                                       np.empty((0, COLOR_BYTES), np.uint8), [])  # fmt: skip
     keys = [f"n0000000{c}_{k}" for k, c in enumerate(release.cls.tolist())]
 
-    def details(rows: np.ndarray) -> dict:
-        return {"key": [keys[r] for r in rows], "colors": np.full((len(rows), COLOR_BYTES), 100, np.uint8),
-                "source": ["raw"] * len(rows), "offset": np.zeros(len(rows), np.int64),
-                "src_bytes": np.zeros(len(rows), np.int64)}  # fmt: skip
+    def details(rows: np.ndarray, columns: tuple[str, ...]) -> dict:
+        every = {"key": [keys[r] for r in rows], "colors": np.full((len(rows), COLOR_BYTES), 100, np.uint8),
+                 "source": ["raw"] * len(rows), "offset": np.zeros(len(rows), np.int64),
+                 "src_bytes": np.zeros(len(rows), np.int64)}  # fmt: skip
+        return {c: every[c] for c in columns}
 
-    def scan(hashes: np.ndarray) -> dict:
-        return dedup.scan_tables(hashes, range(len(dedup.tables())), policy.max_distance)
-
-    table, summary = clean.decide(release, details, evals, policy, np.array([1, 2, 3]), scan)
+    table, summary = clean.decide(release, details, evals, policy, np.array([1, 2, 3]))  # the join in this process
     rows = table.to_pylist()
     assert [r["position"] for r in rows] == sorted(r["position"] for r in rows)
     return {keys[r["position"]]: r for r in rows} | {"summary": summary}

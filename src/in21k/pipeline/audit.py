@@ -30,7 +30,7 @@ from in21k.errors import DataError
 from in21k.pipeline import against
 from in21k.pipeline.clean import tar_samples
 from in21k.pipeline.dedup import scan_tables, split_pairs, tables
-from in21k.pipeline.fingerprint import COLOR_BYTES, color_distance, colors_array
+from in21k.pipeline.fingerprint import COLOR_BYTES, colors_array
 from in21k.pipeline.options import AuditConfig
 from in21k.progress import progress
 
@@ -160,15 +160,13 @@ def _match(cfg: AuditConfig, dataset: dict[str, Any], eval_sets: list[Any], eval
     hashes = np.concatenate([dataset["phash"], np.array(e_hash, np.uint64)])
     colors = np.concatenate([dataset["colors"], colors_array(e_colors) if e_colors else
                              np.empty((0, COLOR_BYTES), np.uint8)])  # fmt: skip
-    result = scan_tables(hashes, range(len(tables())), cfg.dedup_distance)
+    result = scan_tables(hashes, range(len(tables())), cfg.dedup_distance, colors, cfg.dedup_color_distance)
     a, b = split_pairs(result["pairs"])
     cross = (a < n) & (b >= n)
-    a, b, d = a[cross], b[cross], result["distances"][cross]
-    cd = color_distance(colors[a], colors[b]) if len(a) else np.zeros(0, np.float32)
-    keep = cd <= cfg.dedup_color_distance
+    a, b, d, cd = a[cross], b[cross], result["distances"][cross], result["color_distances"][cross]
     pairs = []
     matched: dict[int, tuple[set, set]] = {s: (set(), set()) for s in range(len(eval_sets))}
-    for i, j, dist, c in zip(a[keep].tolist(), b[keep].tolist(), d[keep].tolist(), cd[keep].tolist(), strict=True):
+    for i, j, dist, c in zip(a.tolist(), b.tolist(), d.tolist(), cd.tolist(), strict=True):
         k = j - n
         s = e_set[k]
         matched[s][0].add(k)

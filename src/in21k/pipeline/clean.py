@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 
 from in21k.dataset import ShardTarWriter, manifest_name, shard_name, split_member, stats_name
-from in21k.pipeline.dedup import components, exact_groups, split_pairs
-from in21k.pipeline.fingerprint import COLOR_BYTES, color_distance, colors_array, hamming
+from in21k.pipeline.dedup import components, exact_groups, scan_tables, split_pairs, tables
+from in21k.pipeline.fingerprint import COLOR_BYTES, colors_array, hamming
 from in21k.storage import Store
 
 log = logging.getLogger(__name__)
@@ -148,34 +148,42 @@ def load_release(store: Store, parts: list[str], class_of: dict[str, int]) -> Re
     return Release(**{k: np.concatenate(v) if v else np.empty(0, empty[k]) for k, v in chunks.items()})
 
 
-def load_details(store: Store, parts: list[str], release: Release, rows: np.ndarray) -> dict[str, Any]:
-    """``key``, ``colors``, ``source``, ``offset``, ``src_bytes`` of the release ``rows`` (sorted indices into
-    ``release``), read from the parts that hold them."""
-    out: dict[str, Any] = {"key": [None] * len(rows), "colors": np.zeros((len(rows), COLOR_BYTES), np.uint8),
-                           "source": [None] * len(rows), "offset": np.zeros(len(rows), np.int64),
-                           "src_bytes": np.zeros(len(rows), np.int64)}  # fmt: skip
-    if not len(rows):
+def load_details(store: Store, parts: list[str], release: Release, rows: np.ndarray,
+                 columns: tuple[str, ...] = ("colors",)) -> dict[str, Any]:  # fmt: skip
+    """``columns`` (of ``colors``, ``key``, ``source``, ``offset``, ``src_bytes``) of the release ``rows`` (indices
+    into ``release``), read from the manifest parts that hold them, a few hundred parts at a time.
+    ``colors`` is an (n, COLOR_BYTES) array, ``offset`` and ``src_bytes`` int64 arrays, the others lists."""
+    return read_rows(store, parts, release.part[rows], release.position[rows], columns)
+
+
+def read_rows(store: Store, parts: list[str], part: np.ndarray, position: np.ndarray,
+              columns: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    """``load_details`` of the rows at ``position`` of manifest parts ``part`` (indices into ``parts``)."""
+    out: dict[str, Any] = {}
+    for name in columns:
+        if name == "colors":
+            out[name] = np.zeros((len(part), COLOR_BYTES), np.uint8)
+        elif name in ("offset", "src_bytes"):
+            out[name] = np.zeros(len(part), np.int64)
+        else:
+            out[name] = [None] * len(part)
+    if not len(part):
         return out
-    wanted_parts = np.unique(release.part[rows])
-    order = np.lexsort((release.position[rows], release.part[rows]))
+    wanted_parts = np.unique(part)
+    order = np.lexsort((position, part))
+    bounds = np.searchsorted(part[order], np.append(wanted_parts, wanted_parts[-1] + 1))
     names = [parts[int(p)] for p in wanted_parts]
-    cursor = 0
-    for k, table in _read_parts(store, names, ["key", "colors", "source", "offset", "src_bytes"]):
-        p = int(wanted_parts[k])
-        stop = cursor
-        while stop < len(order) and release.part[rows[order[stop]]] == p:
-            stop += 1
-        at = order[cursor:stop]
-        positions = release.position[rows[at]]
-        sub = table.take(positions)
-        out["colors"][at] = colors_array(sub.column("colors"))
-        for name in ("key", "source"):
-            values = sub.column(name).to_pylist()
-            for i, v in zip(at.tolist(), values, strict=True):
-                out[name][i] = v
-        out["offset"][at] = sub.column("offset").to_numpy()
-        out["src_bytes"][at] = sub.column("src_bytes").to_numpy()
-        cursor = stop
+    for k, table in _read_parts(store, names, list(columns)):
+        at = order[bounds[k] : bounds[k + 1]]
+        sub = table.take(position[at])
+        for name in columns:
+            if name == "colors":
+                out[name][at] = colors_array(sub.column(name))
+            elif name in ("offset", "src_bytes"):
+                out[name][at] = sub.column(name).to_numpy()
+            else:
+                for i, v in zip(at.tolist(), sub.column(name).to_pylist(), strict=True):
+                    out[name][i] = v
     return out
 
 
@@ -201,72 +209,91 @@ def load_evals(store: Store, names: list[str]) -> EvalImages:
 
 
 # ----------------------------------------------------------------------------------------- deciding
+def colors_of(out: str, storage_options: dict[str, Any] | None, parts: list[str], part: np.ndarray,
+              position: np.ndarray, more: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The colour grids of the rows at ``position`` of manifest parts ``part``, then the rows ``more``: what the
+    join's tasks verify pairs with (a Ray task of the job: the array goes to the object store, not the driver)."""
+    return np.concatenate([read_rows(Store(out, storage_options), parts, part, position, ("colors",))["colors"], more])
+
+
+def join_in_process(release: Release, reps: np.ndarray, evals: EvalImages, policy: Policy,
+                    details: Callable[..., dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """The join (``dedup.scan_tables``, every table, colour check included) over the release members ``reps`` and
+    the evaluation images, in this process (``in21k.pipeline.job`` runs it as Ray tasks)."""
+    hashes = np.concatenate([release.phash[reps], evals.phash])
+    colors = np.concatenate([details(reps, ("colors",))["colors"], evals.colors])
+    return scan_tables(hashes, range(len(tables())), policy.max_distance, colors, policy.max_color_distance)
+
+
 def decide(
     release: Release,
-    details: Callable[[np.ndarray], dict[str, Any]],
+    details: Callable[..., dict[str, Any]],
     evals: EvalImages,
     policy: Policy,
     depth: np.ndarray,
-    scan: Callable[[np.ndarray], dict[str, Any]],
+    join: Callable[[Release, np.ndarray, EvalImages, Policy], dict[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The decisions (an Arrow table, ``DECISION_COLUMNS``, sorted by part and position) and their summary.
 
-    ``details(rows)`` reads ``load_details`` of release rows; ``depth[c]`` is class ``c``'s depth in the tree;
-    ``scan(hashes)`` runs the join (all tables) over ``hashes``.
+    ``details(rows, columns)`` reads ``load_details`` of release rows; ``depth[c]`` is class ``c``'s depth in the
+    tree; ``join(release, reps, evals, policy)`` returns the verified pairs of ``dedup.scan_tables`` over the
+    release members ``reps`` followed by the evaluation images (default: ``join_in_process``). The colour check
+    runs inside the join: at fall11's size the pairs within the hash distance (look-alikes, mostly) are tens of
+    millions and are never gathered; keys are read for the members of groups and evaluation matches only.
     """
     t0 = time.perf_counter()
     n = len(release)
     rep = exact_groups(release.pixel_hash, release.phash) if policy.dedup else np.arange(n, dtype=np.int64)
     reps = np.flatnonzero(rep == np.arange(n))
-    if policy.dedup:
-        hashes = np.concatenate([release.phash[reps], evals.phash])
-    else:  # evaluation sets only: the release's own pairs are not looked for (their hashes still go in)
-        hashes = np.concatenate([release.phash, evals.phash])
-    scanned = scan(hashes) if len(hashes) > 1 else {"pairs": np.empty(0, np.uint64), "distances": np.empty(0, np.int8),
-                                                    "candidates": 0, "truncated": 0}  # fmt: skip
+    if len(reps) + len(evals.phash) > 1:
+        joined = (join or (lambda *a: join_in_process(*a, details=details)))(release, reps, evals, policy)
+    else:
+        joined = scan_tables(np.zeros(0, np.uint64), [], colors=np.zeros((0, COLOR_BYTES), np.uint8))
     timings = {"join": time.perf_counter() - t0}
-    a, b = split_pairs(scanned["pairs"])
-    d = scanned["distances"].astype(np.int16)
+    a, b = split_pairs(joined["pairs"])
+    d, cd = joined["distances"].astype(np.int16), joined["color_distances"]
     n_left = len(reps)
     both = (a < n_left) & (b < n_left)
     to_eval = (a < n_left) & (b >= n_left)  # a < b, so the evaluation image is always b
-    near_i, near_j, near_d = reps[a[both]], reps[b[both]], d[both]
+    near_i, near_j, near_d, near_cd = reps[a[both]], reps[b[both]], d[both], cd[both]
     if not policy.dedup:
-        near_i, near_j, near_d = near_i[:0], near_j[:0], near_d[:0]
-    ev_row, ev_k, ev_d = reps[a[to_eval]], b[to_eval] - n_left, d[to_eval]
-    copies = np.flatnonzero(rep != np.arange(n))  # exact copies of another member
-    involved = np.unique(np.concatenate([near_i, near_j, ev_row, copies, rep[copies]]))
+        near_i, near_j, near_d, near_cd = near_i[:0], near_j[:0], near_d[:0], near_cd[:0]
+    ev_row, ev_k, ev_d, ev_cd = reps[a[to_eval]], b[to_eval] - n_left, d[to_eval], cd[to_eval]
+    ra, rb = split_pairs(joined["rejected"][0])
+    rr = (ra < n_left) & (rb < n_left)
+    rejected = (reps[ra[rr]], reps[rb[rr]], joined["rejected"][1][rr], joined["rejected"][2][rr])
+    copies = np.flatnonzero(rep != np.arange(n))  # exact copies of another member: equal colours confirm them
     t = time.perf_counter()
-    info = details(involved)
-    timings["details"] = time.perf_counter() - t
-    at = {int(r): k for k, r in enumerate(involved.tolist())}
+    both_ends = np.unique(np.concatenate([copies, rep[copies]]))
+    copy_colors = details(both_ends, ("colors",))["colors"]
+    at_end = np.searchsorted(both_ends, copies), np.searchsorted(both_ends, rep[copies])
+    copy_ok = (copy_colors[at_end[0]] == copy_colors[at_end[1]]).all(axis=1) if len(copies) else np.zeros(0, bool)
+    timings["exact_copies"] = time.perf_counter() - t
+    involved = np.unique(np.concatenate([near_i, near_j, ev_row, copies, rep[copies]]))
 
     def idx(rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(involved, rows)
 
-    colors = info["colors"]
-    near_cd = color_distance(colors[idx(near_i)], colors[idx(near_j)]) if len(near_i) else np.zeros(0, np.float32)
-    near_ok = (near_d <= policy.max_distance) & (near_cd <= policy.max_color_distance)
-    ev_cd = color_distance(colors[idx(ev_row)], evals.colors[ev_k]) if len(ev_row) else np.zeros(0, np.float32)
-    ev_ok = (ev_d <= policy.max_distance) & (ev_cd <= policy.max_color_distance)
-    copy_ok = (colors[idx(copies)] == colors[idx(rep[copies])]).all(axis=1) if len(copies) else np.zeros(0, bool)
-
     # Evaluation matches: the matched representative and its exact copies; for each, its closest evaluation image.
     eval_match: dict[int, tuple[int, int]] = {}  # row -> (evaluation image, distance)
-    order = np.lexsort((ev_cd, ev_d))
-    for r, k, dist in zip(ev_row[order][ev_ok[order]].tolist(), ev_k[order][ev_ok[order]].tolist(),
-                          ev_d[order][ev_ok[order]].tolist(), strict=True):  # fmt: skip
+    order = np.lexsort((ev_k, ev_cd, ev_d))
+    for r, k, dist in zip(ev_row[order].tolist(), ev_k[order].tolist(), ev_d[order].tolist(), strict=True):
         eval_match.setdefault(r, (k, dist))
     for c, r in zip(copies[copy_ok].tolist(), rep[copies][copy_ok].tolist(), strict=True):
         if r in eval_match:
             eval_match[c] = eval_match[r]
 
     # Groups: connected components of verified pairs, over the involved members.
-    ei = np.concatenate([idx(near_i[near_ok]), idx(copies[copy_ok])])
-    ej = np.concatenate([idx(near_j[near_ok]), idx(rep[copies][copy_ok])])
+    ei = np.concatenate([idx(near_i), idx(copies[copy_ok])])
+    ej = np.concatenate([idx(near_j), idx(rep[copies][copy_ok])])
     label = components(len(involved), ei, ej) if policy.dedup else np.arange(len(involved))
     sizes = np.bincount(label, minlength=len(involved))
-    keys = info["key"]
+    grouped = np.flatnonzero(sizes[label] >= 2)
+    eval_rows = np.array(sorted(eval_match), np.int64)
+    keyed = np.union1d(grouped, idx(eval_rows)).astype(np.int64)  # indices into involved that need their key
+    t = time.perf_counter()
+    keys: dict[int, str] = dict(zip(keyed.tolist(), details(involved[keyed], ("key",))["key"], strict=True))
+    timings["keys"] = time.perf_counter() - t
     decisions: dict[int, tuple[str, str | None, int | None, int | None, str | None]] = {}
     reasons: Counter = Counter()
     groups = across = members_in_groups = 0
@@ -280,7 +307,6 @@ def decide(
     def dist(m: int, other: int) -> int:
         return int(hamming(release.phash[involved[m]], release.phash[involved[other]]))
 
-    grouped = np.flatnonzero(sizes[label] >= 2)
     by_label: dict[int, list[int]] = {}
     for m in grouped.tolist():
         by_label.setdefault(int(label[m]), []).append(m)
@@ -316,7 +342,7 @@ def decide(
                     if m != kept:
                         decisions[m] = ("rejected", REASON_IN_CLASS, keys[kept], dist(m, kept), head)
     for r, (k, distance) in eval_match.items():
-        m = at[r]
+        m = int(idx(np.array([r]))[0])
         group = decisions.get(m, (None,) * 5)[4]
         decisions[m] = (
             "rejected",
@@ -336,24 +362,22 @@ def decide(
         "fingerprinted": n,
         "exact_copies": int(copy_ok.sum()),
         "join": {
-            "hashes": int(len(hashes)),
-            "candidates": int(scanned["candidates"]),
-            "within_distance": int(len(scanned["pairs"])),
-            "truncated": int(scanned["truncated"]),
-        },  # fmt: skip
-        "near_pairs": {
-            "within_distance": int(len(near_i)),
-            "verified": int(near_ok.sum()),
-            "rejected_by_colour": int(((near_d <= policy.max_distance) & ~near_ok).sum()),
-        },  # fmt: skip
+            "hashes": int(n_left + len(evals.phash)),
+            "candidates": int(joined["candidates"]),
+            "within_distance": int(joined["within"]),
+            "truncated": int(joined["truncated"]),
+        },
+        "near_pairs": {  # every pair within the hash distance: of the release, and with evaluation images
+            "within_distance": int(joined["within"]),
+            "verified": int(len(joined["pairs"])),
+            "rejected_by_colour": int(joined["within"] - len(joined["pairs"])),
+        },
         "groups": groups,
         "groups_across_classes": across,
         "members_in_groups": members_in_groups,
         "removed": {r: reasons[r] for r in CLEAN_REASONS},
-        "eval_sets": _eval_summary(evals, ev_k[ev_ok], eval_match),
-        "samples": _samples(
-            involved, info, near_i, near_j, near_d, near_cd, near_ok, ev_row, ev_k, ev_d, ev_cd, ev_ok, evals, idx
-        ),  # fmt: skip
+        "eval_sets": _eval_summary(evals, ev_k, eval_match),
+        "samples": _samples(details, (near_i, near_j, near_d, near_cd), rejected, (ev_row, ev_k, ev_d, ev_cd), evals),
         "timings": {k: round(v, 2) for k, v in {**timings, "decide": time.perf_counter() - t0}.items()},
     }
     return table, summary
@@ -382,31 +406,34 @@ def _eval_summary(evals: EvalImages, matched_images: np.ndarray, eval_match: dic
     return out
 
 
-def _samples(involved, info, near_i, near_j, near_d, near_cd, near_ok, ev_row, ev_k, ev_d, ev_cd, ev_ok, evals,
-             idx) -> dict[str, list]:  # fmt: skip
-    """Pairs for the report's picture: accepted ones with the largest distances, the closest rejected ones, and
-    evaluation matches with the largest distances."""
+def _samples(details: Callable[..., dict[str, Any]], accepted: tuple, rejected: tuple, matched: tuple,
+             evals: EvalImages) -> dict[str, list]:  # fmt: skip
+    """Pairs for the report's picture: accepted ones with the largest distances, the rejected ones closest in colour,
+    and evaluation matches with the largest distances (their keys and where their bytes are, read for them only).
+    Each of ``accepted``, ``rejected``, ``matched`` is (rows, rows or evaluation images, distances, colour
+    distances)."""
+    picks: list[tuple[str, int, Any, int, float]] = []  # (kind, left row, right row or evaluation image, d, cd)
+    for kind, (left, right, d, cd) in (("accepted", accepted), ("rejected", rejected), ("eval", matched)):
+        order = np.lexsort((d, cd)) if kind == "rejected" else np.lexsort((-cd, -d))
+        for k in order[:SAMPLES_PER_KIND].tolist():
+            other = ("eval", int(right[k])) if kind == "eval" else int(right[k])
+            picks.append((kind, int(left[k]), other, int(d[k]), float(cd[k])))
+    rows = np.unique([r for p in picks for r in (p[1], p[2]) if isinstance(r, int)]).astype(np.int64)
+    info = details(rows, ("key", "source", "offset", "src_bytes"))
 
     def side(row: int) -> dict[str, Any]:
-        k = int(idx(np.array([row]))[0])
+        k = int(np.searchsorted(rows, row))
         return {"key": info["key"][k], "source": info["source"][k], "offset": int(info["offset"][k]),
                 "size": int(info["src_bytes"][k])}  # fmt: skip
 
     out: dict[str, list] = {"accepted": [], "rejected": [], "eval": []}
-    acc = np.flatnonzero(near_ok)
-    for k in acc[np.lexsort((-near_cd[acc], -near_d[acc]))][:SAMPLES_PER_KIND].tolist():
-        out["accepted"].append({"left": side(int(near_i[k])), "right": side(int(near_j[k])),
-                                "distance": int(near_d[k]), "color_distance": round(float(near_cd[k]), 2)})  # fmt: skip
-    rej = np.flatnonzero(~near_ok)
-    for k in rej[np.lexsort((near_d[rej], near_cd[rej]))][:SAMPLES_PER_KIND].tolist():
-        out["rejected"].append({"left": side(int(near_i[k])), "right": side(int(near_j[k])),
-                                "distance": int(near_d[k]), "color_distance": round(float(near_cd[k]), 2)})  # fmt: skip
-    ok = np.flatnonzero(ev_ok)
-    for k in ok[np.lexsort((-ev_cd[ok], -ev_d[ok]))][:SAMPLES_PER_KIND].tolist():
-        e = int(ev_k[k])
-        out["eval"].append({"left": side(int(ev_row[k])),
-                            "right": {"eval": evals.names[evals.set_index[e]], "member": evals.member[e]},
-                            "distance": int(ev_d[k]), "color_distance": round(float(ev_cd[k]), 2)})  # fmt: skip
+    for kind, left, right, d, cd in picks:
+        if isinstance(right, tuple):
+            e = right[1]
+            right_side = {"eval": evals.names[evals.set_index[e]], "member": evals.member[e]}
+        else:
+            right_side = side(right)
+        out[kind].append({"left": side(left), "right": right_side, "distance": d, "color_distance": round(cd, 2)})
     return out
 
 

@@ -41,6 +41,7 @@ KEY_BLOCKS = 4
 WINDOW = 1024  # a run of equal keys is compared to at most this many neighbours of each member
 MAX_DISTANCE = 12  # default --dedup-distance: Hamming distance of phash (even: every phash has 32 ones)
 MAX_COLOR_DISTANCE = 7.0  # default --dedup-color-distance, in 8-bit levels
+REJECTED_KEPT = 6  # candidate pairs rejected by their colours kept (the closest) for the report's picture
 
 
 def block_layout(blocks: int = BLOCKS) -> list[tuple[int, int]]:
@@ -65,19 +66,37 @@ def expected_candidates(n: int, blocks: int = BLOCKS, key_blocks: int = KEY_BLOC
     return math.comb(blocks, key_blocks) * n * (n - 1) / 2 / 2**key_bits
 
 
+def _first_tables(blocks: int, key_blocks: int) -> np.ndarray:
+    """For each set of equal blocks (a bit mask), the first table (in ``tables`` order) that holds only equal blocks,
+    or -1: the one table that reports a pair, so no pair is found twice and nothing is deduplicated afterwards."""
+    masks = np.array([sum(1 << b for b in combo) for combo in tables(blocks, key_blocks)], np.int64)
+    every = np.arange(1 << blocks, dtype=np.int64)[:, None]
+    covered = (masks[None, :] & every) == masks[None, :]
+    return np.where(covered.any(axis=1), covered.argmax(axis=1), -1).astype(np.int32)
+
+
 def scan_tables(
     hashes: np.ndarray,
     table_ids: Sequence[int],
     max_distance: int = MAX_DISTANCE,
+    colors: np.ndarray | None = None,
+    max_color_distance: float = MAX_COLOR_DISTANCE,
     *,
     blocks: int = BLOCKS,
     key_blocks: int = KEY_BLOCKS,
     window: int = WINDOW,
+    rejected_kept: int = REJECTED_KEPT,
 ) -> dict[str, Any]:
-    """Pairs of ``hashes`` (uint64) within ``max_distance`` that the tables ``table_ids`` find.
+    """The pairs of ``hashes`` (uint64) within ``max_distance`` that the tables ``table_ids`` find, each reported by
+    one table only (the first, in ``tables`` order, that holds it), so that disjoint subsets of the tables find
+    disjoint sets of pairs. With ``colors`` ((n, COLOR_BYTES) uint8, one row per hash), the pairs are verified:
+    only those within ``max_color_distance`` are kept (they are few; the candidates within the hash distance are
+    many), and of the others the ``rejected_kept`` closest in colour.
 
-    Returns ``pairs`` (uint64, ``i << 32 | j`` with ``i < j``, sorted, unique), their ``distances`` (int8),
-    ``candidates`` (pairs compared) and ``truncated`` (members of runs longer than ``window``).
+    Returns ``pairs`` (uint64 ``i << 32 | j``, ``i < j``, sorted), ``distances`` (int8), ``color_distances``
+    (float32, or None without ``colors``), ``rejected`` (the same three for the closest rejected pairs), the counts
+    ``candidates`` (pairs compared), ``within`` (pairs within the hash distance), ``truncated`` (members of runs
+    longer than ``window``, compared with their nearest neighbours only).
 
     The tables are worked through grouped by their first key block: the hashes are partitioned once by that
     block's value (2^5-2^6 parts), and each part, small enough to stay in the CPU's cache, is sorted by the rest
@@ -90,13 +109,40 @@ def scan_tables(
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
     layout = block_layout(blocks)
     combos = tables(blocks, key_blocks)
-    by_first: dict[int, list[tuple[int, ...]]] = {}
+    first_table = _first_tables(blocks, key_blocks)
+    block_masks = [(np.uint64(shift), np.uint64((1 << width) - 1)) for shift, width in layout]
+    by_first: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
     for t in table_ids:
-        by_first.setdefault(combos[t][0], []).append(combos[t][1:])
-    found: list[np.ndarray] = []
-    dists: list[np.ndarray] = []
-    candidates = truncated = 0
+        by_first.setdefault(combos[t][0], []).append((t, combos[t][1:]))
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    rejected: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    counts = {"candidates": 0, "within": 0, "truncated": 0}
     low32 = np.uint64(0xFFFFFFFF)
+
+    def report(t: int, ga: np.ndarray, gb: np.ndarray, x: np.ndarray, d: np.ndarray) -> None:
+        """Keep the hits that table ``t`` is the first to hold, verified on their colours."""
+        equal = np.zeros(len(x), np.int64)
+        for k, (shift, mask) in enumerate(block_masks):
+            equal |= (((x >> shift) & mask) == 0).astype(np.int64) << k
+        mine = first_table[equal] == t
+        ga, gb, d = ga[mine], gb[mine], d[mine]
+        counts["within"] += len(ga)
+        pairs = np.minimum(ga, gb) << np.uint64(32) | np.maximum(ga, gb)
+        if colors is None:
+            found.append((pairs, d.astype(np.int8), None))
+            return
+        cd = (
+            color_distance(colors[ga.astype(np.int64)], colors[gb.astype(np.int64)])
+            if len(ga)
+            else np.zeros(0, np.float32)
+        )
+        ok = cd <= max_color_distance
+        found.append((pairs[ok], d[ok].astype(np.int8), cd[ok]))
+        if (~ok).any():
+            rejected.append((pairs[~ok], d[~ok].astype(np.int8), cd[~ok]))
+            if sum(len(r[0]) for r in rejected) > 16 * rejected_kept:
+                rejected[:] = [_closest(rejected, rejected_kept)]
+
     for first, rests in sorted(by_first.items()):
         shift, width = layout[first]
         part = ((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.uint8)
@@ -111,9 +157,9 @@ def scan_tables(
             hp, rp = hs[lo:hi], rows[lo:hi]
             local = np.arange(hi - lo, dtype=np.uint64)
             # Each block's value in this part, once: a table's key is then a few shifts and ors of 32-bit values.
-            values = {blk: ((hp >> np.uint64(layout[blk][0])) & np.uint64((1 << layout[blk][1]) - 1)).astype(np.uint32)
-                      for blk in {b for rest in rests for b in rest}}  # fmt: skip
-            for rest in rests:
+            values = {blk: ((hp >> block_masks[blk][0]) & block_masks[blk][1]).astype(np.uint32)
+                      for blk in {b for _, rest in rests for b in rest}}  # fmt: skip
+            for t, rest in rests:
                 key = values[rest[0]].copy()
                 for blk in rest[1:]:
                     key <<= np.uint32(layout[blk][1])
@@ -124,39 +170,50 @@ def scan_tables(
                 while at.size and offset <= window:
                     a = (packed[at] & low32).astype(np.int64)
                     b = (packed[at + offset] & low32).astype(np.int64)
-                    d = np.bitwise_count(hp[a] ^ hp[b])
-                    candidates += at.size
+                    x = hp[a] ^ hp[b]
+                    d = np.bitwise_count(x)
+                    counts["candidates"] += at.size
                     hit = d <= max_distance
                     if hit.any():
-                        ga, gb = rp[a[hit]], rp[b[hit]]
-                        found.append(np.minimum(ga, gb) << np.uint64(32) | np.maximum(ga, gb))
-                        dists.append(d[hit].astype(np.int8))
+                        report(t, rp[a[hit]], rp[b[hit]], x[hit], d[hit])
                     nxt = at + offset + 1  # does the run go on one further?
                     ok = nxt < len(packed)
                     at, nxt = at[ok], nxt[ok]
                     at = at[((packed[nxt] ^ packed[at]) >> np.uint64(32)) == 0]
                     offset += 1
-                truncated += int(at.size)
+                counts["truncated"] += int(at.size)
+    return {**_joined(found, colors is not None), "rejected": _closest(rejected, rejected_kept), **counts}
+
+
+def _joined(found: list[tuple], verified: bool) -> dict[str, Any]:
+    """Found pairs (tuples of pairs, distances, colour distances) as sorted arrays."""
     if not found:
-        return {"pairs": np.empty(0, np.uint64), "distances": np.empty(0, np.int8), "candidates": candidates,
-                "truncated": truncated}  # fmt: skip
-    pairs, first_at = np.unique(np.concatenate(found), return_index=True)
-    return {"pairs": pairs, "distances": np.concatenate(dists)[first_at], "candidates": candidates,
-            "truncated": truncated}  # fmt: skip
+        return {"pairs": np.empty(0, np.uint64), "distances": np.empty(0, np.int8),
+                "color_distances": np.empty(0, np.float32) if verified else None}  # fmt: skip
+    pairs = np.concatenate([f[0] for f in found])
+    order = np.argsort(pairs, kind="stable")
+    return {"pairs": pairs[order], "distances": np.concatenate([f[1] for f in found])[order],
+            "color_distances": np.concatenate([f[2] for f in found])[order] if verified else None}  # fmt: skip
 
 
-def merge_scans(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One result of several ``scan_tables`` results (of disjoint table subsets): pairs found twice counted once."""
-    pairs = [r["pairs"] for r in results if len(r["pairs"])]
-    out: dict[str, Any] = {
-        "candidates": sum(r["candidates"] for r in results),
-        "truncated": sum(r["truncated"] for r in results),
+def _closest(rejected: list[tuple], keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``keep`` rejected pairs closest in colour (ties by the pair: the same whatever order they came in)."""
+    if not rejected:
+        return np.empty(0, np.uint64), np.empty(0, np.int8), np.empty(0, np.float32)
+    pairs, dist, cd = (np.concatenate([r[k] for r in rejected]) for k in range(3))
+    order = np.lexsort((pairs, cd))[:keep]
+    return pairs[order], dist[order], cd[order]
+
+
+def merge_scans(results: Sequence[dict[str, Any]], rejected_kept: int = REJECTED_KEPT) -> dict[str, Any]:
+    """One result of several ``scan_tables`` results over disjoint subsets of the tables (so disjoint pairs)."""
+    verified = any(r["color_distances"] is not None for r in results)
+    found = [(r["pairs"], r["distances"], r["color_distances"]) for r in results if len(r["pairs"])]
+    return {
+        **_joined(found, verified),
+        "rejected": _closest([r["rejected"] for r in results if len(r["rejected"][0])], rejected_kept),
+        **{k: sum(r[k] for r in results) for k in ("candidates", "within", "truncated")},
     }
-    if not pairs:
-        return {**out, "pairs": np.empty(0, np.uint64), "distances": np.empty(0, np.int8)}
-    merged, first = np.unique(np.concatenate(pairs), return_index=True)
-    dist = np.concatenate([r["distances"] for r in results if len(r["pairs"])])[first]
-    return {**out, "pairs": merged, "distances": dist}
 
 
 def split_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

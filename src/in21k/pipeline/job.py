@@ -402,23 +402,39 @@ def _fingerprint_eval_sets(eval_sets: list[Any], store: Store, cfg: PrepareConfi
                         meta["unreadable"], meta["images"])  # fmt: skip
 
 
-def _scan_in_ray(hashes: Any, cfg: PrepareConfig) -> dict[str, Any]:
-    """The join over ``hashes``: its tables as Ray tasks, grouped by first key block (``dedup.scan_tables``)."""
+def join_in_ray(store: Store, parts: list[str], release: Any, reps: Any, evals: Any, policy: Any,
+                cfg: PrepareConfig) -> dict[str, Any]:  # fmt: skip
+    """The join (``dedup.scan_tables``) over the release members ``reps`` and the evaluation images, as Ray tasks:
+    one task reads the colour grids of ``reps`` from the manifest into the object store, then the tables run in
+    tasks grouped by their first key block, each verifying its pairs against those colours. The driver holds the
+    hashes and the verified pairs only (fall11: ~0.1 GB and a few MB; the colours are ~0.6 GB)."""
+    import numpy as np
     import ray
 
-    from in21k.pipeline import dedup
+    from in21k.pipeline import clean, dedup
 
+    refs = [ray.put(np.ascontiguousarray(a)) for a in (release.part[reps], release.position[reps])]
+    colors_task = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=True)(clean.colors_of)
+    colors = colors_task.remote(cfg.out, cfg.storage_options, parts, *refs, evals.colors)
+    try:
+        ray.get(colors)  # a view of the object store's copy: nothing is read into this process
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+        raise _failure("reading the colour grids", cause, cfg.retries, 0.0, cfg) from exc
+    hashes = ray.put(np.concatenate([release.phash[reps], evals.phash]))
     combos = dedup.tables()
     units: list[list[int]] = []
     for first in sorted({c[0] for c in combos}):
         ids = [t for t, c in enumerate(combos) if c[0] == first]
         units += [ids[a : a + SCAN_TABLES_PER_TASK] for a in range(0, len(ids), SCAN_TABLES_PER_TASK)]
-    ref = ray.put(hashes)
     names = [f"join tables {u[0]}..{u[-1]}" for u in units]
     results = []
+
+    def task_args(k: int) -> tuple:
+        return hashes, units[k], policy.max_distance, colors, policy.max_color_distance
+
     with progress(total=len(combos), unit="table", desc="finding copies", enabled=cfg.progress) as bar:
-        for k, result in _completed(dedup.scan_tables, names, lambda k: (ref, units[k], cfg.dedup_distance), cfg,
-                                    window=_shard_window):  # fmt: skip
+        for k, result in _completed(dedup.scan_tables, names, task_args, cfg, window=_shard_window):
             results.append(result)
             bar.update(len(units[k]))
     return dedup.merge_scans(results)
@@ -449,9 +465,13 @@ def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: l
         log.info("looking for copies among %d images%s", len(release),
                  f" and {len(evals.member)} evaluation images" if eval_sets else "")  # fmt: skip
         table, summary = clean.decide(
-            release, lambda rows: clean.load_details(store, parts, release, rows), evals, policy, depth,
-            lambda hashes: _scan_in_ray(hashes, cfg),
-        )  # fmt: skip
+            release,
+            lambda rows, columns: clean.load_details(store, parts, release, rows, columns),
+            evals,
+            policy,
+            depth,
+            lambda release, reps, evals, policy: join_in_ray(store, parts, release, reps, evals, policy, cfg),
+        )
         summary["timings"]["load"] = round(time.perf_counter() - t - summary["timings"]["decide"], 2)
         from in21k.pipeline import against
 

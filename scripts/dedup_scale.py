@@ -4,7 +4,7 @@ Writes the manifest of a fall11-sized release whose fingerprints follow a model 
 look-alikes, exact and near copies, a cluster of near-identical images: ``in21k.synth.fingerprints``; no pixels,
 which would take days to decode here), then runs the duplicate check of ``in21k prepare`` on it in a fresh
 driver process, as the job does after its shard tasks: the fingerprints are loaded from the manifest
-(``clean.load_release``), the join's tables run as Ray tasks on a local Ray (``job.scan_in_ray``), the colours of
+(``clean.load_release``), the join runs as Ray tasks on a local Ray (``job.join_in_ray``), the colours of
 candidate pairs and the keys of groups are read back from the manifest, the policies decide and the decisions
 are written (``clean.decide``, ``clean.write_decisions``). The driver reports its peak resident memory (``VmHWM``),
 its timings and the join's counts, as one JSON line (also appended to ``--results``).
@@ -88,7 +88,7 @@ def child(spec: dict) -> None:
         wnids.update(pq.read_table(Path(out) / names[k], columns=["wnid"]).column("wnid").to_pylist())
     top = max(int(w[1:]) for w in wnids) - 90_000_000
     class_of = {f"n{90_000_000 + c:08d}": c for c in range(top + 1000)}
-    release = clean.load_release(store, names, class_of)
+    release = clean.load_release(store, names, class_of, rows=spec["members"])
     load_s = time.perf_counter() - t0
     mem_after_load = _status()["VmHWM"]
     ray.init(address="local", num_cpus=spec["num_cpus"], include_dashboard=False)
@@ -132,7 +132,7 @@ def main() -> None:
     out = Path(args.work) / f"fingerprints-{args.members}"
     meta = generate(out, args.members, args.seed)
     load = os.getloadavg()[0]
-    spec = {"out": str(out), "parts": meta["parts"], "num_cpus": args.num_cpus}
+    spec = {"out": str(out), "parts": meta["parts"], "num_cpus": args.num_cpus, "members": args.members}
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not lines:

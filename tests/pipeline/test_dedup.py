@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from in21k.pipeline import clean, dedup
@@ -76,8 +77,9 @@ def _decide(release: clean.Release, policy: clean.Policy, evals: clean.EvalImage
     keys = [f"n0000000{c}_{k}" for k, c in enumerate(release.cls.tolist())]
 
     def details(rows: np.ndarray, columns: tuple[str, ...]) -> dict:
-        every = {"key": [keys[r] for r in rows], "colors": np.full((len(rows), COLOR_BYTES), 100, np.uint8),
-                 "source": ["raw"] * len(rows), "offset": np.zeros(len(rows), np.int64),
+        every = {"key": pa.array([keys[r] for r in rows], pa.string()),
+                 "colors": np.full((len(rows), COLOR_BYTES), 100, np.uint8),
+                 "source": pa.array(["raw"] * len(rows), pa.string()), "offset": np.zeros(len(rows), np.int64),
                  "src_bytes": np.zeros(len(rows), np.int64)}  # fmt: skip
         return {c: every[c] for c in columns}
 

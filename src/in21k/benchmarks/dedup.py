@@ -67,7 +67,7 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
 
     from in21k.pipeline import PrepareConfig, prepare
     from in21k.pipeline.dedup import scan_tables, tables
-    from in21k.pipeline.fingerprint import colors_array
+    from in21k.pipeline.fingerprint import color_distance, colors_array
     from in21k.synth import SynthConfig, write_synthetic_release
     from in21k.synth.planted import EVAL_DIR, score
 
@@ -106,6 +106,19 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
     joined = scan_tables(phash, range(len(tables())), cfg.max_distance)
     join_seconds = time.perf_counter() - t
     brute = set((i.astype(np.uint64) << np.uint64(32) | j.astype(np.uint64)).tolist())
+    # Colour distances of the pairs within the hash distance: planted pairs against all others (the threshold's room).
+    where = {(w, m): k for k, (w, m) in enumerate(zip(dm["wnid"], dm["member"], strict=True))}
+    planted_pairs = {frozenset((where.get((p["original"]["wnid"], p["original"]["member"])),
+                                where.get((p["copy"]["wnid"], p["copy"]["member"]))))
+                     for p in planted["pairs"] if "wnid" in p["original"]}  # fmt: skip
+    cd = color_distance(colors[i], colors[j]) if len(i) else np.zeros(0, np.float32)
+    is_planted = np.array([frozenset((a, b)) in planted_pairs for a, b in zip(i.tolist(), j.tolist(), strict=True)],
+                          bool)  # fmt: skip
+    colour_room = {
+        "planted_pairs_max": round(float(cd[is_planted].max()), 2) if is_planted.any() else None,
+        "other_pairs_min": round(float(cd[~is_planted].min()), 2) if (~is_planted).any() else None,
+        "other_pairs_below_threshold": int((cd[~is_planted] <= cfg.max_color_distance).sum()),
+    }
     clean = prep_report["clean"]
     exhaustive = {"pairs_within_distance": int(len(i)), "pairs_verified": int(ok.sum()),
                   "found_by_the_join": len(brute & set(joined["pairs"].tolist()))}  # fmt: skip
@@ -119,6 +132,8 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
         "hash_only": _flagged_share(dm, planted, i, j, np.ones(len(i), bool)),
         "with_colour_check": _flagged_share(dm, planted, i, j, ok),
         "exhaustive": exhaustive,
+        # colour distances of the pairs within the hash distance: the planted ones' largest, the others' smallest
+        "colour_distances": colour_room,
         "join": {
             **clean["join"],
             "verified_pairs": clean["near_pairs"]["verified"],
@@ -160,6 +175,8 @@ def format_result(r: dict[str, Any]) -> str:
         f"{h['flagged_own_images']} of {h['own_images']} = {h['false_flag_rate']}; with the colour check "
         f"{c['flagged_own_images']})",
         f"evaluation matches that are not planted: {r['eval_false_matches']}",
+        f"colour distances within the hash distance: planted pairs <= {r['colour_distances']['planted_pairs_max']}, "
+        f"other pairs >= {r['colour_distances']['other_pairs_min']}",
         f"join: finds {r['join']['recall_vs_exhaustive']} of the {r['exhaustive']['pairs_within_distance']:,} pairs "
         f"within the distance that an exhaustive search finds ({r['join']['candidates']:,} candidates in prepare)",
         "",

@@ -53,7 +53,7 @@ import numpy as np
 
 from in21k.dataset import ShardTarWriter, manifest_name, shard_name, split_member, stats_name
 from in21k.pipeline.dedup import components, exact_groups, scan_tables, split_pairs, tables
-from in21k.pipeline.fingerprint import COLOR_BYTES, colors_array, hamming
+from in21k.pipeline.fingerprint import COLOR_BYTES, colors_array
 from in21k.storage import Store
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Release:
     pixel_hash: np.ndarray  # uint64
     cls: np.ndarray  # int32: class index (-1: not a kept class)
     val: np.ndarray  # bool: in the validation split
-    pixels: np.ndarray  # int64: source width x height
+    pixels: np.ndarray  # int32: source width x height (capped at 2^31 - 1)
 
     def __len__(self) -> int:
         return len(self.phash)
@@ -126,64 +126,99 @@ def _read_parts(store: Store, names: list[str], columns: list[str]) -> Iterator[
             yield a + k, pq.read_table(io.BytesIO(blob), columns=columns)
 
 
-def load_release(store: Store, parts: list[str], class_of: dict[str, int]) -> Release:
-    """Fingerprints and placement of every decoded member (``phash`` set) of the manifest ``parts``."""
-    chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("part", "position", "phash", "pixel_hash", "cls", "val",
-                                                           "pixels")}  # fmt: skip
+_RELEASE_TYPES = {"part": np.int32, "position": np.int32, "phash": np.uint64, "pixel_hash": np.uint64,
+                  "cls": np.int32, "val": bool, "pixels": np.int32}  # fmt: skip
+
+
+def load_release(store: Store, parts: list[str], class_of: dict[str, int], rows: int = 0) -> Release:
+    """Fingerprints and placement of every decoded member (``phash`` set) of the manifest ``parts``.
+
+    ``rows``: at least the members the parts hold (the plan's count): the columns are allocated once, at that
+    size, and filled as the parts are read (a few hundred at a time), so no table is held until a concatenation;
+    without it they grow by doubling. Class codes come from Arrow (no Python object per member). fall11's ~12.4 M
+    decoded members take ~0.4 GB.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    known = pa.array(sorted(class_of), pa.string())
+    codes = np.array([class_of[w] for w in known.to_pylist()] + [-1], np.int32)  # index_in's null -> -1
+    cols = {k: np.empty(max(rows, 1 << 16), t) for k, t in _RELEASE_TYPES.items()}
+    n = 0
     for p, table in _read_parts(store, parts, ["wnid", "split", "phash", "pixel_hash", "src_width", "src_height"]):
         valid = table.column("phash").is_valid().to_numpy(zero_copy_only=False)
-        if not valid.any():
+        k = int(valid.sum())
+        if not k:
             continue
         t = table.filter(valid)
-        chunks["part"].append(np.full(t.num_rows, p, np.int32))
-        chunks["position"].append(np.flatnonzero(valid).astype(np.int32))
-        chunks["phash"].append(t.column("phash").to_numpy().astype(np.uint64))
-        chunks["pixel_hash"].append(t.column("pixel_hash").fill_null(0).to_numpy().astype(np.uint64))
-        chunks["cls"].append(np.array([class_of.get(w, -1) for w in t.column("wnid").to_pylist()], np.int32))
-        chunks["val"].append(np.array([s == "validation" for s in t.column("split").to_pylist()], bool))
-        w = t.column("src_width").fill_null(0).to_numpy().astype(np.int64)
-        chunks["pixels"].append(w * t.column("src_height").fill_null(0).to_numpy().astype(np.int64))
-    empty = {"part": np.int32, "position": np.int32, "phash": np.uint64, "pixel_hash": np.uint64, "cls": np.int32,
-             "val": bool, "pixels": np.int64}  # fmt: skip
-    return Release(**{k: np.concatenate(v) if v else np.empty(0, empty[k]) for k, v in chunks.items()})
+        if n + k > len(cols["part"]):
+            size = max(2 * len(cols["part"]), n + k)
+            for name in cols:
+                grown = np.empty(size, cols[name].dtype)
+                grown[:n] = cols[name][:n]
+                cols[name] = grown
+        cols["part"][n : n + k] = p
+        cols["position"][n : n + k] = np.flatnonzero(valid)
+        cols["phash"][n : n + k] = t.column("phash").to_numpy()
+        cols["pixel_hash"][n : n + k] = t.column("pixel_hash").fill_null(0).to_numpy()
+        wnid = pc.index_in(t.column("wnid"), value_set=known).fill_null(len(known))
+        cols["cls"][n : n + k] = codes[wnid.to_numpy()]
+        cols["val"][n : n + k] = pc.equal(t.column("split"), "validation").fill_null(False).to_numpy()
+        width = t.column("src_width").fill_null(0).to_numpy().astype(np.int64)
+        cols["pixels"][n : n + k] = np.minimum(width * t.column("src_height").fill_null(0).to_numpy(), 2**31 - 1)
+        n += k
+    # Views, not copies: what is left unused is the members that did not decode (or the doubling's slack).
+    return Release(**{name: col[:n] for name, col in cols.items()})
 
 
 def load_details(store: Store, parts: list[str], release: Release, rows: np.ndarray,
                  columns: tuple[str, ...] = ("colors",)) -> dict[str, Any]:  # fmt: skip
     """``columns`` (of ``colors``, ``key``, ``source``, ``offset``, ``src_bytes``) of the release ``rows`` (indices
     into ``release``), read from the manifest parts that hold them, a few hundred parts at a time.
-    ``colors`` is an (n, COLOR_BYTES) array, ``offset`` and ``src_bytes`` int64 arrays, the others lists."""
+    ``colors`` is an (n, COLOR_BYTES) array, ``offset`` and ``src_bytes`` int64 arrays, ``key`` and ``source`` Arrow
+    string arrays."""
     return read_rows(store, parts, release.part[rows], release.position[rows], columns)
 
 
 def read_rows(store: Store, parts: list[str], part: np.ndarray, position: np.ndarray,
               columns: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
     """``load_details`` of the rows at ``position`` of manifest parts ``part`` (indices into ``parts``)."""
+    import pyarrow as pa
+
+    n = len(part)
     out: dict[str, Any] = {}
+    pieces: dict[str, list[Any]] = {}
     for name in columns:
         if name == "colors":
-            out[name] = np.zeros((len(part), COLOR_BYTES), np.uint8)
+            out[name] = np.zeros((n, COLOR_BYTES), np.uint8)
         elif name in ("offset", "src_bytes"):
-            out[name] = np.zeros(len(part), np.int64)
+            out[name] = np.zeros(n, np.int64)
         else:
-            out[name] = [None] * len(part)
-    if not len(part):
-        return out
-    wanted_parts = np.unique(part)
-    order = np.lexsort((position, part))
-    bounds = np.searchsorted(part[order], np.append(wanted_parts, wanted_parts[-1] + 1))
-    names = [parts[int(p)] for p in wanted_parts]
-    for k, table in _read_parts(store, names, list(columns)):
-        at = order[bounds[k] : bounds[k + 1]]
-        sub = table.take(position[at])
-        for name in columns:
-            if name == "colors":
-                out[name][at] = colors_array(sub.column(name))
-            elif name in ("offset", "src_bytes"):
-                out[name][at] = sub.column(name).to_numpy()
-            else:
-                for i, v in zip(at.tolist(), sub.column(name).to_pylist(), strict=True):
-                    out[name][i] = v
+            pieces[name] = []
+    placed: list[np.ndarray] = []
+    if n:
+        wanted_parts = np.unique(part)
+        order = np.lexsort((position, part))
+        bounds = np.searchsorted(part[order], np.append(wanted_parts, wanted_parts[-1] + 1))
+        names = [parts[int(p)] for p in wanted_parts]
+        for k, table in _read_parts(store, names, list(columns)):
+            at = order[bounds[k] : bounds[k + 1]]
+            sub = table.take(position[at])
+            placed.append(at)
+            for name in columns:
+                if name == "colors":
+                    out[name][at] = colors_array(sub.column(name))
+                elif name in ("offset", "src_bytes"):
+                    out[name][at] = sub.column(name).to_numpy()
+                else:
+                    pieces[name].append(sub.column(name).combine_chunks())
+    # String columns stay Arrow arrays (no Python object per member), put back in the order asked for.
+    inverse = np.empty(n, np.int64)
+    if n:
+        inverse[np.concatenate(placed)] = np.arange(n)
+    for name, chunks in pieces.items():
+        values = pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+        out[name] = values.take(pa.array(inverse))
     return out
 
 
@@ -244,7 +279,11 @@ def decide(
     t0 = time.perf_counter()
     n = len(release)
     rep = exact_groups(release.pixel_hash, release.phash) if policy.dedup else np.arange(n, dtype=np.int64)
-    reps = np.flatnonzero(rep == np.arange(n))
+    own = rep == np.arange(n)
+    reps = np.flatnonzero(own).astype(np.int32 if n < 2**31 else np.int64)
+    copies = np.flatnonzero(~own)  # exact copies of another member: equal colours confirm them
+    rep_of_copies = rep[copies]
+    del rep, own
     if len(reps) + len(evals.phash) > 1:
         joined = (join or (lambda *a: join_in_process(*a, details=details)))(release, reps, evals, policy)
     else:
@@ -262,14 +301,13 @@ def decide(
     ra, rb = split_pairs(joined["rejected"][0])
     rr = (ra < n_left) & (rb < n_left)
     rejected = (reps[ra[rr]], reps[rb[rr]], joined["rejected"][1][rr], joined["rejected"][2][rr])
-    copies = np.flatnonzero(rep != np.arange(n))  # exact copies of another member: equal colours confirm them
     t = time.perf_counter()
-    both_ends = np.unique(np.concatenate([copies, rep[copies]]))
+    both_ends = np.unique(np.concatenate([copies, rep_of_copies]))
     copy_colors = details(both_ends, ("colors",))["colors"]
-    at_end = np.searchsorted(both_ends, copies), np.searchsorted(both_ends, rep[copies])
+    at_end = np.searchsorted(both_ends, copies), np.searchsorted(both_ends, rep_of_copies)
     copy_ok = (copy_colors[at_end[0]] == copy_colors[at_end[1]]).all(axis=1) if len(copies) else np.zeros(0, bool)
     timings["exact_copies"] = time.perf_counter() - t
-    involved = np.unique(np.concatenate([near_i, near_j, ev_row, copies, rep[copies]]))
+    involved = np.unique(np.concatenate([near_i, near_j, ev_row, copies, rep_of_copies]))
 
     def idx(rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(involved, rows)
@@ -279,83 +317,25 @@ def decide(
     order = np.lexsort((ev_k, ev_cd, ev_d))
     for r, k, dist in zip(ev_row[order].tolist(), ev_k[order].tolist(), ev_d[order].tolist(), strict=True):
         eval_match.setdefault(r, (k, dist))
-    for c, r in zip(copies[copy_ok].tolist(), rep[copies][copy_ok].tolist(), strict=True):
+    for c, r in zip(copies[copy_ok].tolist(), rep_of_copies[copy_ok].tolist(), strict=True):
         if r in eval_match:
             eval_match[c] = eval_match[r]
 
     # Groups: connected components of verified pairs, over the involved members.
     ei = np.concatenate([idx(near_i), idx(copies[copy_ok])])
-    ej = np.concatenate([idx(near_j), idx(rep[copies][copy_ok])])
+    ej = np.concatenate([idx(near_j), idx(rep_of_copies[copy_ok])])
     label = components(len(involved), ei, ej) if policy.dedup else np.arange(len(involved))
-    sizes = np.bincount(label, minlength=len(involved))
-    grouped = np.flatnonzero(sizes[label] >= 2)
-    eval_rows = np.array(sorted(eval_match), np.int64)
-    keyed = np.union1d(grouped, idx(eval_rows)).astype(np.int64)  # indices into involved that need their key
+    grouped = np.flatnonzero(np.bincount(label, minlength=len(involved))[label] >= 2)
+    matched = np.zeros(len(involved), bool)
+    matched[idx(np.array(sorted(eval_match), np.int64))] = True
+    keyed = np.union1d(grouped, np.flatnonzero(matched))  # indices into involved whose keys are needed
     t = time.perf_counter()
-    keys: dict[int, str] = dict(zip(keyed.tolist(), details(involved[keyed], ("key",))["key"], strict=True))
+    keys = details(involved[keyed], ("key",))["key"]  # an Arrow string array, aligned with keyed
     timings["keys"] = time.perf_counter() - t
-    decisions: dict[int, tuple[str, str | None, int | None, int | None, str | None]] = {}
-    reasons: Counter = Counter()
-    groups = across = members_in_groups = 0
+    table, counts, heads = _apply_policies(release, involved, label, grouped, matched, keyed, keys, depth, policy)
+    table = _with_eval_matches(table, release, involved, idx, eval_match, evals, label, grouped, heads)
+    reasons: Counter = Counter(r for r in table.column("reason").to_pylist() if r is not None)
 
-    def first_by(members: list[int], *, deepest: bool = False) -> list[int]:
-        """``members`` (indices into involved) in keeping order."""
-        return sorted(members, key=lambda m: ((-int(depth[release.cls[involved[m]]]) if deepest else 0),
-                                              not release.val[involved[m]], -int(release.pixels[involved[m]]),
-                                              keys[m]))  # fmt: skip
-
-    def dist(m: int, other: int) -> int:
-        return int(hamming(release.phash[involved[m]], release.phash[involved[other]]))
-
-    by_label: dict[int, list[int]] = {}
-    for m in grouped.tolist():
-        by_label.setdefault(int(label[m]), []).append(m)
-    for members in by_label.values():
-        groups += 1
-        members_in_groups += len(members)
-        ordered = first_by(members, deepest=True)
-        head = keys[ordered[0]]
-        for m in members:
-            decisions[m] = ("written", None, None, None, head)
-        free = [m for m in ordered if int(involved[m]) not in eval_match]
-        classes = {int(release.cls[involved[m]]) for m in members}
-        if len(classes) > 1:
-            across += 1
-        if len(classes) > 1 and policy.across_classes == "drop-all":
-            for k, m in enumerate(free):
-                other = free[1] if k == 0 and len(free) > 1 else free[0] if k else ordered[1]
-                decisions[m] = ("rejected", REASON_ACROSS, keys[other], dist(m, other), head)
-            continue
-        if len(classes) > 1 and policy.across_classes == "keep-one" and free:
-            kept_class = int(release.cls[involved[free[0]]])
-            for m in free:
-                if int(release.cls[involved[m]]) != kept_class:
-                    decisions[m] = ("rejected", REASON_ACROSS, keys[free[0]], dist(m, free[0]), head)
-            free = [m for m in free if int(release.cls[involved[m]]) == kept_class]
-        if policy.in_class == "keep-one":
-            by_class: dict[int, list[int]] = {}
-            for m in free:
-                by_class.setdefault(int(release.cls[involved[m]]), []).append(m)
-            for same in by_class.values():
-                kept = first_by(same)[0]
-                for m in same:
-                    if m != kept:
-                        decisions[m] = ("rejected", REASON_IN_CLASS, keys[kept], dist(m, kept), head)
-    for r, (k, distance) in eval_match.items():
-        m = int(idx(np.array([r]))[0])
-        group = decisions.get(m, (None,) * 5)[4]
-        decisions[m] = (
-            "rejected",
-            REASON_EVAL,
-            f"{evals.names[evals.set_index[k]]}:{evals.member[k]}",
-            distance,
-            group,
-        )
-    for status, reason, *_ in decisions.values():
-        if status == "rejected":
-            reasons[reason] += 1
-
-    table = _decision_table(release, involved, decisions)
     summary = {
         "schema": CLEAN_SCHEMA,
         "policy": policy.as_dict(),
@@ -372,9 +352,7 @@ def decide(
             "verified": int(len(joined["pairs"])),
             "rejected_by_colour": int(joined["within"] - len(joined["pairs"])),
         },
-        "groups": groups,
-        "groups_across_classes": across,
-        "members_in_groups": members_in_groups,
+        **counts,
         "removed": {r: reasons[r] for r in CLEAN_REASONS},
         "eval_sets": _eval_summary(evals, ev_k, eval_match),
         "samples": _samples(details, (near_i, near_j, near_d, near_cd), rejected, (ev_row, ev_k, ev_d, ev_cd), evals),
@@ -383,17 +361,124 @@ def decide(
     return table, summary
 
 
-def _decision_table(release: Release, involved: np.ndarray, decisions: dict[int, tuple]) -> Any:
-    import pyarrow as pa
+def _keeping_order(release: Release, rows: np.ndarray, label: np.ndarray, key_rank: np.ndarray,
+                   depth: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The order that decides which copy is kept: by group, then the deepest class, validation before train, more
+    source pixels, the smaller key."""
+    cls = release.cls[rows]
+    deep = np.where(cls >= 0, depth[np.maximum(cls, 0)], 0)
+    return np.lexsort((key_rank, -release.pixels[rows].astype(np.int64), ~release.val[rows], -deep, label))
 
-    ms = sorted(decisions, key=lambda m: (int(release.part[involved[m]]), int(release.position[involved[m]])))
-    cols = {
-        "part": pa.array([int(release.part[involved[m]]) for m in ms], pa.int32()),
-        "position": pa.array([int(release.position[involved[m]]) for m in ms], pa.int32()),
-    }
-    for k, (name, kind) in enumerate(DECISION_COLUMNS[2:]):
-        cols[name] = pa.array([decisions[m][k] for m in ms], getattr(pa, kind)())
-    return pa.table(cols)
+
+def _apply_policies(release: Release, involved: np.ndarray, label: np.ndarray, grouped: np.ndarray,
+                    matched: np.ndarray, keyed: np.ndarray, keys: Any, depth: np.ndarray,
+                    policy: Policy) -> tuple[Any, dict[str, int], tuple[np.ndarray, Any]]:  # fmt: skip
+    """The decisions of the members of groups that no evaluation image matched, as an Arrow table; vectorized
+    (fall11 has ~10^6 groups), in the rules of the module docstring. Also the counts, and each group's label with
+    the key that names it (``dup_group``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rank = np.empty(len(keyed), np.int64)
+    rank[pc.sort_indices(keys).to_numpy()] = np.arange(len(keyed))
+    kpos = np.searchsorted(keyed, grouped)  # where each grouped member's key is
+    order = _keeping_order(release, involved[grouped], label[grouped], rank[kpos], depth)
+    members, kpos = grouped[order], kpos[order]  # S: group members in keeping order
+    lab = label[members]
+    cls = release.cls[involved[members]].astype(np.int64)
+    free = ~matched[members]
+    size = len(members)
+    new_group = np.r_[True, lab[1:] != lab[:-1]] if size else np.zeros(0, bool)
+    start = np.flatnonzero(new_group)
+    gid = np.cumsum(new_group) - 1
+    pair = np.unique(gid * (int(cls.max(initial=0)) + 2) + cls + 1)  # distinct (group, class)
+    across = np.bincount(pair // (int(cls.max(initial=0)) + 2), minlength=len(start)) > 1
+    first_free = np.full(len(start), -1, np.int64)
+    second_free = np.full(len(start), -1, np.int64)
+    at_free = np.flatnonzero(free)
+    groups_free, first_at = np.unique(gid[at_free], return_index=True)
+    first_free[groups_free] = at_free[first_at]
+    after = first_at + 1
+    ok = after < len(at_free)
+    ok[ok] = gid[at_free[after[ok]]] == groups_free[ok]
+    second_free[groups_free[ok]] = at_free[after[ok]]
+    reason = np.full(size, -1, np.int8)  # index into CLEAN_REASONS, -1: kept
+    match = np.full(size, -1, np.int64)  # position in members of the copy a removed member names
+    positions = np.arange(size)
+    remaining = free.copy()
+    if policy.across_classes == "drop-all":
+        drop = free & across[gid]
+        reason[drop] = CLEAN_REASONS.index(REASON_ACROSS)
+        match[drop] = first_free[gid[drop]]
+        first = drop & (positions == first_free[gid])  # the first names the second free one, else the second one
+        second = second_free[gid[first]]
+        match[first] = np.where(second >= 0, second, start[gid[first]] + 1)
+        remaining &= ~drop
+    elif policy.across_classes == "keep-one":
+        chosen = across & (first_free >= 0)
+        kept_class = np.where(chosen, cls[np.maximum(first_free, 0)], -2)
+        other = remaining & chosen[gid] & (cls != kept_class[gid])
+        reason[other] = CLEAN_REASONS.index(REASON_ACROSS)
+        match[other] = first_free[gid[other]]
+        remaining &= ~other
+    if policy.in_class == "keep-one":
+        at = np.flatnonzero(remaining)
+        _, first_at, inverse = np.unique(gid[at] * (int(cls.max(initial=0)) + 2) + cls[at] + 1, return_index=True,
+                                         return_inverse=True)  # fmt: skip
+        kept = at[first_at][inverse]
+        extra = at[at != kept]
+        reason[extra] = CLEAN_REASONS.index(REASON_IN_CLASS)
+        match[extra] = kept[at != kept]
+    out = ~matched[members]  # evaluation matches are decided in _with_eval_matches
+    members, kpos, reason, match, gid = members[out], kpos[out], reason[out], match[out], gid[out]
+    head_kpos = np.searchsorted(keyed, (grouped[order])[start]) if size else np.zeros(0, np.int64)
+    removed = reason >= 0
+    all_members = grouped[order]
+    match_rows = np.where(removed, all_members[np.maximum(match, 0)], 0) if len(match) else match
+    rows = involved[members]
+    distance = np.where(removed, np.bitwise_count(release.phash[rows] ^ release.phash[involved[match_rows]]), 0)
+    table = pa.table({
+        "part": pa.array(release.part[rows], pa.int32()),
+        "position": pa.array(release.position[rows], pa.int32()),
+        "status": pa.array(np.where(removed, "rejected", "written"), pa.string()),
+        "reason": pa.array(np.array(CLEAN_REASONS + (None,), object)[reason], pa.string()),
+        "match": keys.take(pa.array(np.searchsorted(keyed, match_rows), mask=~removed)),
+        "match_distance": pa.array(distance.astype(np.int16), pa.int16(), mask=~removed),
+        "dup_group": keys.take(pa.array(head_kpos[gid])),
+    })  # fmt: skip
+    counts = {"groups": len(start), "groups_across_classes": int(across.sum()), "members_in_groups": size}
+    heads = (lab[start], keys.take(pa.array(head_kpos)))  # groups by label (ascending), and their first keys
+    return table, counts, heads
+
+
+def _with_eval_matches(table: Any, release: Release, involved: np.ndarray, idx: Callable, eval_match: dict,
+                       evals: EvalImages, label: np.ndarray, grouped: np.ndarray,
+                       heads: tuple[np.ndarray, Any]) -> Any:  # fmt: skip
+    """``table`` with the evaluation matches added (each names its closest evaluation image; a member of a group
+    keeps its group's ``dup_group``), sorted by manifest part and position."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if eval_match:
+        rows = np.array(sorted(eval_match), np.int64)
+        at = idx(rows)
+        in_group = np.isin(at, grouped)
+        group_of = np.searchsorted(heads[0], label[at])
+        dup_group = heads[1].take(pa.array(np.where(in_group, group_of, 0), mask=~in_group)) if len(heads[0]) else (
+            pa.nulls(len(rows), pa.string()))  # fmt: skip
+        images = [eval_match[r][0] for r in rows.tolist()]
+        extra = pa.table({
+            "part": pa.array(release.part[rows], pa.int32()),
+            "position": pa.array(release.position[rows], pa.int32()),
+            "status": pa.array(["rejected"] * len(rows), pa.string()),
+            "reason": pa.array([REASON_EVAL] * len(rows), pa.string()),
+            "match": pa.array([f"{evals.names[evals.set_index[k]]}:{evals.member[k]}" for k in images], pa.string()),
+            "match_distance": pa.array([eval_match[r][1] for r in rows.tolist()], pa.int16()),
+            "dup_group": dup_group,
+        })  # fmt: skip
+        table = pa.concat_tables([table, extra])
+    order = pc.sort_indices(table, sort_keys=[("part", "ascending"), ("position", "ascending")])
+    return table.take(order)
 
 
 def _eval_summary(evals: EvalImages, matched_images: np.ndarray, eval_match: dict[int, tuple[int, int]]) -> list:
@@ -423,8 +508,8 @@ def _samples(details: Callable[..., dict[str, Any]], accepted: tuple, rejected: 
 
     def side(row: int) -> dict[str, Any]:
         k = int(np.searchsorted(rows, row))
-        return {"key": info["key"][k], "source": info["source"][k], "offset": int(info["offset"][k]),
-                "size": int(info["src_bytes"][k])}  # fmt: skip
+        return {"key": info["key"][k].as_py(), "source": info["source"][k].as_py(),
+                "offset": int(info["offset"][k]), "size": int(info["src_bytes"][k])}  # fmt: skip
 
     out: dict[str, list] = {"accepted": [], "rejected": [], "eval": []}
     for kind, left, right, d, cd in picks:

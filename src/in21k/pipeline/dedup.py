@@ -1,16 +1,21 @@
 """Which images are copies of each other: the join over millions of fingerprints, its verification, the groups.
 
-The join is multi-index hashing with guaranteed radius. The 64 bits of ``phash`` are cut into ``BLOCKS`` (11)
+The join is multi-index hashing with a guaranteed radius. The 64 bits of ``phash`` are cut into ``BLOCKS`` (11)
 contiguous blocks of 5-6 bits; a *table* is a choice of ``KEY_BLOCKS`` (4) of them, whose bits form a ~23-bit
 key, and there is one table for each of the C(11, 4) = 330 choices. Two hashes within Hamming distance 7 differ
 in at most 7 blocks, so at least 4 blocks are equal and some table puts them under the same key: every pair
-within distance 7 is found. Pairs further apart are found when their differing bits fall into at most 7
-blocks: 93 % of the 1-5 % crops and 77 % of the borders of the planted release at distance <= 12 (the
-threshold), where a plain 4-band index (radius 3) finds 72 % and 60 % (docs/clean-data.md has the table of
-schemes, costs and recalls). A table costs one sort of ``(key, row)`` packed into 64-bit integers and a walk
-over the runs of equal keys; at fall11's 14.2 M hashes that is ~1 s, and ~10^7 candidate pairs (uniform
-hashes), each checked with one XOR and a bit count. Tables are independent: ``scan_tables`` takes any subset,
-so the job runs them as Ray tasks (``in21k.pipeline.job``), the benchmark and ``in21k audit`` in-process.
+within distance 7 is found. Pairs further apart are found when their differing bits fall into at most 7 blocks:
+of the planted release's pairs within distance 12 (the threshold), 99 % of the 1-3 % crops, 93 % of the 3-5 %
+crops and 77 % of the framed copies, where a plain index of 4 bands of 16 bits (radius 3) finds 89 %, 60 % and
+45 % (docs/clean-data.md has the table of schemes, costs and recalls). A pair is reported by one table only, the
+first (in ``tables`` order) whose key blocks are all equal in it, so subsets of the tables find disjoint pairs.
+
+``scan_tables`` works through the tables grouped by their first key block: the hashes are partitioned by that
+block, and each part, small enough for the CPU's cache, is sorted by ``(rest of the key, row)`` packed into
+64-bit integers; runs of equal keys give the candidate pairs, each checked with one XOR and a bit count. At
+fall11's size that is ~10^7 candidates per table for uniform hashes (more for real ones, whose classes hold
+look-alikes). Tables are independent: the job runs them as Ray tasks (``in21k.pipeline.job``), the benchmark
+and ``in21k audit`` in-process.
 
 A run of equal keys longer than ``WINDOW`` (a cluster of thousands of near-identical images) is compared
 within ``WINDOW`` neighbours only; such runs are counted (``truncated``). Exact copies never form such runs:
@@ -18,9 +23,10 @@ they are collapsed to one representative before the join (``exact_groups``).
 
 Verification: a candidate pair is a match when its hash distance is at most ``max_distance`` and its colour
 grids are within ``max_color_distance`` (``in21k.pipeline.fingerprint.color_distance``). 64 bits are not
-enough at 10^14 pairs: in the synthetic release one pair in ~40,000 unrelated ones is within distance 12,
-which would flag several percent of a 14 M release; the colour check, a second, independent look at the
-picture, removes all of those while keeping every planted copy (figures: ``in21k bench dedup``).
+enough at 10^14 pairs: on the planted release the hash alone flags 6 % of the release's own images (pictures of
+a class with a similar layout); the colour check, a second, independent look at the picture, removes all of those
+while keeping every planted copy (figures: ``in21k bench dedup``). It runs inside ``scan_tables``: the pairs
+within the hash distance are many times the copies, and are never gathered.
 
 Groups are the connected components of the matched pairs (``components``).
 """

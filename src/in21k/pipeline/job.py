@@ -459,7 +459,7 @@ def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: l
     else:
         t = time.perf_counter()
         class_of = {c.wnid: c.index for c in plan.classes if c.kept}
-        release = clean.load_release(store, parts, class_of)
+        release = clean.load_release(store, parts, class_of, rows=sum(s.num_rows for s in plan.shards))
         evals = clean.load_evals(store, [es.name for es in eval_sets])
         depth = np.asarray(tree.depths, np.int64)
         log.info("looking for copies among %d images%s", len(release),

@@ -57,11 +57,13 @@ def test_a_huge_bucket_is_compared_within_a_window() -> None:
     assert got["truncated"] > 0 and len(got["pairs"]) == sum(min(5, 39 - k) for k in range(40))
 
 
-def test_components_and_exact_groups() -> None:
+def test_components_and_exact_copies() -> None:
     label = dedup.components(8, np.array([5, 1, 6, 3]), np.array([1, 2, 7, 7]))
     assert label.tolist() == [0, 1, 1, 3, 4, 1, 3, 3]
-    rep = dedup.exact_groups(np.array([7, 7, 9, 7], np.uint64), np.array([1, 1, 1, 2], np.uint64))
-    assert rep.tolist() == [0, 0, 2, 3]  # same pixel hash but another phash: not the same picture
+    copies, originals = dedup.exact_copies(np.array([7, 9, 7, 9, 7, 5], np.uint64), np.array([1, 1, 1, 1, 2, 1],
+                                                                                              np.uint64))  # fmt: skip
+    # rows 2 and 3 copy rows 0 and 1; row 4 has the same pixel hash as 0 but another phash: not the same picture
+    assert copies.tolist() == [2, 3] and originals.tolist() == [0, 1]
 
 
 def _release(cls: list[int], val: list[bool], pixels: list[int], phash: list[int]) -> clean.Release:

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from in21k.dataset import ShardTarWriter, manifest_name, shard_name, split_member, stats_name
-from in21k.pipeline.dedup import components, exact_groups, scan_tables, split_pairs, tables
+from in21k.pipeline.dedup import components, exact_copies, scan_tables, split_pairs, tables
 from in21k.pipeline.fingerprint import COLOR_BYTES, colors_array
 from in21k.storage import Store
 
@@ -167,6 +167,7 @@ def load_release(store: Store, parts: list[str], class_of: dict[str, int], rows:
         width = t.column("src_width").fill_null(0).to_numpy().astype(np.int64)
         cols["pixels"][n : n + k] = np.minimum(width * t.column("src_height").fill_null(0).to_numpy(), 2**31 - 1)
         n += k
+    pa.default_memory_pool().release_unused()  # mimalloc keeps what the parts' tables used otherwise
     # Views, not copies: what is left unused is the members that did not decode (or the doubling's slack).
     return Release(**{name: col[:n] for name, col in cols.items()})
 
@@ -219,6 +220,7 @@ def read_rows(store: Store, parts: list[str], part: np.ndarray, position: np.nda
     for name, chunks in pieces.items():
         values = pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
         out[name] = values.take(pa.array(inverse))
+    pa.default_memory_pool().release_unused()  # mimalloc keeps what the parts' tables used otherwise
     return out
 
 
@@ -251,6 +253,22 @@ def colors_of(out: str, storage_options: dict[str, Any] | None, parts: list[str]
     return np.concatenate([read_rows(Store(out, storage_options), parts, part, position, ("colors",))["colors"], more])
 
 
+def _return_freed_arrays() -> None:
+    """Make glibc give freed numpy arrays back to the system (a fixed 1 MiB mmap threshold).
+
+    glibc raises its mmap threshold each time a large block is freed, up to 32 MiB, so arrays of up to that size
+    then come from its heap and stay in the process when freed: at fall11's size ~0.2 GB of the driver's peak
+    (measured with ``scripts/dedup_scale.py``). Nothing happens where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def join_in_process(release: Release, reps: np.ndarray, evals: EvalImages, policy: Policy,
                     details: Callable[..., dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """The join (``dedup.scan_tables``, every table, colour check included) over the release members ``reps`` and
@@ -276,14 +294,21 @@ def decide(
     runs inside the join: at fall11's size the pairs within the hash distance (look-alikes, mostly) are tens of
     millions and are never gathered; keys are read for the members of groups and evaluation matches only.
     """
+    import pyarrow.compute as pc
+
+    _return_freed_arrays()
     t0 = time.perf_counter()
     n = len(release)
-    rep = exact_groups(release.pixel_hash, release.phash) if policy.dedup else np.arange(n, dtype=np.int64)
-    own = rep == np.arange(n)
+    if policy.dedup:  # exact copies of another member (equal colours confirm them below)
+        copies, rep_of_copies = exact_copies(release.pixel_hash, release.phash)
+    else:
+        copies = rep_of_copies = np.empty(0, np.int64)
+    own = np.ones(n, bool)
+    own[copies] = False
     reps = np.flatnonzero(own).astype(np.int32 if n < 2**31 else np.int64)
-    copies = np.flatnonzero(~own)  # exact copies of another member: equal colours confirm them
-    rep_of_copies = rep[copies]
-    del rep, own
+    del own
+    # The exact hash has done its work; its 8 bytes a member are what the driver can give back (fall11: 0.1 GB).
+    release.pixel_hash = release.pixel_hash[:0]
     if len(reps) + len(evals.phash) > 1:
         joined = (join or (lambda *a: join_in_process(*a, details=details)))(release, reps, evals, policy)
     else:
@@ -301,6 +326,9 @@ def decide(
     ra, rb = split_pairs(joined["rejected"][0])
     rr = (ra < n_left) & (rb < n_left)
     rejected = (reps[ra[rr]], reps[rb[rr]], joined["rejected"][1][rr], joined["rejected"][2][rr])
+    join_counts = {k: int(joined[k]) for k in ("candidates", "within", "truncated")}
+    verified = len(joined["pairs"])
+    del joined, a, b, d, cd, both, to_eval  # the driver's peak is in what follows: keep only what it needs
     t = time.perf_counter()
     both_ends = np.unique(np.concatenate([copies, rep_of_copies]))
     copy_colors = details(both_ends, ("colors",))["colors"]
@@ -334,7 +362,8 @@ def decide(
     timings["keys"] = time.perf_counter() - t
     table, counts, heads = _apply_policies(release, involved, label, grouped, matched, keyed, keys, depth, policy)
     table = _with_eval_matches(table, release, involved, idx, eval_match, evals, label, grouped, heads)
-    reasons: Counter = Counter(r for r in table.column("reason").to_pylist() if r is not None)
+    counted = pc.value_counts(table.column("reason").drop_null()).to_pylist()
+    reasons: Counter = Counter({c["values"]: c["counts"] for c in counted})
 
     summary = {
         "schema": CLEAN_SCHEMA,
@@ -343,14 +372,14 @@ def decide(
         "exact_copies": int(copy_ok.sum()),
         "join": {
             "hashes": int(n_left + len(evals.phash)),
-            "candidates": int(joined["candidates"]),
-            "within_distance": int(joined["within"]),
-            "truncated": int(joined["truncated"]),
+            "candidates": join_counts["candidates"],
+            "within_distance": join_counts["within"],
+            "truncated": join_counts["truncated"],
         },
         "near_pairs": {  # every pair within the hash distance: of the release, and with evaluation images
-            "within_distance": int(joined["within"]),
-            "verified": int(len(joined["pairs"])),
-            "rejected_by_colour": int(joined["within"] - len(joined["pairs"])),
+            "within_distance": join_counts["within"],
+            "verified": verified,
+            "rejected_by_colour": join_counts["within"] - verified,
         },
         **counts,
         "removed": {r: reasons[r] for r in CLEAN_REASONS},
@@ -429,26 +458,32 @@ def _apply_policies(release: Release, involved: np.ndarray, label: np.ndarray, g
         extra = at[at != kept]
         reason[extra] = CLEAN_REASONS.index(REASON_IN_CLASS)
         match[extra] = kept[at != kept]
+    head_kpos = np.searchsorted(keyed, members[start]) if size else np.zeros(0, np.int64)
+    heads = (lab[start], head_kpos)
+    all_members = members
     out = ~matched[members]  # evaluation matches are decided in _with_eval_matches
-    members, kpos, reason, match, gid = members[out], kpos[out], reason[out], match[out], gid[out]
-    head_kpos = np.searchsorted(keyed, (grouped[order])[start]) if size else np.zeros(0, np.int64)
-    removed = reason >= 0
-    all_members = grouped[order]
-    match_rows = np.where(removed, all_members[np.maximum(match, 0)], 0) if len(match) else match
+    members, reason, match, gid = members[out], reason[out], match[out], gid[out]
+    del kpos, lab, cls, free, new_group, positions, remaining, out
     rows = involved[members]
-    distance = np.where(removed, np.bitwise_count(release.phash[rows] ^ release.phash[involved[match_rows]]), 0)
+    placed = np.lexsort((release.position[rows], release.part[rows]))  # the table in manifest order
+    rows, reason, match, gid = rows[placed], reason[placed], match[placed], gid[placed]
+    removed = reason >= 0
+    match_at = all_members[np.maximum(match, 0)]  # indices into involved (where kept: any, masked below)
+    distance = np.bitwise_count(release.phash[rows] ^ release.phash[involved[match_at]]).astype(np.int16)
+    names = pa.array(list(CLEAN_REASONS), pa.string())
     table = pa.table({
         "part": pa.array(release.part[rows], pa.int32()),
         "position": pa.array(release.position[rows], pa.int32()),
-        "status": pa.array(np.where(removed, "rejected", "written"), pa.string()),
-        "reason": pa.array(np.array(CLEAN_REASONS + (None,), object)[reason], pa.string()),
-        "match": keys.take(pa.array(np.searchsorted(keyed, match_rows), mask=~removed)),
-        "match_distance": pa.array(distance.astype(np.int16), pa.int16(), mask=~removed),
+        "status": pa.DictionaryArray.from_arrays(pa.array(removed.astype(np.int8)),
+                                                 pa.array(["written", "rejected"])).cast(pa.string()),
+        "reason": pa.DictionaryArray.from_arrays(pa.array(reason, mask=~removed), names).cast(pa.string()),
+        "match": keys.take(pa.array(np.searchsorted(keyed, match_at), mask=~removed)),
+        "match_distance": pa.array(distance, pa.int16(), mask=~removed),
         "dup_group": keys.take(pa.array(head_kpos[gid])),
     })  # fmt: skip
     counts = {"groups": len(start), "groups_across_classes": int(across.sum()), "members_in_groups": size}
-    heads = (lab[start], keys.take(pa.array(head_kpos)))  # groups by label (ascending), and their first keys
-    return table, counts, heads
+    # groups by label (ascending), and the keys that name them
+    return table, counts, (heads[0], keys.take(pa.array(heads[1])))
 
 
 def _with_eval_matches(table: Any, release: Release, involved: np.ndarray, idx: Callable, eval_match: dict,
@@ -477,8 +512,9 @@ def _with_eval_matches(table: Any, release: Release, involved: np.ndarray, idx: 
             "dup_group": dup_group,
         })  # fmt: skip
         table = pa.concat_tables([table, extra])
-    order = pc.sort_indices(table, sort_keys=[("part", "ascending"), ("position", "ascending")])
-    return table.take(order)
+        order = pc.sort_indices(table, sort_keys=[("part", "ascending"), ("position", "ascending")])
+        table = table.take(order)
+    return table
 
 
 def _eval_summary(evals: EvalImages, matched_images: np.ndarray, eval_match: dict[int, tuple[int, int]]) -> list:

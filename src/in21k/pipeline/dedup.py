@@ -19,7 +19,7 @@ and ``in21k audit`` in-process.
 
 A run of equal keys longer than ``WINDOW`` (a cluster of thousands of near-identical images) is compared
 within ``WINDOW`` neighbours only; such runs are counted (``truncated``). Exact copies never form such runs:
-they are collapsed to one representative before the join (``exact_groups``).
+they are collapsed to one representative before the join (``exact_copies``).
 
 Verification: a candidate pair is a match when its hash distance is at most ``max_distance`` and its colour
 grids are within ``max_color_distance`` (``in21k.pipeline.fingerprint.color_distance``). 64 bits are not
@@ -227,32 +227,31 @@ def split_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (pairs >> np.uint64(32)).astype(np.int64), (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
-def exact_groups(pixel_hash: np.ndarray, phash: np.ndarray, colors: np.ndarray | None = None) -> np.ndarray:
-    """For each row, the first row (in row order) with the same ``pixel_hash`` and ``phash`` (and ``colors``, when
-    given): the representative of its exact copies; a row without copies is its own."""
-    n = len(pixel_hash)
-    rep = np.arange(n, dtype=np.int64)
-    if n < 2:
-        return rep
-    order = np.lexsort((np.arange(n), phash, pixel_hash))
-    same = (pixel_hash[order][1:] == pixel_hash[order][:-1]) & (phash[order][1:] == phash[order][:-1])
-    if colors is not None:
-        same &= (colors[order][1:] == colors[order][:-1]).all(axis=1)
-    starts = np.flatnonzero(np.concatenate(([True], ~same)))
-    run = np.repeat(starts, np.diff(np.concatenate((starts, [n]))))  # each sorted position -> its run's start
-    rep[order] = order[run]
-    return rep
+def exact_copies(pixel_hash: np.ndarray, phash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows that are exact copies of an earlier row (equal ``pixel_hash`` and ``phash``), and for each, the first
+    row of its copies (in row order): ``(copies, originals)``, both sorted by copy.
 
-
-def verify(
-    i: np.ndarray, j: np.ndarray, colors: np.ndarray, max_color_distance: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Which pairs ``(i, j)`` (rows of ``colors``) pass the colour check, and their colour distances."""
-    if not len(i):
-        return np.zeros(0, bool), np.zeros(0, np.float32)
-    dist = np.concatenate([color_distance(colors[i[a : a + 1 << 20]], colors[j[a : a + 1 << 20]])
-                           for a in range(0, len(i), 1 << 20)])  # fmt: skip
-    return dist <= max_color_distance, dist
+    One sort of ``pixel_hash``: equal neighbours are the few candidates, settled by ``phash`` among themselves, so the
+    driver's extra memory is two arrays of the size of the release (fall11: 0.2 GB) for a moment.
+    """
+    if len(pixel_hash) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.argsort(pixel_hash, kind="stable")
+    sorted_hash = pixel_hash[order]
+    same = np.flatnonzero(sorted_hash[1:] == sorted_hash[:-1])
+    del sorted_hash
+    rows = order[np.unique(np.concatenate([same, same + 1]))]
+    del order
+    if not len(rows):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    by = np.lexsort((rows, phash[rows], pixel_hash[rows]))
+    rows = rows[by]
+    first = np.r_[True, (pixel_hash[rows][1:] != pixel_hash[rows][:-1]) | (phash[rows][1:] != phash[rows][:-1])]
+    starts = np.flatnonzero(first)
+    original = rows[starts][np.cumsum(first) - 1]
+    copy = rows != original
+    out = np.argsort(rows[copy], kind="stable")
+    return rows[copy][out], original[copy][out]
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -7,14 +7,14 @@ that decodes together with its fingerprints (``in21k.pipeline.fingerprint``) in 
 fingerprints exist can copies be found, so removing them costs a second write of the affected output shards: a
 byte copy of the kept tar members, no decode and no re-encode.
 
-1. ``load_release``: the fingerprints of every decoded member from the manifest (a few columns, ~30 bytes a
-   member: fall11 needs ~0.4 GB on the driver).
+1. ``load_release``: the fingerprints of every decoded member from the manifest (a few columns, ~29 bytes a
+   member: fall11 needs ~0.4 GB on the driver; its whole clean stage peaks at 1.7 GB, docs/scaling.md).
 2. ``decide``: exact copies (equal ``pixel_hash`` and ``phash``) collapse to one representative; the
-   representatives and the evaluation images go through the join (``in21k.pipeline.dedup``); candidate pairs
-   within ``--dedup-distance`` are verified on their colour grids (``--dedup-color-distance``), read from the
-   manifest for the members involved only; matched pairs form groups; the policies decide. The decisions
-   (``DECISIONS_FILE``) and their summary (``SUMMARY_FILE``, written last: it marks them complete) are kept
-   under ``_work/``: a rerun reuses them.
+   representatives and the evaluation images go through the join (``in21k.pipeline.dedup``), which verifies the
+   candidate pairs within ``--dedup-distance`` on their colour grids (``--dedup-color-distance``; the job reads
+   the grids into Ray's object store with ``colors_of``); matched pairs form groups; the policies decide,
+   vectorized. The decisions (``DECISIONS_FILE``) and their summary (``SUMMARY_FILE``, written last: it marks
+   them complete) are kept under ``_work/``: a rerun reuses them.
 3. ``rewrite_shard``: for each shard with decided members, the tar without the removed samples (their places
    are closed up: the shard is shorter, every other sample keeps its bytes and order), its manifest part with
    the new statuses, and last its stats file, which records the decisions' digest (``clean``) and so marks the

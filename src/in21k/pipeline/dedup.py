@@ -34,7 +34,6 @@ Groups are the connected components of the matched pairs (``components``).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,12 +63,6 @@ def tables(blocks: int = BLOCKS, key_blocks: int = KEY_BLOCKS) -> list[tuple[int
 def guaranteed_radius(blocks: int = BLOCKS, key_blocks: int = KEY_BLOCKS) -> int:
     """Pairs within this Hamming distance are always found."""
     return blocks - key_blocks
-
-
-def expected_candidates(n: int, blocks: int = BLOCKS, key_blocks: int = KEY_BLOCKS) -> float:
-    """Candidate pairs of ``n`` uniform random hashes over all tables (real hashes cluster: more)."""
-    key_bits = HASH_BITS * key_blocks / blocks
-    return math.comb(blocks, key_blocks) * n * (n - 1) / 2 / 2**key_bits
 
 
 def _first_tables(blocks: int, key_blocks: int) -> np.ndarray:

@@ -32,7 +32,6 @@ of 32 (numpy, in a loop that stays in the CPU's caches). Together they add ~4 % 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -80,13 +79,6 @@ _OUTER = np.concatenate([_SIDE, _LAST * THUMB_SIDE + _SIDE, _SIDE * THUMB_SIDE, 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as JPEG and PIL's "L" use
 # YCbCr (JPEG's) from RGB, for color_distance
 _YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    phash: int  # 64-bit DCT hash, as an unsigned integer
-    colors: bytes  # COLOR_BYTES: the 4 x 4 RGB grid, row-major
-    pixel_hash: int  # length and CRC-32 of the encoded image (exact_hash)
 
 
 def thumbnail(img: Any) -> Any:
@@ -221,12 +213,6 @@ def fingerprints(thumbnails: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     phash = np.ascontiguousarray(np.packbits(coef > mid, axis=1)).view(">u8").ravel().astype(np.uint64)
     grid = _block_means(small, HASH_SIDE // COLOR_GRID)
     return phash, np.rint(grid).astype(np.uint8).reshape(n, COLOR_BYTES)
-
-
-def fingerprint(img: Any, encoded: bytes) -> Fingerprint:
-    """The fingerprints of one PIL image (upright, as written) whose encoded bytes are ``encoded``."""
-    phash, colors = fingerprints([thumbnail(img)])
-    return Fingerprint(int(phash[0]), colors[0].tobytes(), exact_hash(encoded))
 
 
 # ----------------------------------------------------------------------------------------- comparing

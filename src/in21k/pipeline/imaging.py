@@ -31,6 +31,9 @@ and less exact at quality 95 (it uses the fast DCT whatever its ``fastdct`` says
 mean error), while Pillow's writes the very bytes the original's ``cv2.imencode`` writes for the same
 pixels.
 
+With ``fingerprint=True`` both paths also take a 64 x 64 thumbnail of the pixels they encode
+(``in21k.pipeline.fingerprint.thumbnail``): the same pixels give the same fingerprints, whichever path ran.
+
 Speed comes from not decoding pixels we throw away, and from not copying them: DCT scaling skips the
 inverse DCT, upsampling and colour conversion of the dropped pixels, but not the entropy decoding of
 the file, so it helps large images and does nothing for the common 300-500 px ones, whose short side is

@@ -4,10 +4,13 @@ Order of work: check the config, the output and the raw source (errors before an
 if needed; index the class tars (parallel tasks, headers only, each writing its part of the index under
 ``_work/index/``; ``_work/index.json``, written last, lists the parts and marks the index complete); load
 the index into columns and plan on the driver; with ``--plan-only``, print the plan and stop; otherwise
-run one task per unfinished shard (retried as below, a bounded number in flight, each given only its own
-rows); write the dataset-level files. A shard whose stats file exists is never redone, so a rerun after a
-crash (even ``kill -9``) finishes the job with the same bytes. Ray is started only when there is work for
-it: a ``--plan-only`` rerun over a cached index needs none.
+fingerprint the evaluation sets (``--against``, tasks, cached under ``_work/against/``), run one task per
+unfinished shard (retried as below, a bounded number in flight, each given only its own rows), run the clean
+stage (``in21k.pipeline.clean``: the duplicate join as tasks, the decisions on the driver, one rewrite task per
+shard with removed members), and write the dataset-level files. A shard whose stats file exists is never
+redone, nor a shard the clean stage rewrote, so a rerun after a crash (even ``kill -9``) finishes the job with
+the same bytes. Ray is started only when there is work for it: a ``--plan-only`` rerun over a cached index
+needs none.
 
 Failed tasks (``_completed``, for the index tasks and the shard tasks alike): Ray itself runs a task again when its
 worker process or node was lost (``max_retries``, system failures only). A task that raised is handled here, on

@@ -297,6 +297,8 @@ def plan_text(s: dict[str, Any]) -> str:
         f"({s['validation_shard_sizes'][0]:,}-{s['validation_shard_sizes'][1]:,} each)",
         f"bytes to read:    {s['bytes_to_read'] / 1e9:,.2f} GB",
     ]
+    for e in s.get("against", []):
+        lines.append(f"evaluation set:   {e['name']} ({e['kind']} {e['url']}): {e['images']:,} images")
     t = s.get("timings", {})
     if t:
         lines.append(f"time:             index {t.get('index', 0):.1f} s, plan {t.get('plan', 0):.1f} s")

@@ -334,8 +334,6 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
 def preflight(cfg: PrepareConfig) -> tuple[Store, str, list[Any]]:
     """All checks that need no Ray and do no work: config, output, raw source, evaluation sets (listed: a missing
     or empty one is an error before any work). Returns store, layout and the evaluation sets."""
-    from in21k.pipeline.against import EvalSet, parse_specs
-
     cfg.validate()
     if cfg.exclude_subtree:
         from in21k.tree.wordnet import noun_synset
@@ -356,7 +354,11 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str, list[Any]]:
         raise StorageError(f"cannot use the output {cfg.out!r}: {type(exc).__name__}: {exc}") from None
     if layout == "whole-tar-gz" and cfg.staging is None:
         cfg.staging = storage.join(cfg.out, "_staging")
-    eval_sets = [EvalSet.open(name, url, cfg.storage_options) for name, url in parse_specs(cfg.against)]
+    eval_sets = []
+    if cfg.against:
+        from in21k.pipeline.against import EvalSet, parse_specs
+
+        eval_sets = [EvalSet.open(name, url, cfg.storage_options) for name, url in parse_specs(cfg.against)]
     for es in eval_sets:
         log.info("evaluation set %s: %s (%s), %d images", es.name, es.url, es.kind, len(es.members))
     return store, layout, eval_sets

@@ -200,9 +200,10 @@ class PrepareConfig:
             raise ConfigError("--max-retries must be >= 0")
         if self.retries < 0 or self.retry_seconds < 0:
             raise ConfigError("--retries and --retry-seconds must be >= 0 (0: fail at the first storage error)")
-        from in21k.pipeline.against import parse_specs
+        if self.against:  # (the module reads images: not imported for a job without evaluation sets)
+            from in21k.pipeline.against import parse_specs
 
-        parse_specs(self.against)
+            parse_specs(self.against)
         if not 0 <= self.dedup_distance <= 32:
             raise ConfigError("--dedup-distance must be within 0..32 (bits of a 64-bit hash)")
         if self.dedup_color_distance < 0:

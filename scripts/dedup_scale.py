@@ -1,7 +1,7 @@
 """Measure prepare's duplicate check at fall11's size: the join and the decisions, driver memory and time.
 
 Writes the manifest of a fall11-sized release whose fingerprints follow a model of real ones (classes of
-look-alikes, exact and near copies, a cluster of near-identical images: ``in21k.synth.fingerprints``; no pixels,
+look-alikes, exact and near copies, a cluster of near-identical images: ``in21k.benchmarks.fingerprints``; no pixels,
 which would take days to decode here), then runs the duplicate check of ``in21k prepare`` on it in a fresh
 driver process, as the job does after its shard tasks: the fingerprints are loaded from the manifest
 (``clean.load_release``), the join runs as Ray tasks on a local Ray (``job.join_in_ray``), the colours of
@@ -41,9 +41,9 @@ def _status() -> dict[str, int]:
 
 
 def generate(out: Path, members: int, seed: int) -> dict:
+    from in21k.benchmarks.fingerprints import PART_ROWS, manifest_parts
     from in21k.dataset import manifest_name
     from in21k.progress import progress
-    from in21k.synth.fingerprints import PART_ROWS, manifest_parts
 
     marker = out / "fingerprints.json"
     if marker.exists():

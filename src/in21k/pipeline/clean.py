@@ -571,14 +571,16 @@ def write_decisions(store: Store, table: Any, summary: dict[str, Any]) -> str:
     return digest
 
 
-def read_decisions(store: Store, policy: Policy) -> tuple[Any, dict[str, Any]] | None:
-    """The decisions of an earlier run with the same policy, if they are complete."""
+def read_decisions(store: Store, policy: Policy, eval_listings: dict[str, str]) -> tuple[Any, dict[str, Any]] | None:
+    """The decisions of an earlier run with the same policy and evaluation sets (``eval_listings``: each set's
+    listing digest), if they are complete."""
     import pyarrow.parquet as pq
 
     if not store.exists(SUMMARY_FILE):
         return None
     summary = json.loads(store.read_bytes(SUMMARY_FILE))
-    if summary.get("schema") != CLEAN_SCHEMA or summary.get("policy") != policy.as_dict():
+    if (summary.get("schema"), summary.get("policy"), summary.get("eval_listings")) != (
+        CLEAN_SCHEMA, policy.as_dict(), eval_listings):  # fmt: skip
         return None
     table = pq.read_table(io.BytesIO(store.read_bytes(DECISIONS_FILE)))
     return table, summary

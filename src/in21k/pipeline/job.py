@@ -457,7 +457,8 @@ def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: l
     shards = [(s.split, s.shard) for s in plan.shards]
     parts = clean.manifest_parts(shards)
     store.invalidate_cache()
-    done = clean.read_decisions(store, policy)
+    listings = {es.name: es.digest for es in eval_sets}
+    done = clean.read_decisions(store, policy, listings)
     if done is not None:
         table, summary = done
         log.info("reusing the duplicate decisions of an earlier run (%d members)", table.num_rows)
@@ -487,6 +488,7 @@ def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: l
         if picture is not None:
             store.write_bytes(clean.PAIRS_PICTURE, picture)
         summary["picture"] = clean.PAIRS_PICTURE if picture is not None else None
+        summary["eval_listings"] = listings  # decisions are reused only for the same evaluation sets
         del release
         clean.write_decisions(store, table, summary)
         summary = json.loads(store.read_bytes(clean.SUMMARY_FILE))

@@ -4,8 +4,10 @@ The classes are real WordNet 3.0 noun wnids taken from the shipped fall11 tree a
 class comes with all its dataset ancestors) plus siblings, so the synthetic set has a real multi-level
 hierarchy. Each image is drawn as nested layers, one per node on the class's root-first path: a child
 keeps its parent's layers and adds its own, so siblings share their parent's look and a small model can
-learn the hierarchy. Members have the real naming (``nXXXXXXXX_N.JPEG``), a realistic size mix and a
-configurable share of the release's bad members.
+learn the hierarchy; the object stands on a scene of the image's own, so two images of a class are different
+pictures (``render``). Members have the real naming (``nXXXXXXXX_N.JPEG``), a realistic size mix and a
+configurable share of the release's bad members; ``--plant`` and ``--eval-images`` add planted copies and an
+evaluation set (``in21k.synth.planted``).
 """
 
 from __future__ import annotations

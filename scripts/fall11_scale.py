@@ -44,7 +44,8 @@ def child(spec: dict) -> None:
     """One ``prepare`` in this process (the driver being measured); prints one JSON line."""
     from in21k.pipeline import PrepareConfig, prepare
 
-    cfg = PrepareConfig(raw=spec["raw"], out=spec["out"], plan_only=spec["plan_only"], progress=False)
+    # dedup off: the members are copies of 256 tiny JPEGs (scripts/dedup_scale.py measures the duplicate check)
+    cfg = PrepareConfig(raw=spec["raw"], out=spec["out"], plan_only=spec["plan_only"], dedup=False, progress=False)
     t0 = time.perf_counter()
     summary = prepare(cfg)
     wall = time.perf_counter() - t0

@@ -1,13 +1,16 @@
 """The README's path for real data, exactly as a user types it, on every storage a user has.
 
-    in21k prepare --raw <local release> --out URL          (local Ray)
+    in21k prepare --raw <local release> --out URL --against synth-eval=EVAL   (local Ray)
+    in21k audit --data URL --against synth-eval=EVAL --json
     in21k train --data URL --out RUN ...                    (no --tree: the dataset's own tree, read from URL)
     in21k predict --checkpoint RUN/model.pt IMAGE...
     in21k finetune --checkpoint RUN/model.pt --data URL ...
 
 with URL on a local S3-compatible server (SeaweedFS), on a local GCS emulator (fake-gcs-server), and, for the
-training reads, on a local static HTTP server. Every command runs as its own process with credentials and
-endpoints from the environment, as on a user's machine. The same prepare writes the same bytes everywhere.
+training reads, on a local static HTTP server. The release holds planted copies and the pictures of an
+evaluation set (EVAL: on the S3 server for the S3 run, a local folder for the GCS run). Every command runs as
+its own process with credentials and endpoints from the environment, as on a user's machine. The same prepare
+writes the same bytes everywhere.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ def last_json(out: str) -> dict:
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("raw")
-    in21k("synth", str(out), "--classes", "6", "--images", "22:30", "--seed", "5", "--large-share", "0")
+    in21k("synth", str(out), "--classes", "6", "--images", "22:30", "--seed", "5", "--large-share", "0",
+          "--plant", "1", "--eval-images", "6")  # fmt: skip
     return out
 
 
@@ -79,10 +83,18 @@ def shards_of(url: str, server) -> dict[str, bytes]:
         return {s.url[len(url) + 1 :]: storage.read_bytes(s.url) for split in ds.splits for s in ds.shards(split)}
 
 
-def the_real_data_path(url: str, server, raw: Path, images: list[str], tmp: Path) -> dict[str, bytes]:
+def the_real_data_path(url: str, server, raw: Path, images: list[str], tmp: Path, eval_set: str) -> dict[str, bytes]:
     env = server.env
-    summary = last_json(in21k("prepare", "--raw", str(raw), "--out", url, *PREPARE, env=env))
+    against = ["--against", f"synth-eval={eval_set}"]
+    summary = last_json(in21k("prepare", "--raw", str(raw), "--out", url, *PREPARE, *against, env=env))
     assert summary["written"] > 0 and summary["train_shards"] >= 2 and summary["validation_samples"] > 0
+    with server.activate():
+        report = json.loads(storage.read_bytes(f"{url}/report.json"))
+    assert report["clean"]["removed"]["eval_match"] == 3 and report["rejection_reasons"]["eval_match"] == 3
+    # The audit of what was written finds no picture of the evaluation set left; the unreadable one is counted.
+    audit = json.loads(in21k("audit", "--data", url, *against, "--json", "--no-progress", env=env))
+    assert audit["pairs"] == [] and audit["fingerprints_from"] == "manifest"
+    assert audit["dataset_images"] == summary["written"] and audit["eval_sets"][0]["unreadable"] == 1
 
     run = tmp / "run"
     result = last_json(in21k("train", "--data", url, "--out", str(run), *TRAIN, env=env))
@@ -101,11 +113,15 @@ def the_real_data_path(url: str, server, raw: Path, images: list[str], tmp: Path
 
 
 def test_s3_gcs_and_http(raw, images, s3_server, gcs_server, tmp_path) -> None:
+    from in21k.synth.planted import EVAL_DIR
+
     bucket = s3_server.make_bucket("in21k-real-path")
+    s3_server.upload_dir(raw / EVAL_DIR, bucket, "eval/val")
     s3_url = f"s3://{bucket}/imagenet21k-p"
-    s3_shards = the_real_data_path(s3_url, s3_server, raw, images, tmp_path / "s3")
+    s3_shards = the_real_data_path(s3_url, s3_server, raw, images, tmp_path / "s3", f"s3://{bucket}/eval/val")
     gcs_server.make_bucket("in21k-real-path")
-    gs_shards = the_real_data_path("gs://in21k-real-path/p", gcs_server, raw, images, tmp_path / "gs")
+    gs_shards = the_real_data_path("gs://in21k-real-path/p", gcs_server, raw, images, tmp_path / "gs",
+                                   str(raw / EVAL_DIR))  # fmt: skip
     assert s3_shards == gs_shards and len(s3_shards) >= 3
 
     # http(s):// for training reads: the same dataset served by a static web server (a copy on local disk).

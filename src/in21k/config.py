@@ -343,6 +343,7 @@ def _add_field_args(parser: Any, cls: type, *, positional: typing.Sequence[str] 
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin in (list, tuple):
             kwargs["nargs"] = "+"
+            kwargs["action"] = "extend"  # --opt A B and --opt A --opt B both give [A, B]
             item = typing.get_args(base)[0]
             if item in (int, float):
                 kwargs["type"] = item

@@ -1,9 +1,11 @@
 """``in21k demo``: the whole product in miniature, on a synthetic release, on this machine's CPUs.
 
-synth -> prepare (local Ray) -> train (semantic softmax, CPU) -> predict (held-out images) -> a report
-folder with ``report.md`` and figures. Each stage runs as the ``in21k`` command a user would type, with
-the demo configs under ``configs/`` (``configs/{synth,prepare,train}/demo.yaml``), so the demo shows the
-real commands; a rerun reuses finished stages (prepare and train resume).
+synth (with planted copies and an evaluation set) -> prepare (local Ray, ``--against`` that set) -> train
+(semantic softmax, CPU) -> predict (held-out images) -> a report folder with ``report.md`` and figures, among
+them the precision and recall of prepare's duplicate finder against the planted copies. Each stage runs as the
+``in21k`` command a user would type, with the demo configs under ``configs/``
+(``configs/{synth,prepare,train}/demo.yaml``), so the demo shows the real commands; a rerun reuses finished
+stages (prepare and train resume).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from in21k.config import add_config_args, config_from_args, print_config_request
 from in21k.errors import ConfigError
 from in21k.redact import redact
 from in21k.training.rundir import CURVES, EVENTS, METRICS, MODEL, RunDir, read_metrics
+
+EVAL_NAME = "synth-eval"  # the --against name of the synthetic evaluation set
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +182,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if not (raw / "synth_report.json").exists():
         _run("synth", ["synth", str(raw), "--config", str(conf / "synth" / "demo.yaml")], timings)
     prep_cfg = conf / "prepare" / "demo.yaml"
-    _run("prepare", ["prepare", "--raw", str(raw), "--out", str(prepared), "--config", str(prep_cfg)], timings)
+    from in21k.synth.planted import EVAL_DIR
+
+    prep_argv = ["prepare", "--raw", str(raw), "--out", str(prepared), "--config", str(prep_cfg)]
+    if (raw / EVAL_DIR).is_dir():  # the synthetic release's evaluation set: its pictures must not be trained on
+        prep_argv += ["--against", f"{EVAL_NAME}={raw / EVAL_DIR}"]
+    _run("prepare", prep_argv, timings)
     train_cfg = str(conf / "train" / "demo.yaml")
     train_argv = ["train", "--data", str(prepared), "--out", str(run.root), "--config", train_cfg,
                   "--resume", "auto"]  # fmt: skip
@@ -215,9 +224,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     levels_used = [int(k) for k in final.get("per_level", {})]
     val_counts = {c["index"]: c["validation"] for c in prep_report["classes"]}
     chance = _chance_semantic_top1(tree, val_counts, levels_used)
+    clean = _clean_scores(raw, prepared, report_dir)
     summary = redact({  # what it quotes was written redacted already; the demo's own paths go through it too
         "out": str(out),
         "report": str(report_dir / "report.md"),
+        "clean": clean,
         "semantic_top1": final.get("semantic_top1"),
         "chance_semantic_top1": round(chance, 4),
         "heldout_path_levels_correct": f"{correct_levels}/{total_levels}",
@@ -227,6 +238,57 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _write_report(report_dir, summary, final, rows, figs, prep_report)
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _clean_scores(raw: Path, prepared: Path, report_dir: Path) -> dict[str, Any] | None:
+    """Precision and recall of prepare's duplicate finder against the synthetic release's planted copies."""
+    import pyarrow.parquet as pq
+
+    from in21k.synth.planted import score
+
+    planted = json.loads((raw / "synth_report.json").read_text()).get("planted")
+    prep_report = json.loads((prepared / "report.json").read_text())
+    if not planted or "clean" not in prep_report:
+        return None
+    columns = ["wnid", "member", "phash", "match", "dup_group"]
+    scores = score(pq.read_table(prepared / "manifest", columns=columns).to_pydict(), planted)
+    picture = prep_report["clean"].get("picture")
+    if picture and (prepared / picture).exists():
+        shutil.copyfile(prepared / picture, report_dir / "matched_pairs.png")
+    return {**scores, "removed": prep_report["clean"]["removed"], "eval_sets": prep_report["clean"]["eval_sets"],
+            "groups": prep_report["clean"]["groups"]}  # fmt: skip
+
+
+def _clean_lines(clean: dict[str, Any]) -> list[str]:
+    removed = ", ".join(f"{k} {v}" for k, v in clean["removed"].items())
+    lines = [
+        "## Duplicates and the evaluation set",
+        "",
+        f"The synthetic release holds planted copies (exact, re-encoded, rescaled, cropped, framed, recoloured; inside "
+        f"a class and across classes) and an evaluation set whose pictures partly appear in it. prepare found "
+        f"{clean['groups']} groups of copies and removed: {removed} (`prepared/report.md` has the counts).",
+        "",
+        "| kind | recall (found / findable planted pairs) |",
+        "|---|---:|",
+    ]
+    totals: dict[str, list[int]] = {}
+    for key, st in clean["pairs"].items():
+        t = totals.setdefault(key.split("/")[0], [0, 0])
+        t[0] += st["found"]
+        t[1] += st["findable"]
+    lines += [f"| {kind} | {clean['recall'][kind]} ({f}/{n}) |" for kind, (f, n) in totals.items()]
+    for e in clean["eval_sets"]:
+        lines.append("")
+        lines.append(f"- evaluation set `{e['name']}`: {e.get('images', e['readable'])} pictures, "
+                     f"{e.get('unreadable', 0)} unreadable, {e['matched_images']} found in the release "
+                     f"({e['matched_release_members']} release images removed)")  # fmt: skip
+    lines += [
+        f"- precision (flagged images that are planted copies or their originals): {clean['precision']}",
+        f"- the release's own images wrongly flagged: {clean['wrongly_flagged']} of {clean['own_members']} "
+        f"({clean['false_flag_rate']}); evaluation matches that are not planted: {clean['eval_false_matches']}",
+        "",
+    ]
+    return lines
 
 
 def _write_report(report_dir: Path, summary: dict, final: dict, rows: list[dict], figs: dict[str, str],
@@ -247,6 +309,7 @@ def _write_report(report_dir: Path, summary: dict, final: dict, rows: list[dict]
         f"{t['validation_samples']:,} in {t['validation_shards']}",
         "- dropped classes: " + ", ".join(f"{d['wnid']} ({d['reason']})" for d in prep_report["dropped_classes"]),
         "",
+        *(_clean_lines(summary["clean"]) if summary.get("clean") else []),
         "## Training",
         "",
         f"- validation semantic top-1: **{summary['semantic_top1']:.3f}** "
@@ -271,6 +334,9 @@ def _write_report(report_dir: Path, summary: dict, final: dict, rows: list[dict]
         lines.append(f"### {title}\n\n![{title}]({name})\n")
     if (report_dir / "predictions.png").exists():
         lines.append("### predicted paths\n\n![predictions](predictions.png)\n")
+    if (report_dir / "matched_pairs.png").exists():
+        lines.append("### matched pairs at and near the thresholds (release image | its match)\n\n"
+                     "![matched pairs](matched_pairs.png)\n")  # fmt: skip
     lines += ["## Stage times (s)", "", *[f"- {k}: {v}" for k, v in summary["timings_s"].items()], ""]
     (report_dir / "report.md").write_text("\n".join(lines))
 

@@ -15,6 +15,7 @@ def test_without_cv2_the_original_is_absent(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "cv2", None)  # makes ``import cv2`` raise ImportError
     result = run_decode_bench(DecodeBenchConfig(images=3, rounds=1, tail_share=0.0))
     assert set(result["contenders"]) == {"ours", "limit_turbo"}
+    assert result["fingerprint_cost"] == result["fingerprint"]["ratio"]  # the CPU fingerprints add to the image step
     assert "cv2 not importable" in result["absent"]["original_cv2"]
     assert result["ratio"] is None and result["ratio_vs_original"] is None and result["ratio_vs_limit"] > 0
     assert set(result["fidelity"]["mean_abs_diff"]) == {"ours"}

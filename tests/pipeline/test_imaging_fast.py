@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from in21k.pipeline import imaging
+from in21k.pipeline.fingerprint import exact_hash, fingerprints
 from in21k.pipeline.imaging import dct_scale, process_image
 
 simplejpeg = pytest.importorskip("simplejpeg")
@@ -105,9 +106,13 @@ FAST_INPUTS = {
 @pytest.mark.parametrize("kind", sorted(FAST_INPUTS))
 def test_fast_path_matches_pillow_path(kind: str, resize: str, spy: SpyJpeg, monkeypatch) -> None:
     data = FAST_INPUTS[kind]()
-    fast = process_image(data, resize=resize, size=224)
+    fast = process_image(data, resize=resize, size=224, fingerprint=True)
     assert spy.decodes == 1, "the fast path did not decode this JPEG"
-    slow = pillow_path(monkeypatch, data, resize=resize, size=224)
+    slow = pillow_path(monkeypatch, data, resize=resize, size=224, fingerprint=True)
+    # The same image gives the same fingerprints, whichever path decoded it (the duplicate finder relies on it).
+    (fast_hash, slow_hash), colors = fingerprints([fast.thumbnail, slow.thumbnail])
+    assert fast_hash == slow_hash and (colors[0] == colors[1]).all()
+    assert exact_hash(fast.jpeg) == exact_hash(slow.jpeg)
     assert (fast.src_width, fast.src_height, fast.width, fast.height) == (
         slow.src_width,
         slow.src_height,

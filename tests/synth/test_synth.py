@@ -181,3 +181,31 @@ def test_processed_layout_follows_the_original_script_and_parquet_holds_its_spli
     rows = [r for t in tables for r in t.to_pylist()]
     assert len(rows) == sum(1 for m in processed.values() for v in m.values() if v["split"] != "small_classes")
     assert all(r["image"]["bytes"][8:12] == b"WEBP" and r["image"]["path"].endswith(".webp") for r in rows)
+
+
+def test_planted_copies_and_evaluation_set_are_listed_pair_by_pair(tmp_path):
+    from in21k.synth.planted import EVAL_DIR, PLANT_KINDS, SCOPES
+
+    plain = write_synthetic_release(_cfg(tmp_path / "plain", odd_share=0.0))
+    report = write_synthetic_release(_cfg(tmp_path / "planted", odd_share=0.0, plant=1, eval_images=6))
+    pairs = report["planted"]["pairs"]
+    assert sorted((p["kind"], p["scope"]) for p in pairs if p["scope"] != "eval") == sorted(
+        (k, s) for k in PLANT_KINDS for s in SCOPES
+    )
+    assert sum(p["scope"] == "eval" for p in pairs) == 3 and report["planted"]["eval_set"]["unreadable"] == 1
+    tars = {c["wnid"]: _read_class_tar((tmp_path / "planted" / f"{c['wnid']}.tar").read_bytes())
+            for c in report["classes"]}  # fmt: skip
+    for p in pairs:
+        copy = tars[p["copy"]["wnid"]][p["copy"]["member"]]
+        assert _decodes(copy)
+        if "eval" in p["original"]:
+            original = (tmp_path / "planted" / EVAL_DIR / p["original"]["eval"]).read_bytes()
+        else:
+            original = tars[p["original"]["wnid"]][p["original"]["member"]]
+            assert (p["scope"] == "within_class") == (p["original"]["wnid"] == p["copy"]["wnid"])
+        assert (copy == original) == (p["kind"] == "exact"), p
+    assert len(list((tmp_path / "planted" / EVAL_DIR).iterdir())) == 6
+    # Planting adds members and changes nothing else: the plain release's members, byte for byte.
+    for c in plain["classes"]:
+        before = _read_class_tar((tmp_path / "plain" / f"{c['wnid']}.tar").read_bytes())
+        assert all(tars[c["wnid"]][name] == data for name, data in before.items())

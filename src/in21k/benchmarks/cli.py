@@ -29,6 +29,15 @@ BENCHES = {
         "DCT scale (limit_turbo). Reports ratio_vs_original, ratio_vs_limit and the output quality of ours and "
         "the original against an antialiased reference (mean abs. difference, aliasing on zone plates).",
     ),
+    "dedup": Bench(
+        "DedupBenchConfig", "dedup:run_dedup_bench", "dedup:format_result",
+        "precision and recall of prepare's duplicate finder on a release with planted copies",
+        "Write a synthetic release with --plant copies of each kind (exact, reencode, rescale, crop, border, colour) "
+        "inside and across classes and an evaluation set, run prepare on it with --against (local Ray), and score "
+        "its manifest against the planted pairs: recall per kind and scope, precision, the share of the release's "
+        "own images wrongly flagged, and evaluation matches that are not planted. Contenders on the same "
+        "fingerprints: the hash alone (no colour check) and an exhaustive search (the join's own recall).",
+    ),
     "prepare": Bench(
         "PrepareBenchConfig", "prepare:run_prepare_bench", None,
         "end-to-end images/s of the Ray prepare job on N cores vs N x the single-core decode rate",

@@ -51,6 +51,23 @@ class PrepareBenchConfig:
 
 
 @dataclass
+class DedupBenchConfig:
+    classes: int = field(default=24, metadata=_h("classes of the synthetic release", "N"))
+    images: str = field(default="40:80", metadata=_h("members per class, MIN:MAX", "MIN:MAX"))
+    plant: int = field(default=10, metadata=_h("planted copies per kind, inside a class and as many across", "N"))
+    eval_images: int = field(default=60, metadata=_h("pictures of the evaluation set (about half planted)", "N"))
+    max_distance: int = field(default=12, metadata=_h("prepare's --dedup-distance", "BITS"))
+    max_color_distance: float = field(default=7.0, metadata=_h("prepare's --dedup-color-distance", "LEVELS"))
+    num_cpus: int | None = field(default=None, metadata=_h("CPUs of the local Ray (default: all)", "N"))
+    workdir: str | None = field(default=None, metadata=_h("where to write the release (default: a temp dir)", "DIR"))
+    seed: int = field(default=0, metadata=_h("seed of the release", "N"))
+
+    def validate(self) -> None:
+        if self.classes < 4 or self.plant < 1 or self.eval_images < 4:
+            raise ConfigError("need --classes >= 4, --plant >= 1 and --eval-images >= 4")
+
+
+@dataclass
 class LoaderBenchConfig:
     data: str = field(
         default="", metadata={"help": "prepared dataset root (holds _info.json), local path", "metavar": "URL"}

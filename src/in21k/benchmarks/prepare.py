@@ -169,6 +169,45 @@ def _fidelity(corpus: list[bytes], tail: list[bool], paths: dict[str, Callable[[
     return result
 
 
+def _fingerprint_cost(corpus: list[bytes], rounds: int) -> dict[str, Any]:
+    """The CPU the fingerprints add to the image step, measured as a shard task spends it: the corpus as one stream
+    through process_image with the fingerprints (thumbnail and exact hash per image, the DCT hash and colour grid
+    per read batch of 32: ``in21k.pipeline.shard``) and as one stream without, passes alternated (ABBA)."""
+    from in21k.pipeline.fingerprint import exact_hash, fingerprints
+    from in21k.pipeline.imaging import process_image
+
+    def with_fingerprints() -> None:
+        thumbs: list[Any] = []
+        for data in corpus:
+            result = process_image(data, fingerprint=True)
+            if result.ok:
+                exact_hash(result.jpeg)
+                thumbs.append(result.thumbnail)
+                if len(thumbs) == 32:
+                    fingerprints(thumbs)
+                    thumbs.clear()
+        fingerprints(thumbs)
+
+    def without() -> None:
+        for data in corpus:
+            process_image(data)
+
+    cpu = {"with": 0.0, "without": 0.0}
+    for r in range(rounds):
+        order = (("with", with_fingerprints), ("without", without))
+        for name, run in order if r % 2 else order[::-1]:
+            c0 = time.process_time()
+            run()
+            cpu[name] += time.process_time() - c0
+    per_image = {k: v / (rounds * len(corpus)) * 1e6 for k, v in cpu.items()}
+    return {
+        "ratio": round(cpu["with"] / cpu["without"] - 1, 4),
+        "us_per_image": round(per_image["with"] - per_image["without"], 1),
+        "image_step_us_per_image": round(per_image["without"], 1),
+        "how": "process CPU time; the corpus as a stream with and without fingerprints, passes alternated",
+    }
+
+
 def run_decode_bench(cfg: DecodeBenchConfig) -> dict[str, Any]:
     """Every contender over the same images, interleaved image by image, CPU time of this one process."""
     paths, absent = _decode_contenders()
@@ -196,6 +235,7 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict[str, Any]:
                     cpu[name][bucket] += time.process_time() - c0
                     wall[name] += time.perf_counter() - w0
         fidelity = _fidelity(corpus, tail, paths) if cfg.fidelity else None
+        fingerprint_cost = _fingerprint_cost(corpus, max(2, cfg.rounds))
     finally:
         if cv2_threads is not None:
             cv2.setNumThreads(cv2_threads)
@@ -226,6 +266,8 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "bench": "decode",
         "ratio": ratio("original_cv2"),
+        "fingerprint_cost": fingerprint_cost["ratio"],
+        "fingerprint": fingerprint_cost,
         "ratio_vs_original": ratio("original_cv2"),
         "ratio_vs_limit": ratio("limit_turbo"),
         "ratio_vs_original_main_300_500px": ratio("original_cv2", "main_300_500px"),
@@ -313,6 +355,7 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
             min_images=val + 1,
             val_per_class=val,
             num_train_shards=cfg.shards_per_cpu * n_cpus,
+            dedup=False,  # the corpus reuses its images on purpose: this measures the image step, not the finder
             progress=False,
         )
         pcfg.validate()

@@ -34,8 +34,20 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from in21k.pipeline.audit import format_result, run_audit
+    from in21k.pipeline.options import AuditConfig
+
+    cfg = config_from_args(args, AuditConfig)
+    if print_config_requested(args, cfg):
+        return 0
+    result = run_audit(cfg)
+    print(json.dumps(result) if cfg.json else format_result(result))
+    return 0
+
+
 def register(commands) -> None:
-    from in21k.pipeline.options import PrepareConfig
+    from in21k.pipeline.options import AuditConfig, PrepareConfig
 
     parser = commands.add(
         "prepare",
@@ -50,3 +62,14 @@ def register(commands) -> None:
     )
     add_config_args(parser, PrepareConfig)
     parser.set_defaults(func=_prepare)
+    parser = commands.add(
+        "audit",
+        help="which images of a dataset are pictures of evaluation sets (nothing is rewritten)",
+        description="Report the overlap of a dataset with evaluation sets: per set its images, unreadable ones, "
+        "matched ones, and every matched pair (dataset key and shard, NAME:member, distances). DST is a dataset "
+        "`in21k prepare` wrote (its manifest's fingerprints are used: nothing is decoded) or any WebDataset "
+        "(.jpg/.jpeg/.png/.webp members are decoded). Images are compared as prepare compares them "
+        "(docs/clean-data.md).\n\n  in21k audit --data s3://bucket/imagenet21k-p --against imagenet1k-val=/data/val",
+    )
+    add_config_args(parser, AuditConfig)
+    parser.set_defaults(func=_audit)

@@ -39,6 +39,10 @@ damaged file is never copied. Everything else at size (grayscale, CMYK, PNG, Web
 the usual way. ``copy_at_size=False`` (``prepare --reencode-at-size``) re-encodes them too. Without simplejpeg,
 the Pillow path copies under the same rule, Pillow's full decode being the check.
 
+With ``fingerprint=True`` both paths also take a 64 x 64 thumbnail of the pixels they write
+(``in21k.pipeline.fingerprint.thumbnail``; for a copied image, the pixels of its decode check): the same pixels
+give the same fingerprints, whichever path ran.
+
 Speed comes from not decoding pixels we throw away, and from not copying them: DCT scaling skips the
 inverse DCT, upsampling and colour conversion of the dropped pixels, but not the entropy decoding of
 the file, so it helps large images and does nothing for the common 300-500 px ones, whose short side is
@@ -53,9 +57,11 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from in21k.pipeline.fingerprint import thumbnail
 
 try:  # libjpeg-turbo without Pillow's per-image overhead; without it every image takes the Pillow path
     import simplejpeg as _simplejpeg
@@ -95,6 +101,9 @@ class ImageResult:
     width: int = 0
     height: int = 0
     detail: str = ""
+    # With process_image(fingerprint=True): the thumbnail of the written pixels that in21k.pipeline.fingerprint
+    # works from (its fingerprints() takes a batch of them, with exact_hash of each jpeg).
+    thumbnail: Any = None
     copied: bool = False  # the source bytes themselves: already at the output size, decoded cleanly
 
     @property
@@ -170,24 +179,46 @@ def process_image(
     size: int = 224,
     quality: int = 95,
     max_image_pixels: int = 89_478_485,
+    fingerprint: bool = False,
     copy_at_size: bool = True,
 ) -> ImageResult:
     """Decode ``data``, convert to RGB, apply EXIF orientation, resize and encode as JPEG; a clean JPEG already
-    at the output size is copied (module docstring) unless ``copy_at_size`` is false."""
+    at the output size is copied (module docstring) unless ``copy_at_size`` is false. With ``fingerprint``, also
+    the thumbnail of the written pixels that ``in21k.pipeline.fingerprint`` works from."""
     if not data:
         return ImageResult(None, "empty")
+    opts = {"resize": resize, "size": size, "quality": quality, "max_image_pixels": max_image_pixels,
+            "fingerprint": fingerprint}  # fmt: skip
     if _simplejpeg is not None and data[:2] == b"\xff\xd8":
         try:
-            result = _process_turbo(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels,
-                                    copy_at_size=copy_at_size)  # fmt: skip
+            result = _process_turbo(data, **opts, copy_at_size=copy_at_size)
         except (TypeError, NameError):
             raise
         except Exception:  # noqa: BLE001 - libjpeg-turbo refused or warned (ValueError), or ran out of memory:
             result = None  # the Pillow path decides, and names the reason
         if result is not None:
             return result
-    return _process_pillow(data, resize=resize, size=size, quality=quality, max_image_pixels=max_image_pixels,
-                           copy_at_size=copy_at_size and _simplejpeg is None)  # fmt: skip
+    return _process_pillow(data, **opts, copy_at_size=copy_at_size and _simplejpeg is None)
+
+
+def _encoded(img: Image.Image, quality: int, fingerprint: bool, src_w: int, src_h: int) -> ImageResult:
+    """The written JPEG of the final pixels (both paths end here), with what their fingerprints need if asked."""
+    buf = io.BytesIO()  # Pillow's encoder takes RGBX as it is (why not simplejpeg's: module docstring)
+    img.save(buf, format="JPEG", quality=quality)
+    jpeg = buf.getvalue()
+    result = ImageResult(jpeg, None, src_w, src_h, img.size[0], img.size[1])
+    if fingerprint:
+        result.thumbnail = thumbnail(img)
+    return result
+
+
+def _copied(data: bytes, img: Image.Image, fingerprint: bool) -> ImageResult:
+    """A source JPEG written as it is; ``img`` holds the pixels of its decode check."""
+    w, h = img.size
+    result = ImageResult(data, None, w, h, w, h, copied=True)
+    if fingerprint:
+        result.thumbnail = thumbnail(img)
+    return result
 
 
 def _jpeg_orientation(data: bytes) -> int | None:
@@ -216,7 +247,14 @@ def _jpeg_orientation(data: bytes) -> int | None:
 
 
 def _process_turbo(
-    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int, copy_at_size: bool = True
+    data: bytes,
+    *,
+    resize: ResizeMode,
+    size: int,
+    quality: int,
+    max_image_pixels: int,
+    fingerprint: bool,
+    copy_at_size: bool = True,
 ) -> ImageResult | None:
     """The fast path for JPEGs libjpeg-turbo decodes cleanly; None hands the member to the Pillow path."""
     sj = _simplejpeg
@@ -239,8 +277,8 @@ def _process_turbo(
     raw_w, raw_h = (out_h, out_w) if swap else (out_w, out_h)  # the target in stored orientation
     if copy_at_size and colorspace == "YCbCr" and no_app1 == 1 and (src_w, src_h) == (raw_w, raw_h):
         # The strict decode is the check: a damaged file raises ValueError, and the Pillow path then decides.
-        sj.decode_jpeg(data, colorspace="RGB", strict=True)
-        return ImageResult(data, None, src_w, src_h, src_w, src_h, copied=True)
+        pixels = sj.decode_jpeg(data, colorspace="RGB", strict=True)
+        return _copied(data, Image.frombuffer("RGB", (src_w, src_h), pixels, "raw", "RGB", 0, 1), fingerprint)
     scale = dct_scale(src_w, src_h, raw_w, raw_h) if resize != "none" else 1
     # strict: libjpeg-turbo's warnings (premature end of data, corrupt segments) raise ValueError.
     pixels = sj.decode_jpeg(
@@ -251,9 +289,7 @@ def _process_turbo(
         img = img.resize((raw_w, raw_h), Image.Resampling.BILINEAR)
     if orientation in _ORIENTATION:
         img = img.transpose(_ORIENTATION[orientation])
-    buf = io.BytesIO()  # Pillow's encoder takes RGBX as it is (why not simplejpeg's: module docstring)
-    img.save(buf, format="JPEG", quality=quality)
-    return ImageResult(buf.getvalue(), None, src_w, src_h, img.size[0], img.size[1])
+    return _encoded(img, quality, fingerprint, src_w, src_h)
 
 
 def _has_app1(img: Image.Image) -> bool:
@@ -261,7 +297,14 @@ def _has_app1(img: Image.Image) -> bool:
 
 
 def _process_pillow(
-    data: bytes, *, resize: ResizeMode, size: int, quality: int, max_image_pixels: int, copy_at_size: bool = False
+    data: bytes,
+    *,
+    resize: ResizeMode,
+    size: int,
+    quality: int,
+    max_image_pixels: int,
+    fingerprint: bool,
+    copy_at_size: bool = False,
 ) -> ImageResult:
     """Any format Pillow reads; the source of every rejection reason."""
     try:
@@ -281,7 +324,7 @@ def _process_pillow(
             at_size = (src_w, src_h) == (raw_w, raw_h) and orientation not in _ORIENTATION
             if copy_at_size and at_size and img.format == "JPEG" and img.mode == "RGB" and not _has_app1(img):
                 img.load()  # the decode check: a truncated or damaged file raises
-                return ImageResult(data, None, src_w, src_h, src_w, src_h, copied=True)
+                return _copied(data, img, fingerprint)
             if img.format == "JPEG" and resize != "none":
                 # DCT-scaled decode (1/2, 1/4, 1/8) to the smallest size still >= the target in both sides.
                 img.draft(None, (raw_w, raw_h))
@@ -291,9 +334,7 @@ def _process_pillow(
                 img = img.resize((raw_w, raw_h), Image.Resampling.BILINEAR)
             if orientation in _ORIENTATION:
                 img = img.transpose(_ORIENTATION[orientation])
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=quality)
-            return ImageResult(buf.getvalue(), None, src_w, src_h, img.size[0], img.size[1])
+            return _encoded(img, quality, fingerprint, src_w, src_h)
     except (TypeError, NameError):
         raise
     except UnidentifiedImageError as exc:

@@ -4,10 +4,13 @@ Order of work: check the config, the output and the raw source (errors before an
 if needed; index the class tars (parallel tasks, headers only, each writing its part of the index under
 ``_work/index/``; ``_work/index.json``, written last, lists the parts and marks the index complete); load
 the index into columns and plan on the driver; with ``--plan-only``, print the plan and stop; otherwise
-run one task per unfinished shard (retried as below, a bounded number in flight, each given only its own
-rows); write the dataset-level files. A shard whose stats file exists is never redone, so a rerun after a
-crash (even ``kill -9``) finishes the job with the same bytes. Ray is started only when there is work for
-it: a ``--plan-only`` rerun over a cached index needs none.
+fingerprint the evaluation sets (``--against``, tasks, cached under ``_work/against/``), run one task per
+unfinished shard (retried as below, a bounded number in flight, each given only its own rows), run the clean
+stage (``in21k.pipeline.clean``: the duplicate join as tasks, the decisions on the driver, one rewrite task per
+shard with removed members), and write the dataset-level files. A shard whose stats file exists is never
+redone, nor a shard the clean stage rewrote, so a rerun after a crash (even ``kill -9``) finishes the job with
+the same bytes. Ray is started only when there is work for it: a ``--plan-only`` rerun over a cached index
+needs none.
 
 Failed tasks (``_completed``, for the index tasks and the shard tasks alike): Ray itself runs a task again when its
 worker process or node was lost (``max_retries``, system failures only). A task that raised is handled here, on
@@ -44,7 +47,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from in21k import storage
-from in21k.dataset import stats_name
+from in21k.dataset import shard_name, stats_name
 from in21k.errors import ConfigError, DataError, In21kError, SetupError, StorageError
 from in21k.pipeline import parquet_source, processed, release, sources
 from in21k.pipeline.options import PrepareConfig
@@ -67,6 +70,7 @@ INDEX_PARTS_PER_READ = 64
 RETRY_BASE_DELAY = 1.0  # seconds before a task's first retry after a storage error; doubled each time
 RETRY_MAX_DELAY = 60.0
 WINDOW_REFRESH = 10.0  # seconds between looks at the cluster's CPUs (nodes join and leave while shards run)
+SCAN_TABLES_PER_TASK = 30  # join tables per Ray task: each task partitions the hashes once for its tables
 
 
 def check_output(store: Store, cfg: PrepareConfig) -> None:
@@ -546,8 +550,9 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
     }
 
 
-def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
-    """All checks that need no Ray and do no work: config, output, raw source. Returns store and layout."""
+def preflight(cfg: PrepareConfig) -> tuple[Store, str, list[Any]]:
+    """All checks that need no Ray and do no work: config, output, raw source, evaluation sets (listed: a missing
+    or empty one is an error before any work). Returns store, layout and the evaluation sets."""
     cfg.validate()
     if cfg.exclude_subtree:
         from in21k.tree.wordnet import noun_synset
@@ -574,7 +579,191 @@ def preflight(cfg: PrepareConfig) -> tuple[Store, str]:
         if not files:
             raise DataError(f"no parquet files found in {cfg.raw!r}")
         parquet_source.inspect(cfg.raw, files, fs, cfg.parquet, cfg.storage_options)
-    return store, layout
+    eval_sets = []
+    if cfg.against:
+        from in21k.pipeline.against import EvalSet, parse_specs
+
+        eval_sets = [EvalSet.open(name, url, cfg.storage_options) for name, url in parse_specs(cfg.against)]
+    for es in eval_sets:
+        log.info("evaluation set %s: %s (%s), %d images", es.name, es.url, es.kind, len(es.members))
+    return store, layout, eval_sets
+
+
+def _image_settings(cfg: PrepareConfig) -> Any:
+    from in21k.pipeline.against import ImageSettings
+
+    return ImageSettings(resize=cfg.resize, size=cfg.size, quality=cfg.quality, max_image_pixels=cfg.max_image_pixels)
+
+
+def _fingerprint_eval_sets(eval_sets: list[Any], store: Store, cfg: PrepareConfig, connect: Callable[[], None]) -> None:
+    """Fingerprint each evaluation set once (Ray tasks of ``against.CHUNK`` images), cached under
+    ``_work/against/``; a rerun reuses a cache of the same set, listing and settings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from in21k.pipeline import against
+
+    settings = _image_settings(cfg)
+    for es in eval_sets:
+        data_name, meta_name = against.cache_names(es.name)
+        if store.exists(meta_name) and against.cache_matches(json.loads(store.read_bytes(meta_name)), es, settings):
+            log.info("evaluation set %s: reusing its fingerprints from an earlier run", es.name)
+            continue
+        connect()
+        chunks = es.chunks()
+        parts: list[bytes | None] = [None] * len(chunks)
+        names = [f"evaluation set {es.name}, images {k * against.CHUNK}..." for k in range(len(chunks))]
+
+        def task_args(k: int, chunks: list = chunks, kind: str = es.kind) -> tuple:
+            return chunks[k], kind, settings, cfg.storage_options
+
+        with progress(total=len(es.members), unit="img", desc=f"fingerprinting {es.name}", enabled=cfg.progress) as bar:
+            for k, blob in _completed(against.fingerprint_chunk, names, task_args, cfg, window=_shard_window):
+                parts[k] = blob
+                bar.update(len(chunks[k]))
+        table = pa.concat_tables([pq.read_table(io.BytesIO(b)) for b in parts if b is not None])
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        store.write_bytes(data_name, buf.getvalue())
+        meta = against.describe(es, settings, table)
+        store.write_json(meta_name, meta)  # last: marks the cache complete
+        if meta["unreadable"]:
+            log.warning("evaluation set %s: %d of %d images do not decode (listed in the report)", es.name,
+                        meta["unreadable"], meta["images"])  # fmt: skip
+
+
+def join_in_ray(store: Store, parts: list[str], release: Any, reps: Any, evals: Any, policy: Any,
+                cfg: PrepareConfig) -> dict[str, Any]:  # fmt: skip
+    """The join (``dedup.scan_tables``) over the release members ``reps`` and the evaluation images, as Ray tasks:
+    one task reads the colour grids of ``reps`` from the manifest into the object store, then the tables run in
+    tasks grouped by their first key block, each verifying its pairs against those colours. The driver holds the
+    hashes and the verified pairs only (fall11: ~0.1 GB and a few MB; the colours are ~0.6 GB)."""
+    import numpy as np
+    import ray
+
+    from in21k.pipeline import clean, dedup
+
+    refs = [ray.put(np.ascontiguousarray(a)) for a in (release.part[reps], release.position[reps])]
+    colors_task = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=True)(clean.colors_of)
+    colors = colors_task.remote(cfg.out, cfg.storage_options, parts, *refs, evals.colors)
+    try:
+        ray.get(colors)  # a view of the object store's copy: nothing is read into this process
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+        raise _failure("reading the colour grids", cause, cfg.retries, 0.0, cfg) from exc
+    hashes = ray.put(np.concatenate([release.phash[reps], evals.phash]))
+    combos = dedup.tables()
+    units: list[list[int]] = []
+    for first in sorted({c[0] for c in combos}):
+        ids = [t for t, c in enumerate(combos) if c[0] == first]
+        units += [ids[a : a + SCAN_TABLES_PER_TASK] for a in range(0, len(ids), SCAN_TABLES_PER_TASK)]
+    names = [f"join tables {u[0]}..{u[-1]}" for u in units]
+    results = []
+
+    def task_args(k: int) -> tuple:
+        return hashes, units[k], policy.max_distance, colors, policy.max_color_distance
+
+    with progress(total=len(combos), unit="table", desc="finding copies", enabled=cfg.progress) as bar:
+        for k, result in _completed(dedup.scan_tables, names, task_args, cfg, window=_shard_window):
+            results.append(result)
+            bar.update(len(units[k]))
+    return dedup.merge_scans(results)
+
+
+def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: list[Any]) -> dict[str, Any]:
+    """The clean-data stage (``in21k.pipeline.clean``): decisions (reused from an earlier run if complete), then
+    the rewrite of every shard they touch (Ray tasks; a shard already rewritten is skipped). Returns the summary."""
+    import numpy as np
+
+    from in21k.pipeline import clean
+
+    policy = clean.Policy(dedup=cfg.dedup, max_distance=cfg.dedup_distance, max_color_distance=cfg.dedup_color_distance,
+                          in_class=cfg.duplicates_in_class, across_classes=cfg.duplicates_across_classes)  # fmt: skip
+    shards = [(s.split, s.shard) for s in plan.shards]
+    parts = clean.manifest_parts(shards)
+    store.invalidate_cache()
+    listings = {es.name: es.digest for es in eval_sets}
+    done = clean.read_decisions(store, policy, listings)
+    if done is not None:
+        table, summary = done
+        log.info("reusing the duplicate decisions of an earlier run (%d members)", table.num_rows)
+    else:
+        t = time.perf_counter()
+        class_of = {c.wnid: c.index for c in plan.classes if c.kept}
+        release = clean.load_release(store, parts, class_of, rows=sum(s.num_rows for s in plan.shards))
+        evals = clean.load_evals(store, [es.name for es in eval_sets])
+        depth = np.asarray(tree.depths, np.int64)
+        log.info("looking for copies among %d images%s", len(release),
+                 f" and {len(evals.member)} evaluation images" if eval_sets else "")  # fmt: skip
+        table, summary = clean.decide(
+            release,
+            lambda rows, columns: clean.load_details(store, parts, release, rows, columns),
+            evals,
+            policy,
+            depth,
+            lambda release, reps, evals, policy: join_in_ray(store, parts, release, reps, evals, policy, cfg),
+        )
+        summary["timings"]["load"] = round(time.perf_counter() - t - summary["timings"]["decide"], 2)
+        from in21k.pipeline import against
+
+        for entry in summary["eval_sets"]:
+            meta = json.loads(store.read_bytes(against.cache_names(entry["name"])[1]))
+            entry.update(url=meta["url"], images=meta["images"], unreadable=meta["unreadable"])
+        picture = _pairs_picture(summary["samples"], eval_sets, cfg)
+        if picture is not None:
+            store.write_bytes(clean.PAIRS_PICTURE, picture)
+        summary["picture"] = clean.PAIRS_PICTURE if picture is not None else None
+        summary["eval_listings"] = listings  # decisions are reused only for the same evaluation sets
+        del release
+        clean.write_decisions(store, table, summary)
+        summary = json.loads(store.read_bytes(clean.SUMMARY_FILE))
+    digest = summary["digest"]
+    part_column = table.column("part").to_numpy()
+    touched = np.unique(part_column).tolist()
+    finished = {k for k in touched if json.loads(store.read_bytes(stats_name(*shards[k]))).get("clean") == digest}
+    todo = [k for k in touched if k not in finished]
+    if len(todo) < len(touched):
+        log.info("resuming: %d of %d shards with removed or grouped members are rewritten already",
+                 len(touched) - len(todo), len(touched))  # fmt: skip
+    names = [f"rewrite {shard_name(*shards[k])}" for k in todo]
+    with progress(total=len(todo), unit="shard", desc="rewriting shards", enabled=cfg.progress) as bar:
+        for _ in _completed(clean.rewrite_shard, names,
+                            lambda i: (*shards[todo[i]], clean.shard_rows(table, todo[i], part_column), digest, cfg.out,
+                                       cfg.storage_options), cfg, window=_shard_window):  # fmt: skip
+            bar.update()
+    store.invalidate_cache()
+    return summary
+
+
+def _pairs_picture(samples: dict[str, list], eval_sets: list[Any], cfg: PrepareConfig) -> bytes | None:
+    """The report's picture of matched pairs, read from the raw release and the evaluation sets."""
+    from in21k.pipeline import against, clean
+
+    reader = storage.RangeReader(cfg.storage_options)
+
+    def read_release(sides: list[dict]) -> list[bytes]:
+        got = reader.fetch([(s["source"], s["offset"], s["size"]) for s in sides])
+        return [g if isinstance(g, bytes) else b"" for g in got]
+
+    by_name = {es.name: es for es in eval_sets}
+
+    def read_eval(sides: list[dict]) -> list[bytes]:
+        out = []
+        for s in sides:
+            es = by_name[s["eval"]]
+            loc = dict(es.members).get(s["member"])
+            if loc is None:  # a parquet member named by its file's name column
+                out.append(b"")
+                continue
+            data = against.read_chunk([(s["member"], loc)], es.kind, cfg.storage_options)[0][1]
+            out.append(data if isinstance(data, bytes) else b"")
+        return out
+
+    try:
+        return clean.pairs_picture(samples, read_release, read_eval)
+    except Exception as exc:  # noqa: BLE001 - the picture illustrates the report; its absence must not stop the job
+        log.warning("could not draw the report's picture of matched pairs: %s", _brief(exc))
+        return None
 
 
 def load_classes(cfg: PrepareConfig) -> tuple[Any, Any]:
@@ -611,7 +800,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     the plan's summary (``report.plan_summary``).
     """
     t0 = time.perf_counter()
-    store, _ = preflight(cfg)
+    store, _, eval_sets = preflight(cfg)
     class_list, class_tree = load_classes(cfg)
     closers: list[Callable[[], None]] = []
 
@@ -678,6 +867,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         )
         if cfg.plan_only:
             summary = plan_summary(plan, cfg, tree, layout=layout, index_errors=errors, release=identity)
+            summary["against"] = [{"name": es.name, "url": es.url, "kind": es.kind, "images": len(es.members)}
+                                  for es in eval_sets]  # fmt: skip
             summary["timings"] = {k: round(v, 2) for k, v in timings.items()}
             store.write_json(PLAN_FILE, summary)
             return summary
@@ -686,6 +877,10 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         # leaves no job whose options a corrected rerun would have to match.
         if not store.exists(JOB_FILE):
             store.write_json(JOB_FILE, cfg.output_fingerprint())
+        if eval_sets:
+            t = time.perf_counter()
+            _fingerprint_eval_sets(eval_sets, store, cfg, connect)
+            timings["eval_sets"] = time.perf_counter() - t
         t = time.perf_counter()
         write_unsharded_manifest(store, plan)
         timings["unsharded_manifest"] = time.perf_counter() - t
@@ -694,12 +889,17 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         run = _run_shards(plan, store, cfg)
         timings["shards"] = time.perf_counter() - t
         plan.release_index()  # the report needs only the shard list and the class decisions
+        cleaned = None
+        if cfg.dedup or eval_sets:
+            t = time.perf_counter()
+            cleaned = _clean(plan, store, cfg, tree, eval_sets)
+            timings["clean"] = time.perf_counter() - t
         # The tasks wrote files that this process's cached listings (fsspec's, of stats/ when resuming) do not
         # hold: an object store would answer "not found" from the stale listing.
         store.invalidate_cache()
         timings["total"] = time.perf_counter() - t0
         report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors,
-                          release=identity, class_list=class_list)  # fmt: skip
+                          release=identity, class_list=class_list, clean=cleaned)  # fmt: skip
     finally:
         for close in closers:
             close()

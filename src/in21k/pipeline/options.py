@@ -30,6 +30,12 @@ OUTPUT_KEYS = (
     "shard_multiple",
     "seed",
     "max_image_pixels",
+    "against",
+    "dedup",
+    "dedup_distance",
+    "dedup_color_distance",
+    "duplicates_in_class",
+    "duplicates_across_classes",
 )
 # Output options added later: in the fingerprint only where they differ from their defaults, so that a job prepared
 # before they existed compares equal to the same options now.
@@ -132,6 +138,39 @@ class PrepareConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "seed of the validation split and the shard permutation"})
+    against: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "evaluation sets to keep out of the release: NAME=URL, URL a folder, .tar or .parquet of images "
+            "(local, s3://, gs://), e.g. imagenet1k-val=/data/imagenet/val; repeatable. Every release image that "
+            "matches one of their pictures is removed from train and validation (docs/clean-data.md)",
+            "metavar": "NAME=URL",
+        },
+    )
+    dedup: bool = field(
+        default=True,
+        metadata={"help": "find exact and near copies inside the release and apply the --duplicates-* policies"},
+    )
+    dedup_distance: int = field(
+        default=12,
+        metadata={"help": "a pair is a candidate copy when the Hamming distance of its 64-bit DCT hashes is at most "
+                  "this (even: every hash has 32 ones)"},
+    )  # fmt: skip
+    dedup_color_distance: float = field(
+        default=7.0,
+        metadata={"help": "and a copy when its 4x4 colour grids also differ by at most this (mean, 8-bit levels, "
+                  "brightness and colour cast removed)"},
+    )  # fmt: skip
+    duplicates_in_class: Literal["keep-one", "keep-all"] = field(
+        default="keep-one", metadata={"help": "copies of one picture inside a class: keep one, or keep all"}
+    )
+    duplicates_across_classes: Literal["drop-all", "keep-one", "keep-all"] = field(
+        default="drop-all",
+        metadata={
+            "help": "a picture filed under several classes: drop every copy (its labels contradict), keep the copy "
+            "in the most specific class, or keep them all"
+        },
+    )
     ray_address: str | None = field(
         default=None,
         metadata={
@@ -218,6 +257,14 @@ class PrepareConfig:
             raise ConfigError("--max-retries must be >= 0")
         if self.retries < 0 or self.retry_seconds < 0:
             raise ConfigError("--retries and --retry-seconds must be >= 0 (0: fail at the first storage error)")
+        if self.against:  # (the module reads images: not imported for a job without evaluation sets)
+            from in21k.pipeline.against import parse_specs
+
+            parse_specs(self.against)
+        if not 0 <= self.dedup_distance <= 32:
+            raise ConfigError("--dedup-distance must be within 0..32 (bits of a 64-bit hash)")
+        if self.dedup_color_distance < 0:
+            raise ConfigError("--dedup-color-distance must be >= 0")
         bad = [w for w in self.exclude_subtree if len(w) != 9 or w[0] != "n" or not w[1:].isdigit()]
         if bad:
             raise ConfigError(f"--exclude-subtree takes wnids like n00007846; not wnids: {', '.join(bad)}")
@@ -240,3 +287,48 @@ class PrepareConfig:
             if value != default:
                 out[key] = value.fingerprint() if key == "parquet" else value
         return redact(out)
+
+
+@dataclass
+class AuditConfig:
+    """The options of ``in21k audit``."""
+
+    data: str | None = field(
+        default=None,
+        metadata={"help": "the dataset: one `in21k prepare` wrote, or any WebDataset (its _info.json, or every .tar "
+                  "below it)", "metavar": "DST"},
+    )  # fmt: skip
+    against: list[str] = field(
+        default_factory=list,
+        metadata={"help": "evaluation sets NAME=URL (a folder, .tar or .parquet of images; local, s3://, gs://); "
+                  "repeatable", "metavar": "NAME=URL"},
+    )  # fmt: skip
+    dedup_distance: int = field(default=12, metadata={"help": "as prepare's: hash distance of a candidate pair"})
+    dedup_color_distance: float = field(default=7.0, metadata={"help": "as prepare's: colour distance of a match"})
+    resize: Literal["squash", "short-edge", "none"] = field(
+        default="squash",
+        metadata={"help": "how images are resized before fingerprinting, for a dataset not written by prepare "
+                  "(prepare's own datasets use their _info.json config)"},
+    )  # fmt: skip
+    size: int = field(default=224, metadata={"help": "the size of --resize"})
+    workers: int | None = field(default=None, metadata={"help": "processes that decode images (default: all CPUs)"})
+    storage_options: Any = field(
+        default=None,
+        metadata={"help": "fsspec storage options as JSON (default: from the environment)", "metavar": "JSON"},
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object only"})
+
+    def validate(self) -> None:
+        from in21k.pipeline.against import parse_specs
+
+        if not self.data:
+            raise ConfigError("--data is required: the dataset to audit (a folder or prefix of shards)")
+        if not self.against:
+            raise ConfigError("--against is required: NAME=URL of at least one evaluation set")
+        parse_specs(self.against)
+        self.storage_options = storage_options_option("--storage-options", self.storage_options)
+        if not 0 <= self.dedup_distance <= 32 or self.dedup_color_distance < 0 or self.size < 8:
+            raise ConfigError("need 0 <= --dedup-distance <= 32, --dedup-color-distance >= 0 and --size >= 8")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("--workers must be at least 1")

@@ -80,9 +80,11 @@ def finalize(
     index_errors: list[dict[str, str]],
     release: dict[str, Any] | None = None,
     class_list: Any = None,
+    clean: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the dataset-level files and return the summary (also ``report.json``). ``release``: the input's
-    identification (``in21k.pipeline.release.identify``); ``class_list``: the ``--classes`` list."""
+    identification (``in21k.pipeline.release.identify``); ``class_list``: the ``--classes`` list; ``clean``: the
+    summary of the duplicate and evaluation-set check (``in21k.pipeline.clean``), when it ran."""
     blobs = store.read_many([stats_name(s.split, s.shard) for s in plan.shards])
     stats = {(s.split, s.shard): json.loads(b) for s, b in zip(plan.shards, blobs, strict=True)}
     status: Counter = Counter()
@@ -170,6 +172,7 @@ def finalize(
             "shard_task_seconds_total": round(sum(seconds), 2),
             "shard_task_cpu_seconds_total": round(sum(cpu_seconds), 2),
         },
+        "clean": None if clean is None else {k: v for k, v in clean.items() if k != "samples"},
     })  # fmt: skip
     store.write_json("report.json", report)
     store.write_bytes("report.md", _markdown(report).encode())
@@ -234,9 +237,53 @@ def _markdown(r: dict[str, Any]) -> str:
         ]
     if r["index_errors"]:
         out += ["## Damaged class tars", "", *[f"- `{e['container']}`: {e['error']}" for e in r["index_errors"]], ""]
+    if r.get("clean"):
+        out += _clean_markdown(r["clean"])
     out += ["## Classes", "", "| index | wnid | train | validation |", "|---:|---|---:|---:|"]
     out += [f"| {c['index']} | {c['wnid']} | {c['train']:,} | {c['validation']:,} |" for c in r["classes"]]
     return "\n".join(out) + "\n"
+
+
+def _clean_markdown(c: dict[str, Any]) -> list[str]:
+    """The report's section on copies inside the release and matches with evaluation sets."""
+    p = c["policy"]
+    removed = c["removed"]
+    out = [
+        "## Duplicates and evaluation sets",
+        "",
+        f"Fingerprinted: {c['fingerprinted']:,} images. A pair is a copy when its 64-bit DCT hashes differ in at most "
+        f"{p['max_distance']} bits and its colour grids by at most {p['max_color_distance']:g} levels"
+        + ("" if p["dedup"] else " (copies inside the release were not looked for: --no-dedup)")
+        + f"; policies: in a class {p['in_class']}, across classes {p['across_classes']}.",
+        "",
+        "| | count |",
+        "|---|---:|",
+        f"| exact copies (same pixels) | {c['exact_copies']:,} |",
+        f"| near pairs within the hash distance | {c['near_pairs']['within_distance']:,} |",
+        f"| of those, verified as copies | {c['near_pairs']['verified']:,} |",
+        f"| of those, rejected by their colours | {c['near_pairs']['rejected_by_colour']:,} |",
+        f"| groups of copies (spanning classes) | {c['groups']:,} ({c['groups_across_classes']:,}) |",
+        f"| members in groups | {c['members_in_groups']:,} |",
+        *[f"| removed: {reason} | {n:,} |" for reason, n in removed.items()],
+        "",
+    ]
+    if c["eval_sets"]:
+        out += ["| evaluation set | images | unreadable | images matched | release members removed |",
+                "|---|---:|---:|---:|---:|"]  # fmt: skip
+        out += [f"| {e['name']} (`{e.get('url', '')}`) | {e.get('images', e['readable']):,} | "
+                f"{e.get('unreadable', 0):,} | {e['matched_images']:,} | {e['matched_release_members']:,} |"
+                for e in c["eval_sets"]]  # fmt: skip
+        out.append("")
+    j = c["join"]
+    out.append(f"Join: {j['hashes']:,} hashes, {j['candidates']:,} candidate pairs compared, {j['within_distance']:,} "
+               f"within the distance; time {c['timings'].get('decide', 0):.1f} s.")  # fmt: skip
+    if j["truncated"]:
+        out.append(f"{j['truncated']:,} members of very large buckets were compared to their nearest neighbours only.")
+    out.append("")
+    if c.get("picture"):
+        out += ["Pairs at and near the thresholds, side by side (the release image on the left): judge the "
+                "thresholds by eye.", "", f"![matched pairs]({c['picture']})", ""]  # fmt: skip
+    return out
 
 
 def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, index_errors: list,
@@ -306,6 +353,8 @@ def plan_text(s: dict[str, Any]) -> str:
         from in21k.pipeline.release import summary_line
 
         lines.append(f"release:          {summary_line(s['release'])}")
+    for e in s.get("against", []):
+        lines.append(f"evaluation set:   {e['name']} ({e['kind']} {e['url']}): {e['images']:,} images")
     t = s.get("timings", {})
     if t:
         lines.append(f"time:             index {t.get('index', 0):.1f} s, plan {t.get('plan', 0):.1f} s")

@@ -24,6 +24,7 @@ from typing import Any
 
 from in21k.dataset import DatasetWriter, ShardTarWriter, manifest_name, sample_key
 from in21k.errors import StorageError
+from in21k.pipeline.fingerprint import exact_hash, fingerprints
 from in21k.pipeline.imaging import ImageResult, ResizeMode, process_image
 from in21k.pipeline.plan import ShardSpec
 from in21k.storage import RangeReader, Retry, Store, is_transient
@@ -49,6 +50,16 @@ MANIFEST_FIELDS = (
     ("width", "int32"),
     ("height", "int32"),
     ("sha1", "string"),
+    # Fingerprints of the written pixels (in21k.pipeline.fingerprint), for every member that decoded.
+    ("phash", "uint64"),
+    ("colors", "binary"),
+    ("pixel_hash", "uint64"),
+    # Set by the duplicate and evaluation-set check (in21k.pipeline.clean) once every shard is written: the key
+    # (or NAME:member of an evaluation set) of the image a removed member matched, the Hamming distance of
+    # their phashes, and the key that names the duplicate group every member of one belongs to.
+    ("match", "string"),
+    ("match_distance", "int16"),
+    ("dup_group", "string"),
 )
 
 
@@ -132,6 +143,7 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
     try:
         for b in range(0, len(rows), settings.read_batch):
             batch = rows[b : b + settings.read_batch]
+            decoded: list[tuple[dict[str, Any], bytes]] = []  # (manifest record, thumbnail): fingerprinted together
             ranges = [(r["source"], r["offset"], r["size"]) for r in batch]
             for row, data in zip(batch, reader.fetch(ranges), strict=True):
                 if isinstance(data, Exception):
@@ -152,6 +164,7 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
                         quality=settings.quality,
                         max_image_pixels=settings.max_image_pixels,
                         copy_at_size=settings.copy_at_size,
+                        fingerprint=True,
                     )
                     copied += result.copied
                 record = {
@@ -175,13 +188,18 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
                         "orig_size": [result.src_width, result.src_height],
                     }
                     writer.write(row["key"], result.jpeg, row["class"], meta)
-                    record.update(status="written", reason=None, width=result.width, height=result.height)
+                    record.update(status="written", reason=None, width=result.width, height=result.height,
+                                  pixel_hash=exact_hash(result.jpeg))  # fmt: skip
+                    decoded.append((record, result.thumbnail))
                 else:
                     reasons[result.reason] += 1
                     if len(errors) < MAX_ERRORS_KEPT:
                         errors.append({"key": row["key"], "reason": result.reason, "detail": result.detail})
                     record.update(status="rejected", reason=result.reason, width=None, height=None)
                 manifest.append(record)
+            phash, colors = fingerprints([thumb for _, thumb in decoded])
+            for (record, _), h, c in zip(decoded, phash.tolist(), colors, strict=True):
+                record.update(phash=h, colors=c.tobytes())
         writer.close()
     except BaseException:
         writer.close()

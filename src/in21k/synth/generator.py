@@ -4,8 +4,10 @@ The classes are real WordNet 3.0 noun wnids taken from the shipped fall11 tree a
 class comes with all its dataset ancestors) plus siblings, so the synthetic set has a real multi-level
 hierarchy. Each image is drawn as nested layers, one per node on the class's root-first path: a child
 keeps its parent's layers and adds its own, so siblings share their parent's look and a small model can
-learn the hierarchy. Members have the real naming (``nXXXXXXXX_N.JPEG``), a realistic size mix and a
-configurable share of the release's bad members.
+learn the hierarchy; the object stands on a scene of the image's own, so two images of a class are different
+pictures (``render``). Members have the real naming (``nXXXXXXXX_N.JPEG``), a realistic size mix and a
+configurable share of the release's bad members; ``--plant`` and ``--eval-images`` add planted copies and an
+evaluation set (``in21k.synth.planted``).
 
 The same raw members also make the other inputs users start from (``in21k.synth.processed``): the processed
 ImageNet-21K-P release (folders or its ``.tar.gz``) and a parquet set of its train and validation splits; and
@@ -33,6 +35,7 @@ from PIL import Image, ImageDraw
 from in21k.config import saved_config
 from in21k.errors import ConfigError
 from in21k.progress import progress
+from in21k.synth.planted import EVAL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,21 @@ class SynthConfig:
             "sizes, tiny JPEG members; see in21k.synth.scale), with --members and --seed only"
         },
     )
+    plant: int = field(
+        default=0,
+        metadata={
+            "help": "plant copies to find: N copies of each kind (exact, reencode, rescale, crop, border, colour) "
+            "inside their class and N into another class; synth_report.json lists every planted pair"
+        },
+    )
+    eval_images: int = field(
+        default=0,
+        metadata={
+            "help": "also write OUT/eval_set/, an evaluation-set folder of N pictures of the release's classes: "
+            "about half also go into the release, transformed (planted pairs), the rest must not match, and "
+            "one is not an image"
+        },
+    )
     members: int = field(
         default=14_197_122,
         metadata={"help": "--shape fall11: members in all (fall11: 14,197,122); classes and their sizes scale with it"},
@@ -134,6 +152,8 @@ class SynthConfig:
             raise ConfigError("need --size >= 8, --val-per-class >= 1 and --min-images >= --val-per-class")
         if not 1 <= self.quality <= 100:
             raise ConfigError("--quality must be within 1..100")
+        if self.plant < 0 or self.eval_images < 0:
+            raise ConfigError("--plant and --eval-images must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------- classes
@@ -227,18 +247,33 @@ def _draw_layer(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float
 
 
 def render(path_wnids: list[str], size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
-    """One image of the class whose root-first WordNet chain is ``path_wnids``."""
+    """One image of the class whose root-first WordNet chain is ``path_wnids``.
+
+    The class's object (nested layers, below) stands at a random place and size on a scene of its own: a smooth
+    random colour field tinted with the root's colour, and a few random shapes. So two images of a class are two
+    pictures of the same kind of thing, not one drawing moved about: the duplicate finder of ``prepare`` must
+    not take them for copies (with one jittered layout per class, 2-3 % of same-class pairs were within its
+    hash distance; docs/clean-data.md).
+    """
     w, h = size
     base = 128  # draw small, then scale: drawing cost stays flat for 2000 px images
     bw, bh = (base, max(8, round(base * h / w))) if w >= h else (max(8, round(base * w / h)), base)
     root = _traits(path_wnids[0])
-    bg = np.empty((bh, bw, 3), dtype=np.float32)
+    field_ = rng.integers(0, 256, size=(3, 4, 3), dtype=np.uint8)
+    scene = np.asarray(Image.fromarray(field_, "RGB").resize((bw, bh), Image.BICUBIC), dtype=np.float32)
     grad = np.linspace(0.7, 1.1, bh, dtype=np.float32)[:, None, None]
-    bg[:] = np.array(root["color"], dtype=np.float32)[None, None, :] * grad
-    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
+    tint = np.array(root["color"], dtype=np.float32)[None, None, :] * grad
+    img = Image.fromarray(np.clip(0.5 * tint + 0.5 * scene, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
-    cx, cy = bw * rng.uniform(0.4, 0.6), bh * rng.uniform(0.4, 0.6)
-    scale = min(bw, bh) * rng.uniform(0.42, 0.5)
+    for _ in range(int(rng.integers(2, 5))):  # clutter
+        x, y, r = bw * rng.random(), bh * rng.random(), min(bw, bh) * rng.uniform(0.05, 0.15)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        else:
+            draw.rectangle((x - r, y - r * rng.uniform(0.5, 1.5), x + r, y + r), fill=colour)
+    cx, cy = bw * rng.uniform(0.3, 0.7), bh * rng.uniform(0.3, 0.7)
+    scale = min(bw, bh) * rng.uniform(0.28, 0.42)
     for depth, wnid in enumerate(path_wnids[1:], start=1):
         s = scale * (1.0 - 0.12 * (depth - 1))
         box = (cx - s, cy - s, cx + s, cy + s)
@@ -329,6 +364,36 @@ def drawing_paths(wnids: list[str]) -> dict[str, list[str]]:
     return paths
 
 
+def _plant(cfg: SynthConfig, out: Path, generated: dict[str, list[list]], numbers: dict[str, set[int]],
+           nouns: list[str], paths: dict[str, list[str]]) -> dict:  # fmt: skip
+    """Planted copies and the evaluation set (``in21k.synth.planted``), from a random stream of their own, so that
+    the rest of the release is the same with or without them."""
+    from in21k.synth.planted import PLANT_KINDS, plant_copies, plant_eval_set
+
+    rng = np.random.default_rng([cfg.seed, 16])
+    # Plant into the larger noun classes: those a prepare keeps, whatever its --min-images within the range.
+    median = float(np.median([len(generated[w]) for w in nouns]))
+    eligible = sorted(w for w in nouns if len(generated[w]) >= median)
+    top = max(max(v) for v in numbers.values())
+
+    def new_name(wnid: str) -> str:
+        nonlocal top
+        top += 1
+        return f"{wnid}_{top}.JPEG"
+
+    pairs = plant_copies(generated, eligible, cfg.plant, rng, new_name) if cfg.plant else []
+    info = None
+    if cfg.eval_images:
+
+        def draw(wnid: str) -> Image.Image:
+            s = int(rng.integers(280, 500))
+            return render(paths[wnid], (int(s * rng.uniform(1.0, 1.5)), s), rng)
+
+        more, info = plant_eval_set(out / EVAL_DIR, generated, eligible, cfg.eval_images, rng, draw, new_name)
+        pairs += more
+    return {"kinds": list(PLANT_KINDS), "per_kind_and_scope": cfg.plant, "eval_set": info, "pairs": pairs}
+
+
 def write_synthetic_release(cfg: SynthConfig) -> dict:
     """Write the release described by ``cfg`` and return its report (also saved as ``synth_report.json``)."""
     from in21k.tree import SemanticTree
@@ -352,49 +417,53 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
     all_wnids = sorted(nouns + fake)
     sizes = np.linspace(lo, hi, num=len(all_wnids)).round().astype(int)
     rng.shuffle(sizes)
+    generated: dict[str, list[list]] = {}  # wnid -> members [name, bytes, kind], in tar order
+    numbers_by_class: dict[str, set[int]] = {}
+    with progress(total=len(all_wnids), desc="synth classes", unit="class") as bar:
+        for wnid, n in zip(all_wnids, sizes, strict=True):
+            numbers = rng.choice(np.arange(1, 10 * hi + 100), size=int(n), replace=False)
+            numbers_by_class[wnid] = {int(x) for x in numbers}
+            members: list[list] = []
+            for number in numbers:  # random order, like the real tars
+                kind = _pick_kind(rng, cfg)
+                img = render(paths[wnid], _size(rng, cfg), rng)
+                members.append([f"{wnid}_{int(number)}.JPEG", _encode(img, kind, cfg.quality, rng), kind])
+            generated[wnid] = members
+            bar.update()
+    planted = _plant(cfg, out, generated, numbers_by_class, nouns, paths) if cfg.plant or cfg.eval_images else None
     report_classes = []
     members_by_class: dict[str, dict[str, str]] = {}
     raw_members: dict[str, list[tuple[str, bytes]]] = {}
     class_blobs: list[tuple[str, bytes]] = []
-    with progress(total=len(all_wnids), desc="synth classes", unit="class") as bar:
-        for wnid, n in zip(all_wnids, sizes, strict=True):
-            numbers = rng.choice(np.arange(1, 10 * hi + 100), size=int(n), replace=False)
-            kinds: Counter = Counter()
-            members: list[tuple[str, bytes]] = []
-            record: dict[str, str] = {}
-            for number in numbers:  # random order, like the real tars
-                name = f"{wnid}_{int(number)}.JPEG"
-                kind = _pick_kind(rng, cfg)
-                img = render(paths[wnid], _size(rng, cfg), rng)
-                members.append((name, _encode(img, kind, cfg.quality, rng)))
-                kinds[kind] += 1
-                record[name] = kind
-            members_by_class[wnid] = record
-            report_classes.append(
-                {
-                    "wnid": wnid,
-                    "name": names.get(wnid, ""),
-                    "wordnet_noun": wnid in chosen,
-                    "members": int(n),
-                    "readable": sum(kinds[k] for k in READABLE_KINDS),
-                    "kinds": {k: kinds[k] for k in KINDS},
-                }
-            )
-            if cfg.layout in PROCESSED_LAYOUTS:
-                raw_members[wnid] = members
-            elif cfg.layout == "folders":
-                folder = out / wnid
-                folder.mkdir(parents=True, exist_ok=True)
-                for name, data in members:
-                    (folder / name).write_bytes(data)
+    for wnid in all_wnids:
+        members = [(name, data) for name, data, _ in generated[wnid]]
+        kinds = Counter(kind for _, _, kind in generated[wnid])
+        members_by_class[wnid] = {name: kind for name, _, kind in generated[wnid]}
+        report_classes.append(
+            {
+                "wnid": wnid,
+                "name": names.get(wnid, ""),
+                "wordnet_noun": wnid in chosen,
+                "members": len(members),
+                "readable": sum(kinds[k] for k in READABLE_KINDS),
+                "kinds": {k: kinds[k] for k in KINDS},
+            }
+        )
+        if cfg.layout in PROCESSED_LAYOUTS:
+            raw_members[wnid] = members
+        elif cfg.layout == "folders":
+            folder = out / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in members:
+                (folder / name).write_bytes(data)
+        else:
+            blob = tar_bytes(members)
+            if cfg.layout == "class-tars":
+                (out / f"{wnid}.tar").write_bytes(blob)
             else:
-                blob = tar_bytes(members)
-                if cfg.layout == "class-tars":
-                    (out / f"{wnid}.tar").write_bytes(blob)
-                else:
-                    class_blobs.append((f"{wnid}.tar", blob))
-            bar.update()
-    files = sorted(p.name for p in out.iterdir() if p.name not in (REPORT_NAME, SYNSETS_NAME, CLASS_LIST_NAME))
+                class_blobs.append((f"{wnid}.tar", blob))
+    own = (REPORT_NAME, SYNSETS_NAME, CLASS_LIST_NAME, EVAL_DIR)
+    files = sorted(p.name for p in out.iterdir() if p.name not in own)
     processed_members = None
     if cfg.layout in PROCESSED_LAYOUTS:
         from in21k.synth import processed
@@ -435,6 +504,8 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
     if processed_members is not None:
         # The processed release's own members (what prepare reads): wnid -> name -> split, raw kind, copied.
         report["processed"] = processed_members
+    if planted is not None:
+        report["planted"] = planted
     (out / REPORT_NAME).write_text(json.dumps(report, indent=1))
     (out / SYNSETS_NAME).write_text("".join(w + "\n" for w in nouns))
     order = list(nouns)

@@ -1,0 +1,91 @@
+"""Evaluation sets (``--against NAME=URL``): folders, tars and parquet files listed and read; bad ones refused in
+one line before any work starts; an image that does not decode is counted, never fatal."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from in21k.errors import ConfigError, DataError
+from in21k.pipeline.against import EvalSet, ImageSettings, fingerprint_images, parse_specs, read_chunk
+
+
+def _jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> dict[str, Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("eval")
+    folder = root / "val"
+    (folder / "n01440764").mkdir(parents=True)
+    for k in range(3):
+        (folder / "n01440764" / f"ILSVRC2012_val_{k:08d}.JPEG").write_bytes(_jpeg(k))
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "LOC_val_solution.csv").write_text("not an image, not listed\n")
+    with tarfile.open(root / "val.tar", "w") as tar:
+        for k in range(2):
+            data = _jpeg(10 + k)
+            info = tarfile.TarInfo(f"images/{k}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    images = pa.array([{"bytes": _jpeg(20 + k), "path": f"test/{k}.jpg"} for k in range(2)],
+                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))  # fmt: skip
+    pq.write_table(pa.table({"image": images, "label": [1, 2]}), root / "test.parquet")
+    (root / "empty").mkdir()
+    return {"folder": folder, "tar": root / "val.tar", "parquet": root / "test.parquet", "empty": root / "empty"}
+
+
+def test_folder_tar_and_parquet_sets(sets: dict[str, Path]) -> None:
+    folder = EvalSet.open("val", str(sets["folder"]))
+    assert folder.kind == "folder" and [m for m, _ in folder.members] == [
+        "broken.png", *[f"n01440764/ILSVRC2012_val_{k:08d}.JPEG" for k in range(3)]]  # fmt: skip
+    cols = fingerprint_images(read_chunk(folder.members, folder.kind, None), ImageSettings())
+    assert cols["error"] == ["not_an_image", None, None, None]  # counted with its reason, the others fingerprinted
+    assert cols["phash"][0] is None and all(h is not None for h in cols["phash"][1:])
+
+    tar = EvalSet.open("tar", str(sets["tar"]))
+    assert tar.kind == "tar" and [m for m, _ in tar.members] == ["0.jpg", "1.jpg"]
+    got = read_chunk(tar.members, "tar", None)
+    assert [d for _, d in got] == [_jpeg(10), _jpeg(11)]
+
+    parquet = EvalSet.open("pq", str(sets["parquet"]))
+    got = read_chunk(parquet.members, "parquet", None)
+    assert [(m, d) for m, d in got] == [("test/0.jpg", _jpeg(20)), ("test/1.jpg", _jpeg(21))]
+
+
+def test_bad_sets_are_one_line_errors(sets: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NAME=URL"):
+        parse_specs(["imagenet"])
+    with pytest.raises(ConfigError, match="twice"):
+        parse_specs(["a=/x", "a=/y"])
+    with pytest.raises(DataError, match="no such file or folder"):
+        EvalSet.open("val", str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="holds no images"):
+        EvalSet.open("val", str(sets["empty"]))
+
+
+@pytest.mark.parametrize("which", ["missing", "empty"])
+def test_prepare_refuses_a_bad_set_before_any_work(which: str, sets: dict[str, Path], tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    (raw / "n01440764").mkdir(parents=True)  # a release of class folders
+    (raw / "n01440764" / "n01440764_1.JPEG").write_bytes(_jpeg(30))
+    url = str(tmp_path / "missing") if which == "missing" else str(sets["empty"])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "in21k", "prepare", "--raw", str(raw), "--out", str(out),
+                           "--against", f"val={url}"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"in21k prepare: error: --against val={url}: ")
+    assert "Traceback" not in proc.stderr and not out.exists()  # nothing written, no Ray started

@@ -42,7 +42,6 @@ import io
 import json
 import logging
 import os
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -51,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from in21k.dataset import ShardTarWriter, manifest_name, shard_name, split_member, stats_name
+from in21k import tarformat
+from in21k.dataset import DatasetWriter, ShardTarWriter, manifest_name, shard_name, split_member, stats_name
 from in21k.pipeline.dedup import components, exact_copies, scan_tables, split_pairs, tables
 from in21k.pipeline.fingerprint import COLOR_BYTES, colors_array
 from in21k.storage import Store
@@ -598,27 +598,20 @@ def shard_rows(table: Any, part: int, parts: np.ndarray | None = None) -> dict[s
 # ----------------------------------------------------------------------------------------- rewriting
 def tar_samples(fileobj: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
     """``(key, {extension: bytes})`` of each sample of a WebDataset tar, in order (consecutive members with the same
-    key, webdataset's rule, ``in21k.dataset.split_member``).
-
-    Python's ``tarfile``: it reads any tar (pax, GNU) for the once-per-shard rewrite and the audit of datasets we
-    did not write, where decoding the images costs far more than parsing headers.
-    """
+    key, webdataset's rule, ``in21k.dataset.split_member``), read with the project's tar reader
+    (``in21k.tarformat.tar_members``: ustar, pax and GNU long names) for the rewrite and the audit."""
     key: str | None = None
     parts: dict[str, bytes] = {}
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            split = split_member(info.name)
-            if split is None:
-                continue
-            k, ext = split
-            if k != key and key is not None:
-                yield key, parts
-                parts = {}
-            key = k
-            f = tar.extractfile(info)
-            parts[ext] = f.read() if f is not None else b""
+    for name, data in tarformat.tar_members(fileobj):
+        split = split_member(name)
+        if split is None:
+            continue
+        k, ext = split
+        if k != key and key is not None:
+            yield key, parts
+            parts = {}
+        key = k
+        parts[ext] = data
     if key is not None:
         yield key, parts
 
@@ -665,7 +658,7 @@ def rewrite_shard(split: str, shard: int, rows: dict[str, list], digest: str, ou
     store.write_bytes(manifest_name(split, shard), buf.getvalue())
     reasons = Counter(r["reason"] for r in manifest if r["status"] == "rejected")
     stats.update(rejected=sum(reasons.values()), reasons=dict(sorted(reasons.items())), clean=digest)
-    store.write_json(stats_name(split, shard), stats)  # last: marks the shard done
+    DatasetWriter(store).write_stats(split, shard, stats)  # last: marks the shard done
     return stats
 
 

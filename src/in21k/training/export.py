@@ -6,8 +6,8 @@ published state dict with ``--model`` and ``--tree``) through ``training.pretrai
 WordNet glosses), ``tree.json`` and a model card, ``README.md``, with
 
 - the data: the release, the classes and images, and the duplicate and evaluation-set checks, from the prepared
-  dataset's ``report.json`` when the run's data can still be read from here (whatever duplicate or overlap counts
-  the report holds are shown as they are; without any, the card says "not checked");
+  dataset's ``report.json`` when the run's data can still be read from here (its ``clean`` section: copies removed
+  per reason, images matched per evaluation set; "not checked" where that check did not run);
 - the recipe: the run's saved config (credentials redacted);
 - the per-level validation metrics of the run's last ``val`` record (``metrics.jsonl`` next to the model file);
 - how to load it with timm and with in21k.
@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,6 @@ from in21k.training.rundir import CHECKPOINTS, RunDir, read_metrics
 log = logging.getLogger(__name__)
 
 # Report fields that count duplicates or evaluation-set overlap, whatever the prepare version named them.
-_DEDUP = re.compile(r"dup|overlap|near|eval|contamin|leak", re.IGNORECASE)
 
 
 def glosses(tree: Any) -> list[str]:
@@ -81,20 +78,29 @@ def data_report(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     return report, ""
 
 
-def dedup_fields(report: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The report's duplicate and evaluation-set counts: numbers whose key says so, at any depth up to three."""
-
-    def walk(obj: Any, path: str, depth: int) -> Iterator[tuple[str, Any]]:
-        if depth > 3 or not isinstance(obj, dict):
-            return
-        for key, value in obj.items():
-            name = f"{path}.{key}" if path else str(key)
-            if isinstance(value, dict):
-                yield from walk(value, name, depth + 1)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and _DEDUP.search(name):
-                yield name, value
-
-    return [(k, v) for k, v in walk(report, "", 0) if not k.startswith(("classes.", "dropped_classes."))]
+def clean_lines(report: dict[str, Any]) -> list[str]:
+    """The model card's lines on duplicates and evaluation-set overlap, from the ``clean`` section of the dataset's
+    ``report.json`` (written by ``prepare``'s duplicate and evaluation-set check; absent or null when it did not
+    run)."""
+    clean = report.get("clean")
+    if not isinstance(clean, dict):
+        return ["- duplicates and evaluation-set overlap: not checked (prepared with --no-dedup and no --against, "
+                "or by an in21k version without the check)"]  # fmt: skip
+    policy = clean.get("policy") or {}
+    removed = clean.get("removed") or {}
+    lines = [
+        f"- duplicates inside the release: {'looked for' if policy.get('dedup', True) else 'not looked for'} "
+        f"(hash distance <= {policy.get('max_distance')} bits, colour distance <= {policy.get('max_color_distance')}; "
+        f"in a class: {policy.get('in_class')}, across classes: {policy.get('across_classes')}); removed: "
+        + (", ".join(f"{reason} {n:,}" for reason, n in removed.items()) or "none")
+    ]
+    sets = clean.get("eval_sets") or []
+    if sets:
+        lines += [f"- evaluation set {e.get('name')}: {e.get('matched_images', 0):,} of its images found in the "
+                  f"release, {e.get('matched_release_members', 0):,} release images removed" for e in sets]  # fmt: skip
+    else:
+        lines.append("- evaluation-set overlap: no evaluation set was given (prepare --against)")
+    return lines
 
 
 def _data_section(report: dict[str, Any] | None, why: str, tree: Any) -> list[str]:
@@ -119,13 +125,7 @@ def _data_section(report: dict[str, Any] | None, why: str, tree: Any) -> list[st
     lines.append(f"- images: {t.get('train_samples', 0):,} train + {t.get('validation_samples', 0):,} validation, of "
                  f"{t.get('raw_members', 0):,} raw members ({t.get('rejected', 0):,} rejected, "
                  f"{t.get('dropped_class', 0):,} in dropped classes)")  # fmt: skip
-    found = dedup_fields(report)
-    if found:
-        lines.append("- duplicates and evaluation-set overlap removed: "
-                     + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in found))  # fmt: skip
-    else:
-        lines.append("- duplicates and evaluation-set overlap removed: not checked (the prepare run recorded no "
-                     "duplicate or overlap check)")  # fmt: skip
+    lines += clean_lines(report)
     return [*lines, ""]
 
 

@@ -56,6 +56,9 @@ SUBSTITUTIONS: dict[tuple[str, str], list[tuple[str, str]]] = {
         ("--config configs/synth/demo.yaml", f"--config configs/synth/demo.yaml {SMALL_SYNTH}"),
         ("--config configs/prepare/demo.yaml", f"--config configs/prepare/demo.yaml {SMALL_PREPARE}"),
     ],
+    ("clean-data.md", "--against synth-eval"): [
+        ("--config configs/prepare/demo.yaml", f"--config configs/prepare/demo.yaml {SMALL_PREPARE}"),
+    ],
     ("pipeline.md", "--plan-only"): [
         ("--ray-address auto", "--ray-address local"),  # a local Ray stands in for the cluster
         ("--plan-only", f"--plan-only {SMALL_PREPARE}"),

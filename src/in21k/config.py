@@ -190,7 +190,8 @@ _PLACEHOLDER = "<required>"
 
 def _validated_without_required(cfg: T) -> T:
     """``cfg`` validated as if its empty required options were given: each ``--NAME is required`` error of
-    ``validate`` fills NAME with a placeholder and validates again; any other error raises."""
+    ``validate`` fills NAME with a placeholder and validates again (a required list, which no placeholder fits,
+    ends the checks); any other error raises."""
     if not callable(getattr(cfg, "validate", None)):
         return cfg
     probe = copy.copy(cfg)
@@ -202,7 +203,10 @@ def _validated_without_required(cfg: T) -> T:
         except ConfigError as exc:
             match = _REQUIRED.match(str(exc))
             name = match.group(1).replace("-", "_") if match else ""
-            if not hasattr(probe, name) or getattr(probe, name) not in (None, "") or name in filled:
+            value = getattr(probe, name, 0)
+            if value == []:  # a required list (NAME=VALUE items, say): no placeholder fits it; the checks stop here
+                break
+            if value not in (None, "") or name in filled:
                 raise
             object.__setattr__(probe, name, _PLACEHOLDER)
             filled.append(name)

@@ -60,9 +60,14 @@ def generate(out: Path, members: int, seed: int) -> dict:
             (out / manifest_name("train", part)).write_bytes(blob)
             parts, planted = part + 1, counts
             bar.update(PART_ROWS)
-    meta = {"members": members, "seed": seed, "parts": parts, "planted": planted,
-            "generate_s": round(time.perf_counter() - t0, 1),
-            "manifest_bytes": sum(p.stat().st_size for p in (out / "manifest").iterdir())}  # fmt: skip
+    meta = {
+        "members": members,
+        "seed": seed,
+        "parts": parts,
+        "planted": planted,
+        "generate_s": round(time.perf_counter() - t0, 1),
+        "manifest_bytes": sum(p.stat().st_size for p in (out / "manifest").iterdir()),
+    }
     marker.write_text(json.dumps(meta))
     return meta
 
@@ -106,14 +111,30 @@ def child(spec: dict) -> None:
     clean.write_decisions(store, table, summary)
     ray.shutdown()
     mem = _status()
-    print("RESULT " + json.dumps({
-        "members": len(release), "parts": parts, "load_s": round(load_s, 1), "decide_s": round(decide_s, 1),
-        "driver_peak_rss_mb": mem["VmHWM"], "driver_peak_after_load_mb": mem_after_load,
-        "driver_ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "driver_at_end_mb": mem,
-        "join": summary["join"], "near_pairs": summary["near_pairs"], "exact_copies": summary["exact_copies"],
-        "groups": summary["groups"], "members_in_groups": summary["members_in_groups"],
-        "removed": summary["removed"], "timings": summary["timings"], "decisions": table.num_rows,
-    }), flush=True)  # fmt: skip
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "members": len(release),
+                "parts": parts,
+                "load_s": round(load_s, 1),
+                "decide_s": round(decide_s, 1),
+                "driver_peak_rss_mb": mem["VmHWM"],
+                "driver_peak_after_load_mb": mem_after_load,
+                "driver_ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                "driver_at_end_mb": mem,
+                "join": summary["join"],
+                "near_pairs": summary["near_pairs"],
+                "exact_copies": summary["exact_copies"],
+                "groups": summary["groups"],
+                "members_in_groups": summary["members_in_groups"],
+                "removed": summary["removed"],
+                "timings": summary["timings"],
+                "decisions": table.num_rows,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -137,8 +158,14 @@ def main() -> None:
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise SystemExit(f"the duplicate check failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    row = {**meta, **json.loads(lines[-1][len("RESULT ") :]), "num_cpus": args.num_cpus, "nproc": os.cpu_count(),
-           "machine": platform.machine(), "load_avg_start": round(load, 1)}  # fmt: skip
+    row = {
+        **meta,
+        **json.loads(lines[-1][len("RESULT ") :]),
+        "num_cpus": args.num_cpus,
+        "nproc": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_avg_start": round(load, 1),
+    }
     line = json.dumps(row)
     print(line, flush=True)
     if args.results:

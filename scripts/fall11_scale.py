@@ -98,10 +98,20 @@ def measure(members: int, work: Path, *, full: bool, keep: bool, seed: int) -> l
         load = os.getloadavg()[0]
         r = _run_child({"raw": str(raw), "out": str(plan_out), "plan_only": True})
         s = r.pop("summary")
-        out.append({"run": run, **common, "load_avg_start": round(load, 1), **r, "timings": s["timings"],
-                    "classes_kept": s["classes_kept"], "train_samples": s["train_samples"],
-                    "validation_samples": s["validation_samples"], "train_shards": s["train_shards"],
-                    "index_bytes": _du(plan_out / "_work")})  # fmt: skip
+        out.append(
+            {
+                "run": run,
+                **common,
+                "load_avg_start": round(load, 1),
+                **r,
+                "timings": s["timings"],
+                "classes_kept": s["classes_kept"],
+                "train_samples": s["train_samples"],
+                "validation_samples": s["validation_samples"],
+                "train_shards": s["train_shards"],
+                "index_bytes": _du(plan_out / "_work"),
+            }
+        )
         expected = report["expected_prepare"]
         if (s["classes_kept"], s["train_samples"], s["validation_samples"]) != (
             expected["classes_kept"],
@@ -117,14 +127,25 @@ def measure(members: int, work: Path, *, full: bool, keep: bool, seed: int) -> l
         r = _run_child({"raw": str(raw), "out": str(full_out), "plan_only": False})
         s = r.pop("summary")
         t = s["timings"]
-        out.append({"run": "full", **common, "load_avg_start": round(load, 1), **r, "timings": t,
-                    "written": s["written"], "rejected": s["rejected"], "dropped_class": s["dropped_class"],
-                    "train_shards": s["train_shards"], "validation_shards": s["validation_shards"],
-                    "images_per_s_shards": round((s["written"] + s["rejected"]) / t["shards"], 1),
-                    "images_per_s_end_to_end": round((s["written"] + s["rejected"]) / t["total"], 1),
-                    "manifest_bytes": _du(full_out / "manifest"),
-                    "unsharded_manifest_bytes": (full_out / "manifest" / "unsharded.parquet").stat().st_size,
-                    "shard_bytes": _du(full_out / "train") + _du(full_out / "validation")})  # fmt: skip
+        out.append(
+            {
+                "run": "full",
+                **common,
+                "load_avg_start": round(load, 1),
+                **r,
+                "timings": t,
+                "written": s["written"],
+                "rejected": s["rejected"],
+                "dropped_class": s["dropped_class"],
+                "train_shards": s["train_shards"],
+                "validation_shards": s["validation_shards"],
+                "images_per_s_shards": round((s["written"] + s["rejected"]) / t["shards"], 1),
+                "images_per_s_end_to_end": round((s["written"] + s["rejected"]) / t["total"], 1),
+                "manifest_bytes": _du(full_out / "manifest"),
+                "unsharded_manifest_bytes": (full_out / "manifest" / "unsharded.parquet").stat().st_size,
+                "shard_bytes": _du(full_out / "train") + _du(full_out / "validation"),
+            }
+        )
         shutil.rmtree(full_out, ignore_errors=True)
     if not keep:
         shutil.rmtree(raw, ignore_errors=True)

@@ -62,7 +62,11 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     demo's own test checks it, and the tests of what users do with its outputs (export its model, read its shards
     with other tools) start from it. Tests that use it are ``slow`` and ``ray``."""
     out = tmp_path_factory.mktemp("demo") / "demo"
-    proc = subprocess.run([sys.executable, "-m", "in21k", "demo", "--out", str(out), "--epochs", "2"],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "in21k", "demo", "--out", str(out), "--epochs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return DemoRun(out, proc.stdout, proc.stderr, json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -169,8 +169,9 @@ def test_bad_values_are_config_errors(argv, hint, tmp_path, capsys):
 
 def test_a_closed_pipe_ends_quietly():
     """``in21k tree info fall11 | head``: the reader goes away before we write; no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "in21k", "tree", "info", "fall11"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "in21k", "tree", "info", "fall11"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()  # before the command prints anything: its first write meets a closed pipe
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and err == ""

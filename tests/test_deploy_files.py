@@ -112,8 +112,9 @@ def test_torchrun_launcher_trains_on_two_nodes_here(tmp_path):
     the same environment on both), on a tiny local dataset. Its settings come from the environment; the flags after
     the script's name make it a short CPU run of a small model; the script's own GPU flags (bf16, channels-last,
     --gpu-decode) stay and run on the CPU."""
-    data = make_prepared_dataset(tmp_path / "data", num_classes=4, shard_lengths_train=[8, 8],
-                                 shard_lengths_val=[4, 4], image_size=32, seed=0)  # fmt: skip
+    data = make_prepared_dataset(
+        tmp_path / "data", num_classes=4, shard_lengths_train=[8, 8], shard_lengths_val=[4, 4], image_size=32, seed=0
+    )
     run = tmp_path / "run"
     env = {
         **os.environ,
@@ -128,14 +129,35 @@ def test_torchrun_launcher_trains_on_two_nodes_here(tmp_path):
         "RUN_DIR": str(run),
         "PYTHONUNBUFFERED": "1",
     }
-    small = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
-             "--loader.num-workers", "1", "--loader.transform", "eval", "--no-plot"]  # fmt: skip
+    small = [
+        "--model",
+        "resnet10t",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--loader.num-workers",
+        "1",
+        "--loader.transform",
+        "eval",
+        "--no-plot",
+    ]
     logs = [tmp_path / f"node{i}.log" for i in range(2)]
     procs = []
     for log in logs:
         with log.open("w") as out:  # the child keeps its own copy of the file descriptor
-            procs.append(subprocess.Popen(["bash", str(DOCKER / "torchrun-multinode.sh"), *small], cwd=ROOT, env=env,
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    ["bash", str(DOCKER / "torchrun-multinode.sh"), *small],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     deadline = time.monotonic() + 240
     try:
         for proc in procs:
@@ -182,8 +204,12 @@ def test_doc_commands_are_accepted_by_the_cli():
 
 
 # ----------------------------------------------------------------------------------------- who can reach the cluster
-RAY_RECIPES = [DOCKER / "ray-cluster.yaml", DOCKER / "k8s" / "rayjob-prepare.yaml", DOCKER / "prepare-on-ray.sh",
-               ROOT / "docs" / "scaling.md"]  # fmt: skip
+RAY_RECIPES = [
+    DOCKER / "ray-cluster.yaml",
+    DOCKER / "k8s" / "rayjob-prepare.yaml",
+    DOCKER / "prepare-on-ray.sh",
+    ROOT / "docs" / "scaling.md",
+]
 
 
 def _code(path: Path) -> str:

@@ -43,8 +43,10 @@ FENCE = re.compile(r"^```(?P<lang>[A-Za-z0-9_+-]*)\s*$")
 # The small sizes and local stand-ins every command gets (after the per-block substitutions).
 SMALL_SYNTH = "--classes 6 --images 22:30 --seed 5 --large-share 0"
 SMALL_PREPARE = "--min-images 12 --val-per-class 3 --shard-size 16 --no-progress"
-TRAIN = ("--model resnet10t --image-size 32 --epochs 1 --batch-size 8 --amp none --loader.num-workers 1 "
-         "--run.max-steps-per-epoch 4 --run.val-max-batches 2 --no-plot")  # fmt: skip
+TRAIN = (
+    "--model resnet10t --image-size 32 --epochs 1 --batch-size 8 --amp none --loader.num-workers 1 "
+    "--run.max-steps-per-epoch 4 --run.val-max-batches 2 --no-plot"
+)
 PREPARED = "demo_out/prepared"
 GENERIC = [
     (re.compile(r"\bDST\b"), PREPARED),
@@ -118,8 +120,15 @@ def blocks_of(path: Path) -> list[Block]:
             raise AssertionError(f"{path.name}:{i + 1}: a code fence that is never closed")
         if fence["lang"] in LANGUAGES:
             marker = MARKER.match(lines[i - 1]) if i else None
-            out.append(Block(path, i + 1, fence["lang"], "\n".join(lines[i + 1 : end]) + "\n",
-                             marker["reason"] if marker else None))  # fmt: skip
+            out.append(
+                Block(
+                    path,
+                    i + 1,
+                    fence["lang"],
+                    "\n".join(lines[i + 1 : end]) + "\n",
+                    marker["reason"] if marker else None,
+                )
+            )
         i = end + 1
     return out
 
@@ -170,8 +179,9 @@ def run_block(block: Block, workspace: Path, env: dict[str, str]) -> None:
 
 
 def in21k(*args: str, cwd: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "in21k", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "in21k", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"in21k {' '.join(args)}\n{proc.stderr[-5000:]}"
 
 
@@ -201,8 +211,17 @@ def workspace(tmp_path_factory, s3_server) -> tuple[Path, dict[str, str]]:
         if not rel.startswith("_work/"):  # the dataset as published, without the job's own bookkeeping
             client.upload_file(str(path), bucket, f"imagenet21k-p/fall11/{rel}")
     whole = work / "whole"
-    in21k("synth", str(whole), *SMALL_SYNTH.split(), "--layout", "whole-tar", "--whole-name", "fall11_whole.tar",
-          cwd=work, env=env)  # fmt: skip
+    in21k(
+        "synth",
+        str(whole),
+        *SMALL_SYNTH.split(),
+        "--layout",
+        "whole-tar",
+        "--whole-name",
+        "fall11_whole.tar",
+        cwd=work,
+        env=env,
+    )
     client.upload_file(str(whole / "fall11_whole.tar"), bucket, "imagenet21k/fall11_whole.tar")
     shutil.rmtree(whole)
     return work, env
@@ -238,11 +257,28 @@ def test_doc_block(block: Block, request: pytest.FixtureRequest) -> None:
 # Names in backticks that are neither ours nor outputs of ours: the original's scripts and files, timm's class
 # lists, the release's own archives and folders, and the system's files.
 FOREIGN = {
-    "Transfer_learning.md", "visualize_detector.py", "resize.py", "train.py", "resnet50_miil_21k.pth",
-    "imagenet21k_miil_synsets.txt", "imagenet21k_miil_w21_synsets.txt", "fall11_whole.tar", "winter21_whole.tar.gz",
-    "train/", "val/", "small_classes/", "ROOT/train/<class>/*", "ROOT/val/<class>/*", "ROOT/.../nXXXXXXXX/*.JPEG",
-    ".../nXXXXXXXX/*.JPEG", "nXXXXXXXX.tar", "n01440764.tar", "n01440764_10026.JPEG", ".venv/", ".venv/nltk_data/",
-}  # fmt: skip
+    "Transfer_learning.md",
+    "visualize_detector.py",
+    "resize.py",
+    "train.py",
+    "resnet50_miil_21k.pth",
+    "imagenet21k_miil_synsets.txt",
+    "imagenet21k_miil_w21_synsets.txt",
+    "fall11_whole.tar",
+    "winter21_whole.tar.gz",
+    "train/",
+    "val/",
+    "small_classes/",
+    "ROOT/train/<class>/*",
+    "ROOT/val/<class>/*",
+    "ROOT/.../nXXXXXXXX/*.JPEG",
+    ".../nXXXXXXXX/*.JPEG",
+    "nXXXXXXXX.tar",
+    "n01440764.tar",
+    "n01440764_10026.JPEG",
+    ".venv/",
+    ".venv/nltk_data/",
+}
 TOP_LEVEL = {p.name for p in ROOT.iterdir() if not p.name.startswith(".") or p.name == ".ci"}
 PACKAGE = ROOT / "src" / "in21k"
 SPAN = re.compile(r"`([^`\n]+)`")

@@ -27,12 +27,28 @@ from tests.pipeline.conftest import ray_local  # noqa: F401 - the session's one 
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-SYNTH = ["--classes", "6", "--images", "14:30", "--seed", "5", "--large-share", "0", "--bad-share", "0.05",
-         "--size", "48", "--min-images", "14", "--val-per-class", "2"]  # fmt: skip
+SYNTH = [
+    "--classes", "6",
+    "--images", "14:30",
+    "--seed", "5",
+    "--large-share", "0",
+    "--bad-share", "0.05",
+    "--size", "48",
+    "--min-images", "14",
+    "--val-per-class", "2",
+]  # fmt: skip
 PREPARE = ["--size", "48", "--min-images", "14", "--val-per-class", "2", "--shard-size", "16", "--no-progress"]
-TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--amp", "none",
-         "--loader.num-workers", "0", "--run.max-steps-per-epoch", "3", "--run.val-max-batches", "1",
-         "--no-plot"]  # fmt: skip
+TRAIN = [
+    "--model", "resnet10t",
+    "--image-size", "32",
+    "--epochs", "1",
+    "--batch-size", "8",
+    "--amp", "none",
+    "--loader.num-workers", "0",
+    "--run.max-steps-per-epoch", "3",
+    "--run.val-max-batches", "1",
+    "--no-plot",
+]  # fmt: skip
 
 
 def labels(dst: Path) -> dict[str, tuple[str, bytes, str]]:
@@ -69,8 +85,20 @@ def test_processed_and_parquet_webp_with_a_class_list_train_from_timm_layout_wei
     assert summary["classes_kept"] == len(listed) and summary["rejected"] == 0
     assert summary["copied_at_size"] == 0  # WebP is decoded and encoded as JPEG
     assert summary["validation_samples"] == 2 * len(listed)  # the set's own validation split
-    assert main(["prepare", "--raw", str(gz / "imagenet21k_resized.tar.gz"), "--out", str(tmp_path / "dst-gz"),
-                 *classes, *PREPARE]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prepare",
+                "--raw",
+                str(gz / "imagenet21k_resized.tar.gz"),
+                "--out",
+                str(tmp_path / "dst-gz"),
+                *classes,
+                *PREPARE,
+            ]
+        )
+        == 0
+    )
     from_gz = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert from_gz["copied_at_size"] > 0 and from_gz["written"] == summary["written"]
     webp, jpeg = labels(dst), labels(tmp_path / "dst-gz")
@@ -83,8 +111,25 @@ def test_processed_and_parquet_webp_with_a_class_list_train_from_timm_layout_wei
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     safetensors.torch.save_file(state, str(tmp_path / "model.safetensors"))
     torch.save(state, tmp_path / "pytorch_model.bin")
-    assert main(["train", "--data", str(dst), "--out", str(run), *TRAIN, "--init", str(tmp_path / "model.safetensors"),
-                 "--teacher", str(tmp_path / "pytorch_model.bin"), "--teacher-model", "resnet10t"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dst),
+                "--out",
+                str(run),
+                *TRAIN,
+                "--init",
+                str(tmp_path / "model.safetensors"),
+                "--teacher",
+                str(tmp_path / "pytorch_model.bin"),
+                "--teacher-model",
+                "resnet10t",
+            ]
+        )
+        == 0
+    )
     log = (run / "logs" / "rank-0.log").read_text()
     assert f"loaded {len(state)} tensors, skipped 0, model tensors not in checkpoint: 0" in log
     assert "KD teacher: resnet10t" in log

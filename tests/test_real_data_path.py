@@ -30,17 +30,38 @@ from tests.http_static import static_server
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.gcs, pytest.mark.slow]
 
 PREPARE = ["--min-images", "12", "--val-per-class", "3", "--shard-size", "16", "--no-progress"]
-TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--amp", "none",
-         "--loader.num-workers", "1", "--run.max-steps-per-epoch", "4", "--run.val-max-batches", "2",
-         "--no-plot"]  # fmt: skip
-FINETUNE = ["--epochs", "1", "--batch-size", "8", "--amp", "none", "--loader.num-workers", "1", "--head-init", "map",
-            "--run.max-steps-per-epoch", "3", "--run.val-max-batches", "2", "--image-size", "32"]  # fmt: skip
+TRAIN = [
+    "--model", "resnet10t",
+    "--image-size", "32",
+    "--epochs", "1",
+    "--batch-size", "8",
+    "--amp", "none",
+    "--loader.num-workers", "1",
+    "--run.max-steps-per-epoch", "4",
+    "--run.val-max-batches", "2",
+    "--no-plot",
+]  # fmt: skip
+FINETUNE = [
+    "--epochs", "1",
+    "--batch-size", "8",
+    "--amp", "none",
+    "--loader.num-workers", "1",
+    "--head-init", "map",
+    "--run.max-steps-per-epoch", "3",
+    "--run.val-max-batches", "2",
+    "--image-size", "32",
+]  # fmt: skip
 
 
 def in21k(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     """Run ``in21k ARGS`` as a user would; its stdout, or a failure that shows what it printed."""
-    proc = subprocess.run([sys.executable, "-m", "in21k", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "in21k", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, f"in21k {' '.join(args)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout
 
@@ -52,8 +73,22 @@ def last_json(out: str) -> dict:
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("raw")
-    in21k("synth", str(out), "--classes", "6", "--images", "22:30", "--seed", "5", "--large-share", "0",
-          "--plant", "1", "--eval-images", "6")  # fmt: skip
+    in21k(
+        "synth",
+        str(out),
+        "--classes",
+        "6",
+        "--images",
+        "22:30",
+        "--seed",
+        "5",
+        "--large-share",
+        "0",
+        "--plant",
+        "1",
+        "--eval-images",
+        "6",
+    )
     return out
 
 
@@ -105,8 +140,19 @@ def the_real_data_path(url: str, server, raw: Path, images: list[str], tmp: Path
     predictions = [json.loads(line) for line in out.strip().splitlines()]
     assert len(predictions) == len(images) and all(p["levels"] and p.get("error") is None for p in predictions)
 
-    ft = last_json(in21k("finetune", "--checkpoint", str(run / "model.pt"), "--data", url, "--out", str(tmp / "ft"),
-                         *FINETUNE, env=env))  # fmt: skip
+    ft = last_json(
+        in21k(
+            "finetune",
+            "--checkpoint",
+            str(run / "model.pt"),
+            "--data",
+            url,
+            "--out",
+            str(tmp / "ft"),
+            *FINETUNE,
+            env=env,
+        )
+    )
     # The same dataset's classes: every row of the new head comes from the 21K head.
     assert ft["steps"] == 3 and ft["head_mapped_rows"] == ft["classes"] == summary["classes_kept"]
     return shards_of(url, server)
@@ -120,8 +166,9 @@ def test_s3_gcs_and_http(raw, images, s3_server, gcs_server, tmp_path) -> None:
     s3_url = f"s3://{bucket}/imagenet21k-p"
     s3_shards = the_real_data_path(s3_url, s3_server, raw, images, tmp_path / "s3", f"s3://{bucket}/eval/val")
     gcs_server.make_bucket("in21k-real-path")
-    gs_shards = the_real_data_path("gs://in21k-real-path/p", gcs_server, raw, images, tmp_path / "gs",
-                                   str(raw / EVAL_DIR))  # fmt: skip
+    gs_shards = the_real_data_path(
+        "gs://in21k-real-path/p", gcs_server, raw, images, tmp_path / "gs", str(raw / EVAL_DIR)
+    )
     assert s3_shards == gs_shards and len(s3_shards) >= 3
 
     # http(s):// for training reads: the same dataset served by a static web server (a copy on local disk).

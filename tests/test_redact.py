@@ -38,18 +38,24 @@ def test_values_under_secret_keys_are_redacted_at_any_depth() -> None:
         "secret": "s3cr3t-value",
         "anon": False,
         "token": None,
-        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "aws_secret_access_key": "nested-secret",
-                          "region_name": "us-east-1"},
+        "client_kwargs": {
+            "endpoint_url": "http://127.0.0.1:9000",
+            "aws_secret_access_key": "nested-secret",
+            "region_name": "us-east-1",
+        },
         "headers": [{"Authorization": "Bearer abcdef"}, {"Accept": "*/*"}],
         "config_kwargs": {"max_pool_connections": 4},
         "session_token": "tok-123456",
         "X-Amz-Signature": "sig-value",
-    }  # fmt: skip
+    }
     out = redact({"loader": {"storage_options": options}, "lr": 0.1, "model": "resnet50"})
     so = out["loader"]["storage_options"]
     assert so["key"] == so["secret"] == so["session_token"] == so["X-Amz-Signature"] == REDACTED
-    assert so["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:9000", "aws_secret_access_key": REDACTED,
-                                   "region_name": "us-east-1"}  # fmt: skip
+    assert so["client_kwargs"] == {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "aws_secret_access_key": REDACTED,
+        "region_name": "us-east-1",
+    }
     assert so["headers"] == [{"Authorization": REDACTED}, {"Accept": "*/*"}]
     # How to authenticate is not a secret: flags, unset values, gcsfs's token modes.
     assert so["anon"] is False and so["token"] is None and so["config_kwargs"] == {"max_pool_connections": 4}
@@ -182,22 +188,67 @@ def test_no_credential_in_anything_prepare_and_train_write(s3_server, tmp_path) 
         return proc.stderr.decode(errors="replace")
 
     data = f"s3://{bucket}/prepared"
-    in21k("prepare", "prepare", "--raw", f"s3://{bucket}/raw", "--out", data, "--storage-options", json.dumps(options),
-          "--min-images", "17", "--val-per-class", "3", "--shard-size", "12", "--num-cpus", "1", "--no-progress",
-          env={**clean, "RAY_AUTH_TOKEN": ray_token})  # fmt: skip
-    small = {"model": "resnet10t", "image_size": 32, "batch_size": 8, "amp": "none", "plot": False,
-             "run": {"max_steps_per_epoch": 2, "val_max_batches": 1, "save_every": 1},
-             "loader": {"num_workers": 0, "transform": "eval", "storage_options": options}}  # fmt: skip
+    in21k(
+        "prepare",
+        "prepare",
+        "--raw",
+        f"s3://{bucket}/raw",
+        "--out",
+        data,
+        "--storage-options",
+        json.dumps(options),
+        "--min-images",
+        "17",
+        "--val-per-class",
+        "3",
+        "--shard-size",
+        "12",
+        "--num-cpus",
+        "1",
+        "--no-progress",
+        env={**clean, "RAY_AUTH_TOKEN": ray_token},
+    )
+    small = {
+        "model": "resnet10t",
+        "image_size": 32,
+        "batch_size": 8,
+        "amp": "none",
+        "plot": False,
+        "run": {"max_steps_per_epoch": 2, "val_max_batches": 1, "save_every": 1},
+        "loader": {"num_workers": 0, "transform": "eval", "storage_options": options},
+    }
     (inputs / "train.yaml").write_text(yaml.safe_dump(small))
-    in21k("train", "train", "--data", data, "--out", str(run), "--config", str(inputs / "train.yaml"), "--epochs", "1",
-          "--loader.storage-options", json.dumps(options), env=clean)  # fmt: skip
+    in21k(
+        "train",
+        "train",
+        "--data",
+        data,
+        "--out",
+        str(run),
+        "--config",
+        str(inputs / "train.yaml"),
+        "--epochs",
+        "1",
+        "--loader.storage-options",
+        json.dumps(options),
+        env=clean,
+    )
     redacted = {"key": REDACTED, "secret": REDACTED, "client_kwargs": options["client_kwargs"]}
     assert yaml.safe_load((run / "config.yaml").read_text())["loader"]["storage_options"] == redacted
     first_model = (run / "model.pt").read_bytes()  # the resumed run writes its own
     assert torch.load(run / "model.pt", weights_only=True)["config"]["loader"]["storage_options"] == redacted
     # Resumed from the run's own config.yaml: its credentials come from the environment, not from a checkpoint.
-    log = in21k("resume", "train", "--config", str(run / "config.yaml"), "--epochs", "2", "--resume", "auto",
-                env={**clean, **s3_server.env})  # fmt: skip
+    log = in21k(
+        "resume",
+        "train",
+        "--config",
+        str(run / "config.yaml"),
+        "--epochs",
+        "2",
+        "--resume",
+        "auto",
+        env={**clean, **s3_server.env},
+    )
     assert "resumed from" in log and "key, secret were redacted" in log, log[-3000:]
     assert json.loads(printed["resume: stdout"].decode().strip().splitlines()[-1])["steps"] == 4
 
@@ -207,9 +258,18 @@ def test_no_credential_in_anything_prepare_and_train_write(s3_server, tmp_path) 
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             written[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-    kinds = {"config.yaml", "model.pt", "metrics.jsonl", "logs/rank-0.log", "prepared/_info.json",
-             "prepared/prepare_config.yaml", "prepared/report.json", "prepared/report.md", "prepared/_work/job.json",
-             "prepared/imagenet21k_miil_tree.pth"}  # fmt: skip
+    kinds = {
+        "config.yaml",
+        "model.pt",
+        "metrics.jsonl",
+        "logs/rank-0.log",
+        "prepared/_info.json",
+        "prepared/prepare_config.yaml",
+        "prepared/report.json",
+        "prepared/report.md",
+        "prepared/_work/job.json",
+        "prepared/imagenet21k_miil_tree.pth",
+    }
     assert kinds <= set(written), sorted(kinds - set(written))
     assert any(n.startswith("checkpoints/ckpt-") for n in written) and any(n.endswith(".parquet") for n in written)
     # The search finds a secret where there is one: the user's own input file.

@@ -22,14 +22,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.gcs]
 
 # Nothing from this machine's own cloud setup: no credentials unless a case gives them, no instance metadata.
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_EMULATOR_HOST", "GOOGLE_"))}
-CLEAN.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-             AWS_CONFIG_FILE="/nonexistent", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+CLEAN.update(
+    AWS_EC2_METADATA_DISABLED="true",
+    AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+    AWS_CONFIG_FILE="/nonexistent",
+    AWS_DEFAULT_REGION="us-east-1",
+)
 
 
 def _command(args: list[str], env: dict[str, str], out: Path) -> tuple[int, str, float]:
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "in21k", *args, "--out", str(out)], capture_output=True, text=True,
-                          env=env, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "in21k", *args, "--out", str(out)], capture_output=True, text=True, env=env, timeout=120
+    )
     return done.returncode, done.stderr, time.monotonic() - start
 
 
@@ -42,25 +47,48 @@ def test_wrong_addresses_fail_within_seconds_with_one_line(s3_server, gcs_server
     with static_server(tmp_path) as http:
         # (case, command line, environment, what the one line must say)
         cases = [
-            ("s3 endpoint", ["train", "--data", f"s3://{s3_bucket}/x"],
-             {**s3, "AWS_ENDPOINT_URL": closed, "AWS_ENDPOINT_URL_S3": closed}, ["connection refused", closed]),
-            ("s3 bucket", ["train", "--data", "s3://in21k-no-such-bucket/x"], s3,
-             ["bucket 'in21k-no-such-bucket' does not exist"]),
+            (
+                "s3 endpoint",
+                ["train", "--data", f"s3://{s3_bucket}/x"],
+                {**s3, "AWS_ENDPOINT_URL": closed, "AWS_ENDPOINT_URL_S3": closed},
+                ["connection refused", closed],
+            ),
+            (
+                "s3 bucket",
+                ["train", "--data", "s3://in21k-no-such-bucket/x"],
+                s3,
+                ["bucket 'in21k-no-such-bucket' does not exist"],
+            ),
             ("s3 object", ["train", "--data", f"s3://{s3_bucket}/nothing"], s3, ["is not a prepared dataset"]),
-            ("s3 no credentials", ["train", "--data", f"s3://{s3_bucket}/x"],
-             {k: v for k, v in s3.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
-             ["no credentials were found", "AWS_ACCESS_KEY_ID"]),
-            ("s3 refused credentials", ["train", "--data", f"s3://{s3_bucket}/x"],
-             {**s3, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, ["credentials were refused"]),
+            (
+                "s3 no credentials",
+                ["train", "--data", f"s3://{s3_bucket}/x"],
+                {k: v for k, v in s3.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+                ["no credentials were found", "AWS_ACCESS_KEY_ID"],
+            ),
+            (
+                "s3 refused credentials",
+                ["train", "--data", f"s3://{s3_bucket}/x"],
+                {**s3, "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+                ["credentials were refused"],
+            ),
             ("s3 output bucket", ["prepare", "--raw", str(tmp_path)], s3, []),
-            ("gs endpoint", ["train", "--data", f"gs://{gs_bucket}/x"], {**gs, "STORAGE_EMULATOR_HOST": closed},
-             ["connection refused", closed]),
-            ("gs bucket", ["train", "--data", "gs://in21k-no-such-bucket/x"], gs,
-             ["bucket 'in21k-no-such-bucket' does not exist"]),
+            (
+                "gs endpoint",
+                ["train", "--data", f"gs://{gs_bucket}/x"],
+                {**gs, "STORAGE_EMULATOR_HOST": closed},
+                ["connection refused", closed],
+            ),
+            (
+                "gs bucket",
+                ["train", "--data", "gs://in21k-no-such-bucket/x"],
+                gs,
+                ["bucket 'in21k-no-such-bucket' does not exist"],
+            ),
             ("gs object", ["train", "--data", f"gs://{gs_bucket}/nothing"], gs, ["is not a prepared dataset"]),
             ("http endpoint", ["train", "--data", f"{closed}/x"], CLEAN, ["connection refused"]),
             ("http object", ["train", "--data", f"{http}/nothing"], CLEAN, ["is not a prepared dataset"]),
-        ]  # fmt: skip
+        ]
         outs = {name: (tmp_path / name.replace(" ", "-")) for name, *_ in cases}
         outs["s3 output bucket"] = "s3://in21k-no-such-out-bucket/o"  # type: ignore[assignment]
         with ThreadPoolExecutor(2) as pool:

@@ -340,8 +340,9 @@ def _add_field_args(parser: Any, cls: type, *, positional: typing.Sequence[str] 
             kwargs.update(action="store_const", const=True)
             parser.add_argument(flag, **kwargs)
             negative = "--" + prefix + "no-" + f.name.replace("_", "-")
-            parser.add_argument(negative, dest=kwargs["dest"], action="store_const", const=False, default=None,
-                                help=argparse.SUPPRESS)  # fmt: skip
+            parser.add_argument(
+                negative, dest=kwargs["dest"], action="store_const", const=False, default=None, help=argparse.SUPPRESS
+            )
             continue
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -375,8 +376,12 @@ def overrides_from_args(args: Any, cls: type, prefix: str = "") -> dict[str, Any
 def config_from_args(args: Any, cls: type[T]) -> T:
     """``resolve_config`` for an argparse namespace built by ``add_config_args`` (with ``--print-config``, required
     options may stay empty)."""
-    return resolve_config(cls, config_file=args.config, overrides=overrides_from_args(args, cls),
-                          allow_missing=bool(getattr(args, "print_config", False)))  # fmt: skip
+    return resolve_config(
+        cls,
+        config_file=args.config,
+        overrides=overrides_from_args(args, cls),
+        allow_missing=bool(getattr(args, "print_config", False)),
+    )
 
 
 def print_config_requested(args: Any, cfg: Any, *, as_dict: typing.Callable[[Any], dict] = saved_config) -> bool:

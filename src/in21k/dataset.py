@@ -112,8 +112,14 @@ class ShardTarWriter:
 
     def write(self, key: str, jpeg: bytes, class_index: int, meta: dict[str, Any]) -> None:
         """A prepared sample: ``.jpg`` (the image), ``.cls`` (class index as ASCII) and ``.json`` (metadata)."""
-        self.add_sample(key, {"cls": str(class_index).encode(), "jpg": jpeg,
-                              "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()})  # fmt: skip
+        self.add_sample(
+            key,
+            {
+                "cls": str(class_index).encode(),
+                "jpg": jpeg,
+                "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+            },
+        )
 
     def close(self) -> None:
         if self._file.closed:
@@ -226,8 +232,9 @@ class PreparedDataset:
         if self.info.get("schema") != SCHEMA:
             return None
         try:
-            stats = storage.read_json(storage.join(self.url, stats_name(split, shard.index)),
-                                      storage_options=self.storage_options)  # fmt: skip
+            stats = storage.read_json(
+                storage.join(self.url, stats_name(split, shard.index)), storage_options=self.storage_options
+            )
         except (storage.NotFoundError, DataError):
             return None
         offsets = stats.get("offsets") if isinstance(stats, dict) else None
@@ -295,10 +302,20 @@ class DatasetWriter:
             if not shards:
                 continue
             lengths = [int(n) for _, n in shards]
-            out[split] = {"name": split, "filenames": [str(f) for f, _ in shards], "shard_lengths": lengths,
-                          "num_samples": sum(lengths)}  # fmt: skip
-        info = {"name": name, "num_classes": int(num_classes), "splits": out, "schema": SCHEMA,
-                "config": dict(config or {}), "tree": TREE_FILE}  # fmt: skip
+            out[split] = {
+                "name": split,
+                "filenames": [str(f) for f, _ in shards],
+                "shard_lengths": lengths,
+                "num_samples": sum(lengths),
+            }
+        info = {
+            "name": name,
+            "num_classes": int(num_classes),
+            "splits": out,
+            "schema": SCHEMA,
+            "config": dict(config or {}),
+            "tree": TREE_FILE,
+        }
         self.store.write_json(INFO_FILE, info)
         return info
 
@@ -319,8 +336,9 @@ class DatasetWriter:
         depths = tree.depths
         for c in tree.classes:
             n = counts.get(c.wnid, {})
-            lines.append(f"{c.index}\t{c.wnid}\t{c.name}\t{int(depths[c.index])}\t{n.get('train', 0)}\t"
-                         f"{n.get('validation', 0)}")  # fmt: skip
+            lines.append(
+                f"{c.index}\t{c.wnid}\t{c.name}\t{int(depths[c.index])}\t{n.get('train', 0)}\t{n.get('validation', 0)}"
+            )
         self.store.write_bytes(CLASSES_FILE, ("\n".join(lines) + "\n").encode())
 
 

@@ -189,8 +189,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         prep_argv += ["--against", f"{EVAL_NAME}={raw / EVAL_DIR}"]
     _run("prepare", prep_argv, timings)
     train_cfg = str(conf / "train" / "demo.yaml")
-    train_argv = ["train", "--data", str(prepared), "--out", str(run.root), "--config", train_cfg,
-                  "--resume", "auto"]  # fmt: skip
+    train_argv = ["train", "--data", str(prepared), "--out", str(run.root), "--config", train_cfg, "--resume", "auto"]
     if cfg.epochs is not None:
         train_argv += ["--epochs", str(cfg.epochs)]
     _run("train", train_argv, timings)
@@ -198,10 +197,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     report_dir.mkdir(parents=True, exist_ok=True)
     predict_out = _run(
         "predict",
-        ["predict", "--checkpoint", str(run.model), "--json", "--plot", str(report_dir / "predictions.png"),
-         *[h["file"] for h in heldout]],
+        [
+            "predict",
+            "--checkpoint",
+            str(run.model),
+            "--json",
+            "--plot",
+            str(report_dir / "predictions.png"),
+            *[h["file"] for h in heldout],
+        ],
         timings,
-    )  # fmt: skip
+    )
     predictions = [json.loads(line) for line in predict_out.splitlines() if line.strip().startswith("{")]
     tree = SemanticTree.from_dict(PreparedDataset.open(str(prepared)).tree_data())
     by_file = {p["input"]: p for p in predictions}
@@ -214,9 +220,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         ok = sum(1 for a, b in zip(truth, got, strict=False) if a == b)
         correct_levels += ok
         total_levels += len(truth)
-        rows.append({"image": Path(h["file"]).name, "correct": f"{ok}/{len(truth)}",
-                     "true": [tree.names[j].split(",")[0] for j in tree.path(h["index"])],
-                     "names": [p["name"].split(",")[0] for p in pred["path"]]})  # fmt: skip
+        rows.append(
+            {
+                "image": Path(h["file"]).name,
+                "correct": f"{ok}/{len(truth)}",
+                "true": [tree.names[j].split(",")[0] for j in tree.path(h["index"])],
+                "names": [p["name"].split(",")[0] for p in pred["path"]],
+            }
+        )
     figs = _figures(report_dir, prepared, run, int(yaml.safe_load(prep_cfg.read_text()).get("min_images", 500)))
     prep_report = json.loads((prepared / "report.json").read_text())
     vals = read_metrics(run.metrics, "val")
@@ -225,16 +236,18 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     val_counts = {c["index"]: c["validation"] for c in prep_report["classes"]}
     chance = _chance_semantic_top1(tree, val_counts, levels_used)
     clean = _clean_scores(raw, prepared, report_dir)
-    summary = redact({  # what it quotes was written redacted already; the demo's own paths go through it too
-        "out": str(out),
-        "report": str(report_dir / "report.md"),
-        "clean": clean,
-        "semantic_top1": final.get("semantic_top1"),
-        "chance_semantic_top1": round(chance, 4),
-        "heldout_path_levels_correct": f"{correct_levels}/{total_levels}",
-        "timings_s": timings,
-        "totals": prep_report["totals"],
-    })  # fmt: skip
+    summary = redact(
+        {  # what it quotes was written redacted already; the demo's own paths go through it too
+            "out": str(out),
+            "report": str(report_dir / "report.md"),
+            "clean": clean,
+            "semantic_top1": final.get("semantic_top1"),
+            "chance_semantic_top1": round(chance, 4),
+            "heldout_path_levels_correct": f"{correct_levels}/{total_levels}",
+            "timings_s": timings,
+            "totals": prep_report["totals"],
+        }
+    )
     _write_report(report_dir, summary, final, rows, figs, prep_report)
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -255,8 +268,12 @@ def _clean_scores(raw: Path, prepared: Path, report_dir: Path) -> dict[str, Any]
     picture = prep_report["clean"].get("picture")
     if picture and (prepared / picture).exists():
         shutil.copyfile(prepared / picture, report_dir / "matched_pairs.png")
-    return {**scores, "removed": prep_report["clean"]["removed"], "eval_sets": prep_report["clean"]["eval_sets"],
-            "groups": prep_report["clean"]["groups"]}  # fmt: skip
+    return {
+        **scores,
+        "removed": prep_report["clean"]["removed"],
+        "eval_sets": prep_report["clean"]["eval_sets"],
+        "groups": prep_report["clean"]["groups"],
+    }
 
 
 def _clean_lines(clean: dict[str, Any]) -> list[str]:
@@ -279,9 +296,11 @@ def _clean_lines(clean: dict[str, Any]) -> list[str]:
     lines += [f"| {kind} | {clean['recall'][kind]} ({f}/{n}) |" for kind, (f, n) in totals.items()]
     for e in clean["eval_sets"]:
         lines.append("")
-        lines.append(f"- evaluation set `{e['name']}`: {e.get('images', e['readable'])} pictures, "
-                     f"{e.get('unreadable', 0)} unreadable, {e['matched_images']} found in the release "
-                     f"({e['matched_release_members']} release images removed)")  # fmt: skip
+        lines.append(
+            f"- evaluation set `{e['name']}`: {e.get('images', e['readable'])} pictures, "
+            f"{e.get('unreadable', 0)} unreadable, {e['matched_images']} found in the release "
+            f"({e['matched_release_members']} release images removed)"
+        )
     lines += [
         f"- precision (flagged images that are planted copies or their originals): {clean['precision']}",
         f"- the release's own images wrongly flagged: {clean['wrongly_flagged']} of {clean['own_members']} "
@@ -291,8 +310,9 @@ def _clean_lines(clean: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _write_report(report_dir: Path, summary: dict, final: dict, rows: list[dict], figs: dict[str, str],
-                  prep_report: dict) -> None:  # fmt: skip
+def _write_report(
+    report_dir: Path, summary: dict, final: dict, rows: list[dict], figs: dict[str, str], prep_report: dict
+) -> None:
     t = summary["totals"]
     lines = [
         "# in21k demo report",
@@ -335,8 +355,10 @@ def _write_report(report_dir: Path, summary: dict, final: dict, rows: list[dict]
     if (report_dir / "predictions.png").exists():
         lines.append("### predicted paths\n\n![predictions](predictions.png)\n")
     if (report_dir / "matched_pairs.png").exists():
-        lines.append("### matched pairs at and near the thresholds (release image | its match)\n\n"
-                     "![matched pairs](matched_pairs.png)\n")  # fmt: skip
+        lines.append(
+            "### matched pairs at and near the thresholds (release image | its match)\n\n"
+            "![matched pairs](matched_pairs.png)\n"
+        )
     lines += ["## Stage times (s)", "", *[f"- {k}: {v}" for k, v in summary["timings_s"].items()], ""]
     (report_dir / "report.md").write_text("\n".join(lines))
 

@@ -17,8 +17,16 @@ from typing import Any
 log = logging.getLogger("in21k.progress")
 
 
-def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True,
-             interval: float = 30.0, **tqdm_kwargs: Any) -> Any:  # fmt: skip
+def progress(
+    *,
+    total: int | None,
+    desc: str,
+    unit: str = "it",
+    initial: int = 0,
+    enabled: bool = True,
+    interval: float = 30.0,
+    **tqdm_kwargs: Any,
+) -> Any:
     """A progress object with tqdm's ``update``, ``set_postfix``, ``close`` and context manager."""
     mode = os.environ.get("IN21K_PROGRESS", "").lower()
     if not enabled or mode == "off":
@@ -33,8 +41,9 @@ def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0
 class LogProgress:
     """tqdm's interface, reported as a log line every ``interval`` seconds and at ``close``."""
 
-    def __init__(self, *, total: int | None, desc: str, unit: str, initial: int = 0, interval: float = 30.0,
-                 silent: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, *, total: int | None, desc: str, unit: str, initial: int = 0, interval: float = 30.0, silent: bool = False
+    ) -> None:
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.interval, self.silent = interval, silent
         self.start = self.last = time.monotonic()

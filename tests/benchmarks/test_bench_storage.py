@@ -12,9 +12,27 @@ from in21k.cli import main
 
 @pytest.mark.s3
 def test_bench_storage_json(prepared: Path, capfd) -> None:
-    args = ["bench", "storage", "--data", str(prepared), "--clients", "fsspec,pyarrow", "--max-samples", "52",
-            "--batch-size", "4", "--image-size", "32", "--rounds", "1", "--warmup-epochs", "0",
-            "--loader.num-workers", "1", "--json"]  # fmt: skip
+    args = [
+        "bench",
+        "storage",
+        "--data",
+        str(prepared),
+        "--clients",
+        "fsspec,pyarrow",
+        "--max-samples",
+        "52",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--rounds",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--loader.num-workers",
+        "1",
+        "--json",
+    ]
     assert main(args) == 0
     out, err = capfd.readouterr()  # the loader workers' stderr too: no s3fs session finalised on a foreign loop
     assert "attached to a different loop" not in err and "Traceback" not in err

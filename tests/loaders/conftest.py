@@ -14,6 +14,10 @@ from tests.loaders.prepared_data import make_prepared_dataset
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only prepared dataset: 6 classes, 8 train shards (52 samples), 4 validation shards, 32 px."""
     return make_prepared_dataset(
-        tmp_path_factory.mktemp("prepared"), num_classes=6, shard_lengths_train=TRAIN_LENGTHS,
-        shard_lengths_val=VAL_LENGTHS, image_size=32, seed=0,
-    )  # fmt: skip
+        tmp_path_factory.mktemp("prepared"),
+        num_classes=6,
+        shard_lengths_train=TRAIN_LENGTHS,
+        shard_lengths_val=VAL_LENGTHS,
+        image_size=32,
+        seed=0,
+    )

@@ -61,8 +61,16 @@ class FaultProxy:
     per connection, so the bytes that follow a GET on a connection are its response.
     """
 
-    def __init__(self, upstream: str, *, faults: int = 0, cut_after: int | None = None, status: int | None = None,
-                 match: Callable[[str], bool] = lambda path: True, delay: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        faults: int = 0,
+        cut_after: int | None = None,
+        status: int | None = None,
+        match: Callable[[str], bool] = lambda path: True,
+        delay: float = 0.0,
+    ) -> None:
         host, port = upstream.split("://")[-1].rstrip("/").rsplit(":", 1)
         self.upstream = (host, int(port))
         self.faults, self.cut_after, self.status, self.match = faults, cut_after, status, match
@@ -133,8 +141,10 @@ class FaultProxy:
                         body = (
                             b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
                         )
-                        head = (f"HTTP/1.1 {self.status} Slow Down\r\nContent-Type: application/xml\r\n"
-                                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
+                        head = (
+                            f"HTTP/1.1 {self.status} Slow Down\r\nContent-Type: application/xml\r\n"
+                            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                        ).encode()
                         client.sendall(head + body)
                         raise OSError("answered")
                     left[0] = self.cut_after

@@ -133,8 +133,12 @@ def make_prepared_dataset(
             if stats:
                 writer.write_stats(split, shard_index, {"num_samples": len(offsets), "offsets": offsets})
             splits[split].append((name, int(length)))
-    writer.write_info(num_classes=num_classes, splits=splits, name="imagenet-21k-p-test",
-                      config={"image_size": [width, height], "seed": seed})  # fmt: skip
+    writer.write_info(
+        num_classes=num_classes,
+        splits=splits,
+        name="imagenet-21k-p-test",
+        config={"image_size": [width, height], "seed": seed},
+    )
     writer.write_classes(tree, counts)
     return root
 

@@ -191,8 +191,16 @@ def test_fallback_when_simplejpeg_is_absent(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _batches(root: Path, image_size: int, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    loader = create_loader(data=str(root), split="train", batch_size=4, num_workers=workers, image_size=image_size,
-                           transform="eval", train=True, seed=3)  # fmt: skip
+    loader = create_loader(
+        data=str(root),
+        split="train",
+        batch_size=4,
+        num_workers=workers,
+        image_size=image_size,
+        transform="eval",
+        train=True,
+        seed=3,
+    )
     return [(images.numpy().copy(), labels.numpy().copy()) for images, labels in loader]
 
 
@@ -202,8 +210,14 @@ def test_loader_batches_equal_with_either_decoder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored, image_size: int
 ) -> None:
     """``eval`` batches: the fast path (straight into the slot, or DCT-scaled + resize) equals the Pillow path."""
-    root = make_prepared_dataset(tmp_path / "data", num_classes=3, shard_lengths_train=[6, 5, 7, 6],
-                                 shard_lengths_val=[2, 2], image_size=stored, seed=11)  # fmt: skip
+    root = make_prepared_dataset(
+        tmp_path / "data",
+        num_classes=3,
+        shard_lengths_train=[6, 5, 7, 6],
+        shard_lengths_val=[2, 2],
+        image_size=stored,
+        seed=11,
+    )
     # The workers fork after this: they must not decode with Pillow and, at the stored size, must decode
     # straight into the batch slot (nothing is written into it afterwards).
     monkeypatch.setattr(T, "decode_rgb", _no_pillow)

@@ -52,8 +52,13 @@ def _ours(prepared: Path, split: str) -> dict[str, tuple[int, str, tuple[int, in
 def test_load_dataset_webdataset_gives_images_and_class_indices(demo_run, tmp_path: Path) -> None:
     prepared = demo_run.out / "prepared"
     env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    done = subprocess.run([sys.executable, "-c", READ, str(prepared), str(tmp_path / "cache")], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **env})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", READ, str(prepared), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = json.loads(done.stdout.strip().splitlines()[-1])
     tree = json.loads((prepared / "tree.json").read_text())

@@ -16,11 +16,19 @@ from tests.loaders.prepared_data import all_keys, make_prepared_dataset
 @pytest.fixture(scope="module")
 def corrupt_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     base = tmp_path_factory.mktemp("corrupt")
-    clean = make_prepared_dataset(base / "clean", num_classes=4, shard_lengths_train=[6, 6], shard_lengths_val=[3, 3],
-                                  image_size=16, seed=5)  # fmt: skip
+    clean = make_prepared_dataset(
+        base / "clean", num_classes=4, shard_lengths_train=[6, 6], shard_lengths_val=[3, 3], image_size=16, seed=5
+    )
     bad_key = all_keys(clean, "train")[2]
-    root = make_prepared_dataset(base / "bad", num_classes=4, shard_lengths_train=[6, 6], shard_lengths_val=[3, 3],
-                                 image_size=16, seed=5, corrupt_keys=[bad_key])  # fmt: skip
+    root = make_prepared_dataset(
+        base / "bad",
+        num_classes=4,
+        shard_lengths_train=[6, 6],
+        shard_lengths_val=[3, 3],
+        image_size=16,
+        seed=5,
+        corrupt_keys=[bad_key],
+    )
     return root, bad_key
 
 

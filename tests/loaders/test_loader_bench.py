@@ -13,14 +13,40 @@ from in21k.cli import main
 
 @pytest.mark.slow
 def test_bench_loader_json(prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "loader", "--data", str(prepared), "--batch-size", "4", "--max-samples", "40", "--image-size",
-            "32", "--epochs", "1", "--rounds", "1", "--warmup-epochs", "0", "--loader.num-workers", "2",
-            "--json"]  # fmt: skip
+    argv = [
+        "bench",
+        "loader",
+        "--data",
+        str(prepared),
+        "--batch-size",
+        "4",
+        "--max-samples",
+        "40",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--rounds",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--loader.num-workers",
+        "2",
+        "--json",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     rates = result["img_per_s"]
-    assert set(rates) == {"ours", "ours_no_decode", "imagefolder", "imagefolder_original", "limit", "limit_turbo",
-                          "limit_turbo_fast", "limit_turbo_batches"}  # fmt: skip
+    assert set(rates) == {
+        "ours",
+        "ours_no_decode",
+        "imagefolder",
+        "imagefolder_original",
+        "limit",
+        "limit_turbo",
+        "limit_turbo_fast",
+        "limit_turbo_batches",
+    }
     assert all(v > 0 for v in rates.values())
     assert result["ratios"]["ours_vs_limit"] == pytest.approx(rates["ours"] / rates["limit"], rel=1e-2, abs=1e-3)
     # Ratios are rounded to 3 decimals: at 32 px the decode-only limit is far faster than a whole loader.
@@ -33,23 +59,56 @@ def test_bench_loader_json(prepared: Path, capsys: pytest.CaptureFixture[str]) -
     # Peers decode and squash only: with the default miil transform they are left out, and said so.
     assert "eval" in result["peers_left_out"] and "ours_vs_best_peer" not in result["ratios"]
     assert set(result["targets"]) == {
-        "ours_vs_imagefolder >= 1.2", "ours_vs_imagefolder_original >= 1.2", "ours_vs_limit >= 0.9"
-    }  # fmt: skip
+        "ours_vs_imagefolder >= 1.2",
+        "ours_vs_imagefolder_original >= 1.2",
+        "ours_vs_limit >= 0.9",
+    }
 
 
 @pytest.mark.slow
 def test_bench_loader_eval_with_peers(prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "loader", "--data", str(prepared), "--batch-size", "4", "--max-samples", "40", "--image-size",
-            "32", "--epochs", "1", "--rounds", "1", "--warmup-epochs", "0", "--loader.num-workers", "2",
-            "--loader.transform", "eval", "--json"]  # fmt: skip
+    argv = [
+        "bench",
+        "loader",
+        "--data",
+        str(prepared),
+        "--batch-size",
+        "4",
+        "--max-samples",
+        "40",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--rounds",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--loader.num-workers",
+        "2",
+        "--loader.transform",
+        "eval",
+        "--json",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)  # LitData's progress output must not get into the JSON
     rates = result["img_per_s"]
-    installed = {p for p, module in (("webdataset", "webdataset"), ("timm_wds", "webdataset"), ("litdata", "litdata"))
-                 if importlib.util.find_spec(module) is not None}  # fmt: skip
+    installed = {
+        p
+        for p, module in (("webdataset", "webdataset"), ("timm_wds", "webdataset"), ("litdata", "litdata"))
+        if importlib.util.find_spec(module) is not None
+    }
     assert {"ours", "limit", "limit_turbo", "limit_turbo_fast", "limit_turbo_batches"} | installed <= set(rates)
-    ours_and_limits = {"ours", "ours_no_decode", "imagefolder", "imagefolder_original", "limit", "limit_turbo",
-                       "limit_turbo_fast", "limit_turbo_batches"}  # fmt: skip
+    ours_and_limits = {
+        "ours",
+        "ours_no_decode",
+        "imagefolder",
+        "imagefolder_original",
+        "limit",
+        "limit_turbo",
+        "limit_turbo_fast",
+        "limit_turbo_batches",
+    }
     assert set(rates) - ours_and_limits == installed
     assert all(v > 0 for v in rates.values())
     assert "ours_vs_turbo_limit >= 0.85" in result["targets"]

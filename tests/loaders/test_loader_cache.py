@@ -35,8 +35,14 @@ def cache_bytes(root: Path) -> int:
 
 @pytest.fixture(scope="module")
 def remote(s3_server, tmp_path_factory) -> tuple[Path, str, int]:
-    local = make_prepared_dataset(tmp_path_factory.mktemp("cached"), num_classes=6, shard_lengths_train=[10] * 8,
-                                  shard_lengths_val=[6], image_size=48, seed=4)  # fmt: skip
+    local = make_prepared_dataset(
+        tmp_path_factory.mktemp("cached"),
+        num_classes=6,
+        shard_lengths_train=[10] * 8,
+        shard_lengths_val=[6],
+        image_size=48,
+        seed=4,
+    )
     bucket = s3_server.make_bucket("in21k-cache")
     s3_server.upload_dir(local, bucket, "p")
     size = sum(p.stat().st_size for p in (local / "train").iterdir())
@@ -105,8 +111,10 @@ def test_a_worker_killed_mid_download_leaves_nothing_readable(remote, s3_server,
     # A slow network (a throttling proxy in front of the server): the kill lands inside a download.
     proxy = FaultProxy(s3_server.endpoint_url, delay=0.05)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_EPOCH, url, str(cache), proxy.url, s3_server.key,
-                                 s3_server.secret], start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_EPOCH, url, str(cache), proxy.url, s3_server.key, s3_server.secret],
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while (
             time.monotonic() < deadline
@@ -125,9 +133,17 @@ def test_a_worker_killed_mid_download_leaves_nothing_readable(remote, s3_server,
     killed = partials[0].name.rsplit(".", 1)[0]
     assert killed not in {p.name for p in entries}  # ...and no entry of that shard
     # A new run over the same cache: the right batches, the stale partial gone, every shard complete.
-    loader = create_loader(data=url, split="train", batch_size=4, num_workers=1, decode="none", seed=1,
-                           cache_dir=str(cache), cache_limit="1G",
-                           storage_options=s3_server.storage_options)  # fmt: skip
+    loader = create_loader(
+        data=url,
+        split="train",
+        batch_size=4,
+        num_workers=1,
+        decode="none",
+        seed=1,
+        cache_dir=str(cache),
+        cache_limit="1G",
+        storage_options=s3_server.storage_options,
+    )
     reference = create_loader(data=str(local), split="train", batch_size=4, num_workers=1, decode="none", seed=1)
     assert batch_keys(loader, table) == batch_keys(reference, table)
     assert not list((cache / ".partial").iterdir())

@@ -55,8 +55,9 @@ def test_two_ranks_two_workers(prepared: Path, tmp_path: Path) -> None:
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     # fork: the ranks start in a moment (no re-import of torch), which matters on a 2-core machine.
-    mp.start_processes(_rank_main, args=(str(prepared), free_port(), str(tmp_path)), nprocs=WORLD, join=True,
-                       start_method="fork")  # fmt: skip
+    mp.start_processes(
+        _rank_main, args=(str(prepared), free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork"
+    )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
     steps = math.ceil(math.ceil(sum(TRAIN_LENGTHS) / WORLD) / BATCH)

@@ -20,8 +20,21 @@ BATCH = 3
 
 
 def loaders(root: str, world: int, workers: int, split: str = "train", **kw) -> list:
-    return [create_loader(data=root, split=split, batch_size=BATCH, num_workers=workers, seed=11, decode="none",
-                          rank=r, world_size=world, shuffle_block=5, **kw) for r in range(world)]  # fmt: skip
+    return [
+        create_loader(
+            data=root,
+            split=split,
+            batch_size=BATCH,
+            num_workers=workers,
+            seed=11,
+            decode="none",
+            rank=r,
+            world_size=world,
+            shuffle_block=5,
+            **kw,
+        )
+        for r in range(world)
+    ]
 
 
 def keys_of(batch, table) -> list[str]:
@@ -84,8 +97,9 @@ def test_same_configuration_resume_is_bit_identical(prepared: Path) -> None:
 
 
 def test_state_of_another_dataset_is_refused(prepared: Path, tmp_path: Path) -> None:
-    other = make_prepared_dataset(tmp_path / "other", num_classes=3, shard_lengths_train=[5, 5],
-                                  shard_lengths_val=[2], image_size=16, seed=9)  # fmt: skip
+    other = make_prepared_dataset(
+        tmp_path / "other", num_classes=3, shard_lengths_train=[5, 5], shard_lengths_val=[2], image_size=16, seed=9
+    )
     state = loaders(str(prepared), 1, 1)[0].state_dict(step=0)
     with pytest.raises(DataError, match="another dataset"):
         loaders(str(other), 1, 1)[0].load_state_dict(state)
@@ -93,11 +107,16 @@ def test_state_of_another_dataset_is_refused(prepared: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("world", [3, 4])
 def test_one_validation_shard_on_many_ranks(tmp_path: Path, world: int) -> None:
-    root = make_prepared_dataset(tmp_path / "one", num_classes=4, shard_lengths_train=[8, 8], shard_lengths_val=[10],
-                                 image_size=16, seed=2)  # fmt: skip
+    root = make_prepared_dataset(
+        tmp_path / "one", num_classes=4, shard_lengths_train=[8, 8], shard_lengths_val=[10], image_size=16, seed=2
+    )
     table = key_by_digest(root, "validation")
-    ranks = [create_loader(data=str(root), split="validation", batch_size=2, num_workers=2, decode="none", rank=r,
-                           world_size=world) for r in range(world)]  # fmt: skip
+    ranks = [
+        create_loader(
+            data=str(root), split="validation", batch_size=2, num_workers=2, decode="none", rank=r, world_size=world
+        )
+        for r in range(world)
+    ]
     runs = [run(ld, table) for ld in ranks]
     assert len({len(r) for r in runs}) == 1  # equal steps per rank
     stats = [ld.epoch_stats() for ld in ranks]
@@ -113,8 +132,9 @@ def _rank_main(rank: int, world: int, workers: int, root: str, port: int, out: s
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         table = key_by_digest(root, "train")
-        loader = create_loader(data=root, split="train", batch_size=BATCH, num_workers=workers, seed=11,
-                               decode="none", shuffle_block=5)  # fmt: skip
+        loader = create_loader(
+            data=root, split="train", batch_size=BATCH, num_workers=workers, seed=11, decode="none", shuffle_block=5
+        )
         if os.path.exists(state_file):
             loader.load_state_dict(json.loads(Path(state_file).read_text()))
         else:
@@ -138,8 +158,13 @@ def spawn(world: int, workers: int, root: Path, out: Path, state: Path, stop: in
 
     out.mkdir()
     # fork: the ranks start in a moment (no re-import of torch), which matters on a 2-core machine.
-    mp.start_processes(_rank_main, args=(world, workers, str(root), free_port(), str(out), str(state), stop),
-                       nprocs=world, join=True, start_method="fork")  # fmt: skip
+    mp.start_processes(
+        _rank_main,
+        args=(world, workers, str(root), free_port(), str(out), str(state), stop),
+        nprocs=world,
+        join=True,
+        start_method="fork",
+    )
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
@@ -168,8 +193,12 @@ def test_a_range_inside_a_shard_starts_at_its_byte_offset(tmp_path: Path) -> Non
     table = key_by_digest(with_offsets, "validation")
     runs = {}
     for name, root in (("offsets", with_offsets), ("read", without)):
-        ranks = [create_loader(data=str(root), split="validation", batch_size=2, num_workers=0, decode="none",
-                               rank=r, world_size=3) for r in range(3)]  # fmt: skip
+        ranks = [
+            create_loader(
+                data=str(root), split="validation", batch_size=2, num_workers=0, decode="none", rank=r, world_size=3
+            )
+            for r in range(3)
+        ]
         runs[name] = [run(ld, table) for ld in ranks]
         known = [ld.spec.read.offsets.known for ld in ranks[1:]]  # ranks 1 and 2 start inside the one shard
         if name == "offsets":

@@ -52,17 +52,21 @@ def test_retry_delays_grow_with_jitter_within_the_budget() -> None:
 
 def test_which_failures_are_transient() -> None:
     transient = [
-        ConnectionResetError(104, "Connection reset by peer"), TimeoutError("timed out"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("timed out"),
         OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 18, Transferred a partial file"),
         OSError("AWS Error SLOW_DOWN during GetObject operation: Please reduce your request rate."),
         storage.IncompleteReadError("the response ended at byte 10 of 20"),
-    ]  # fmt: skip
+    ]
     permanent = [
-        FileNotFoundError("no such key"), storage.NotFoundError("s3://b/k: no such object"),
+        FileNotFoundError("no such key"),
+        storage.NotFoundError("s3://b/k: no such object"),
         OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body."),
-        TypeError("a bug"), ValueError("a bug"), OSError(28, "No space left on device"),
+        TypeError("a bug"),
+        ValueError("a bug"),
+        OSError(28, "No space left on device"),
         OSError(30, "Read-only file system"),
-    ]  # fmt: skip
+    ]
     assert all(storage.is_transient(e) for e in transient)
     assert not any(storage.is_transient(e) for e in permanent)
 
@@ -74,8 +78,13 @@ def test_retry_options_are_validated_and_reach_the_policy() -> None:
     options = LoaderOptions(read_retries=3, read_retry_seconds=10, read_retry_delay=0.1)
     options.validate()
     assert options.retry_policy() == storage.Retry(attempts=3, seconds=10.0, base_delay=0.1)
-    for bad in ({"read_retries": -1}, {"read_retry_seconds": -1.0}, {"read_retry_delay": "soon"},
-                {"read_client": "boto"}, {"read_client": "obstore", "num_workers": 0}):  # fmt: skip
+    for bad in (
+        {"read_retries": -1},
+        {"read_retry_seconds": -1.0},
+        {"read_retry_delay": "soon"},
+        {"read_client": "boto"},
+        {"read_client": "obstore", "num_workers": 0},
+    ):
         with pytest.raises(ConfigError, match="loader.read_"):
             LoaderOptions(**bad).validate()
 
@@ -101,11 +110,17 @@ def test_broken_reads_resume_to_the_same_batches(faults_data, s3_server, fault: 
     expected = batches(local)
     # Every train shard's first two GETs fail: cut after 3,000 bytes (its headers and part of its body; a
     # shard is 8-20 KB, one ranged GET) or answered with 503 SlowDown.
-    proxy = FaultProxy(s3_server.endpoint_url, faults=2, cut_after=3000 if fault == "cut" else None,
-                       status=503 if fault == "503" else None, match=lambda p: "/train/" in p)  # fmt: skip
+    proxy = FaultProxy(
+        s3_server.endpoint_url,
+        faults=2,
+        cut_after=3000 if fault == "cut" else None,
+        status=503 if fault == "503" else None,
+        match=lambda p: "/train/" in p,
+    )
     try:
-        remote = create_loader(data=url, num_workers=2, storage_options=through(proxy, s3_server),
-                               read_retry_delay=0.05, **KW)  # fmt: skip
+        remote = create_loader(
+            data=url, num_workers=2, storage_options=through(proxy, s3_server), read_retry_delay=0.05, **KW
+        )
         assert storage.stream_client(f"{url}/train/x.tar", through(proxy, s3_server)) == "pyarrow"
         remote.set_epoch(1)
         assert batches(remote) == expected  # the same samples, bytes, labels and order
@@ -123,24 +138,48 @@ def test_a_spent_retry_budget_raises_naming_the_shard(faults_data, s3_server) ->
     _, url = faults_data
     proxy = FaultProxy(s3_server.endpoint_url, faults=1, cut_after=3000, match=lambda p: "/train/" in p)
     try:
-        loader = create_loader(data=url, num_workers=0, storage_options=through(proxy, s3_server), read_retries=0,
-                               shard_errors="raise", **KW)  # fmt: skip
+        loader = create_loader(
+            data=url,
+            num_workers=0,
+            storage_options=through(proxy, s3_server),
+            read_retries=0,
+            shard_errors="raise",
+            **KW,
+        )
         with pytest.raises(DataError, match=rf"cannot read shard {url}/train/in21k-train-\d+\.tar: .*failed after 0"):
             batches(loader)
         # With a budget, the same cut is ridden out (each shard's one fault is spent by now: cut them again).
         proxy.faults = 2
-        loader = create_loader(data=url, num_workers=0, storage_options=through(proxy, s3_server), read_retries=2,
-                               read_retry_delay=0.01, shard_errors="raise", **KW)  # fmt: skip
+        loader = create_loader(
+            data=url,
+            num_workers=0,
+            storage_options=through(proxy, s3_server),
+            read_retries=2,
+            read_retry_delay=0.01,
+            shard_errors="raise",
+            **KW,
+        )
         assert len(batches(loader)) == len(loader) and loader.epoch_stats()["read_retries"] > 0
     finally:
         proxy.close()
 
 
 # ------------------------------------------------------------------------------------------ restart
-TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--amp", "none",
-         "--no-plot", "--run.log-every", "1", "--loader.num-workers", "1", "--loader.transform", "eval",
-         "--loader.interleave", "1", "--loader.shuffle-block", "8", "--loader.read-retry-delay", "0.25",
-         "--seed", "3"]  # fmt: skip
+TRAIN = [
+    "--model", "resnet10t",
+    "--image-size", "32",
+    "--epochs", "1",
+    "--batch-size", "8",
+    "--amp", "none",
+    "--no-plot",
+    "--run.log-every", "1",
+    "--loader.num-workers", "1",
+    "--loader.transform", "eval",
+    "--loader.interleave", "1",
+    "--loader.shuffle-block", "8",
+    "--loader.read-retry-delay", "0.25",
+    "--seed", "3",
+]  # fmt: skip
 
 
 def _records(run: Path) -> list[dict]:
@@ -153,16 +192,18 @@ def _records(run: Path) -> list[dict]:
 def test_training_survives_a_server_restart(tmp_path: Path) -> None:
     import torch
 
-    data = make_prepared_dataset(tmp_path / "data", num_classes=4, shard_lengths_train=[8] * 24,
-                                 shard_lengths_val=[8], image_size=32, seed=4)  # fmt: skip
+    data = make_prepared_dataset(
+        tmp_path / "data", num_classes=4, shard_lengths_train=[8] * 24, shard_lengths_val=[8], image_size=32, seed=4
+    )
     server = start_local_s3(tmp_path / "weed", key="in21k-restart", secret="in21k-restart-secret")
     try:
         bucket = server.make_bucket("in21k-restart")
         server.upload_dir(data, bucket, "p")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **server.env}
         args = [sys.executable, "-m", "in21k", "train", "--data", f"s3://{bucket}/p", *TRAIN]
-        calm = subprocess.run([*args, "--out", str(tmp_path / "calm")], env=env, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
+        calm = subprocess.run(
+            [*args, "--out", str(tmp_path / "calm")], env=env, capture_output=True, text=True, timeout=300
+        )
         assert calm.returncode == 0, calm.stderr[-3000:]
 
         run = tmp_path / "restart"
@@ -209,8 +250,17 @@ def _padded_dataset(root: Path, *, shards: int, samples: int, pad: int) -> Path:
     for s in range(shards):
         name = f"train/pad-{s:06d}.tar"
         (root / "train").mkdir(parents=True, exist_ok=True)
-        rows = [(f"{wnids[i % 4]}_{s:03d}{i:03d}", {"jpg": jpeg_bytes(rng, class_colour(i % 4), 32, 32),
-                 "cls": str(i % 4).encode(), "pad": rng.bytes(pad)}) for i in range(samples)]  # fmt: skip
+        rows = [
+            (
+                f"{wnids[i % 4]}_{s:03d}{i:03d}",
+                {
+                    "jpg": jpeg_bytes(rng, class_colour(i % 4), 32, 32),
+                    "cls": str(i % 4).encode(),
+                    "pad": rng.bytes(pad),
+                },
+            )
+            for i in range(samples)
+        ]
         write_samples(str(root / name), iter(rows))
         names.append((name, samples))
     writer.write_info(num_classes=4, splits={"train": names}, name="padded")
@@ -226,8 +276,14 @@ def test_eight_workers_read_an_epoch_in_few_large_gets(tmp_path: Path, s3_server
     s3_server.upload_dir(data, bucket, "p")
     proxy = FaultProxy(s3_server.endpoint_url)  # counts requests, injects nothing
     try:
-        loader = create_loader(data=f"s3://{bucket}/p", split="train", batch_size=4, num_workers=8, decode="none",
-                               storage_options=through(proxy, s3_server))  # fmt: skip
+        loader = create_loader(
+            data=f"s3://{bucket}/p",
+            split="train",
+            batch_size=4,
+            num_workers=8,
+            decode="none",
+            storage_options=through(proxy, s3_server),
+        )
         n = sum(len(labels) for _, labels in loader)
         stats = loader.epoch_stats()
         assert n == 160 and stats["shard_errors"] == 0 and stats["shards_read"] == 16

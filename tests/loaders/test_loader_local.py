@@ -83,9 +83,13 @@ def test_timm_preset_keeps_uint8_and_hands_mean_std(prepared: Path) -> None:
 
 def test_squash_of_larger_stored_images(tmp_path: Path) -> None:
     root = make_prepared_dataset(
-        tmp_path / "big", num_classes=3, shard_lengths_train=[4, 4], shard_lengths_val=[2],
-        image_size=(96, 64), seed=1,
-    )  # fmt: skip
+        tmp_path / "big",
+        num_classes=3,
+        shard_lengths_train=[4, 4],
+        shard_lengths_val=[2],
+        image_size=(96, 64),
+        seed=1,
+    )
     loader = create_loader(data=str(root), split="train", batch_size=4, num_workers=0, image_size=40, transform="eval")
     batches = list(loader)
     assert [b[0].shape for b in batches] == [(4, 3, 40, 40)] * 2

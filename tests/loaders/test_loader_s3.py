@@ -41,8 +41,13 @@ def test_missing_object_names_the_url(prepared: Path, s3_server) -> None:
     bucket = s3_server.make_bucket("in21k-loader-missing")
     s3_server.upload_dir(prepared, bucket, prefix="p")
     s3_server.client().delete_object(Bucket=bucket, Key="p/validation/in21k-validation-000001.tar")
-    loader = create_loader(data=f"s3://{bucket}/p", split="validation", batch_size=2, num_workers=0,
-                           storage_options=s3_server.storage_options)  # fmt: skip
+    loader = create_loader(
+        data=f"s3://{bucket}/p",
+        split="validation",
+        batch_size=2,
+        num_workers=0,
+        storage_options=s3_server.storage_options,
+    )
     with pytest.raises(DataError, match=f"cannot read shard s3://{bucket}/p/validation/in21k-validation-000001.tar"):
         list(loader)
 

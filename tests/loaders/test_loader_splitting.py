@@ -30,8 +30,15 @@ def test_every_rank_gets_the_same_steps_and_every_sample_once(seed: int) -> None
     lengths = [int(n) for n in rng.integers(1, 40, size=int(rng.integers(1, 30)))]
     total = sum(lengths)
     for train in (True, False):
-        plan = plan_epoch(shards_of(lengths), world_size=world, num_workers=workers, batch_size=batch, seed=1,
-                          epoch=seed, shuffle=train)  # fmt: skip
+        plan = plan_epoch(
+            shards_of(lengths),
+            world_size=world,
+            num_workers=workers,
+            batch_size=batch,
+            seed=1,
+            epoch=seed,
+            shuffle=train,
+        )
         seen = sorted(x for rank in plan.workers for w in rank for x in samples_of(w.ranges))
         assert seen == [(i, j) for i, n in enumerate(lengths) for j in range(n)]  # each sample exactly once
         assert plan.steps == math.ceil(math.ceil(total / world) / batch)
@@ -39,8 +46,10 @@ def test_every_rank_gets_the_same_steps_and_every_sample_once(seed: int) -> None
             assert sum(w.batches for w in rank) == plan.steps  # equal steps on every rank
             assert all(w.read_ranges for w in rank if w.batches)  # a worker with batches has something to read
         assert plan.steps * batch * world == total + plan.repeated and plan.dropped == 0
-        assert max(sum(w.samples for w in r) for r in plan.workers) - min(sum(w.samples for w in r)
-                                                                           for r in plan.workers) <= 1  # fmt: skip
+        assert (
+            max(sum(w.samples for w in r) for r in plan.workers) - min(sum(w.samples for w in r) for r in plan.workers)
+            <= 1
+        )
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -49,8 +58,13 @@ def test_unseen_samples_after_any_segments(seed: int) -> None:
     rng = np.random.default_rng(100 + seed)
     lengths = [int(n) for n in rng.integers(1, 30, size=int(rng.integers(1, 12)))]
     shards = shards_of(lengths)
-    kw = dict(seed=3, epoch=seed, shuffle=bool(seed % 2), interleave=int(rng.integers(1, 4)),
-              shuffle_block=int(rng.integers(2, 9)))  # fmt: skip
+    kw = dict(
+        seed=3,
+        epoch=seed,
+        shuffle=bool(seed % 2),
+        interleave=int(rng.integers(1, 4)),
+        shuffle_block=int(rng.integers(2, 9)),
+    )
     history: list[Segment] = []
     left = remaining(shards, **kw)
     for _ in range(3):
@@ -83,8 +97,9 @@ def test_resume_at_every_step_with_three_workers(prepared: Path, split: str) -> 
     """Uneven worker batch counts, every rotation of the DataLoader's round robin, shuffle blocks and
     lane rounds cut mid-way, and (validation) wrap-around padding."""
     table = key_by_digest(prepared, split)
-    loader = create_loader(data=str(prepared), split=split, batch_size=4, num_workers=3, seed=5, decode="none",
-                           shuffle_block=7)  # fmt: skip
+    loader = create_loader(
+        data=str(prepared), split=split, batch_size=4, num_workers=3, seed=5, decode="none", shuffle_block=7
+    )
     loader.set_epoch(4)
     full = batch_keys(loader, table)
     assert len(full) == len(loader) and len(loader) % 3 != 0

@@ -97,8 +97,10 @@ def test_several_processes_share_one_cache_within_its_limit(tmp_path: Path) -> N
             time.sleep(0.001)
 
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(str(root), [str(p) for p in shards[i::2] + shards], limit, 3))
-             for i in range(4)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_worker, args=(str(root), [str(p) for p in shards[i::2] + shards], limit, 3))
+        for i in range(4)
+    ]
     for p in procs:
         p.start()
     watcher = threading.Thread(target=watch, daemon=True)
@@ -135,8 +137,9 @@ with cache.open("s3://bucket/" + shard.name, size=lambda: shard.stat().st_size, 
 def test_a_download_killed_midway_is_never_read(tmp_path: Path) -> None:
     shard = make_shards(tmp_path, [400_000])[0]
     root = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-c", DOWNLOADER, str(shard), str(root), SLOW_SOURCE],
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DOWNLOADER, str(shard), str(root), SLOW_SOURCE], start_new_session=True
+    )
     deadline = time.monotonic() + 60
     partial = root / ".partial"
     while time.monotonic() < deadline and not (partial.exists() and list(partial.iterdir())):

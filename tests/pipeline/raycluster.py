@@ -98,8 +98,9 @@ class RayNode:
 
     def start(self) -> None:
         with self.log.open("ab") as out:  # appended: a restarted node keeps the earlier log
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
 
     @property
     def alive(self) -> bool:
@@ -146,8 +147,14 @@ class LocalRayCluster:
     settings, as a real node has them from its machine or pod). ``start()``, then
     ``submit_command``/``kill_node``/``restart_node``; ``stop()`` ends all."""
 
-    def __init__(self, *, workers: int = 2, cpus: int = 1, object_store_bytes: int = 256 << 20,
-                 node_vars: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        cpus: int = 1,
+        object_store_bytes: int = 256 << 20,
+        node_vars: dict[str, str] | None = None,
+    ) -> None:
         alias = loopback_name()
         if alias is None:
             raise RuntimeError(
@@ -166,27 +173,47 @@ class LocalRayCluster:
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         common = ["--block", "--disable-usage-stats", f"--object-store-memory={object_store_bytes}"]
         head = [
-            RAY, "start", "--head", "--num-cpus=0", f"--port={self.port}", "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={free_port()}", *self._node_ports(), f"--temp-dir={self.root / 'head'}",
+            RAY,
+            "start",
+            "--head",
+            "--num-cpus=0",
+            f"--port={self.port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={free_port()}",
+            *self._node_ports(),
+            f"--temp-dir={self.root / 'head'}",
             *common,
-        ]  # fmt: skip
+        ]
         env = {"joins": False, "token_file": self.token_file, "extra": self.node_vars}
         self.nodes = {"head": RayNode("head", head, node_env(**env), self.root / "head.log")}
         for i in range(1, workers + 1):
             cmd = [
-                RAY, "start", f"--address={alias}:{self.port}", f"--num-cpus={cpus}", *self._node_ports(),
+                RAY,
+                "start",
+                f"--address={alias}:{self.port}",
+                f"--num-cpus={cpus}",
+                *self._node_ports(),
                 f"--resources={json.dumps({f'worker{i}': 1})}",  # names the node in the state API's answers
-                f"--temp-dir={self.root / f'worker{i}'}", *common,
-            ]  # fmt: skip
-            self.nodes[f"worker{i}"] = RayNode(f"worker{i}", cmd, node_env(**{**env, "joins": True}),
-                                               self.root / f"worker{i}.log")  # fmt: skip
+                f"--temp-dir={self.root / f'worker{i}'}",
+                *common,
+            ]
+            self.nodes[f"worker{i}"] = RayNode(
+                f"worker{i}", cmd, node_env(**{**env, "joins": True}), self.root / f"worker{i}.log"
+            )
 
     @staticmethod
     def _node_ports() -> list[str]:
         """Ports of one node's own servers: several nodes on one machine must not share any."""
-        names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-                 "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")  # fmt: skip
+        names = (
+            "node-manager-port",
+            "object-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+        )
         return [f"--{name}={free_port()}" for name in names]
 
     @property

@@ -41,8 +41,10 @@ def sets(tmp_path_factory) -> dict[str, Path]:
             info = tarfile.TarInfo(f"images/{k}.jpg")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    images = pa.array([{"bytes": _jpeg(20 + k), "path": f"test/{k}.jpg"} for k in range(2)],
-                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))  # fmt: skip
+    images = pa.array(
+        [{"bytes": _jpeg(20 + k), "path": f"test/{k}.jpg"} for k in range(2)],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
     pq.write_table(pa.table({"image": images, "label": [1, 2]}), root / "test.parquet")
     (root / "empty").mkdir()
     return {"folder": folder, "tar": root / "val.tar", "parquet": root / "test.parquet", "empty": root / "empty"}
@@ -51,7 +53,9 @@ def sets(tmp_path_factory) -> dict[str, Path]:
 def test_folder_tar_and_parquet_sets(sets: dict[str, Path]) -> None:
     folder = EvalSet.open("val", str(sets["folder"]))
     assert folder.kind == "folder" and [m for m, _ in folder.members] == [
-        "broken.png", *[f"n01440764/ILSVRC2012_val_{k:08d}.JPEG" for k in range(3)]]  # fmt: skip
+        "broken.png",
+        *[f"n01440764/ILSVRC2012_val_{k:08d}.JPEG" for k in range(3)],
+    ]
     cols = fingerprint_images(read_chunk(folder.members, folder.kind, None), ImageSettings())
     assert cols["error"] == ["not_an_image", None, None, None]  # counted with its reason, the others fingerprinted
     assert cols["phash"][0] is None and all(h is not None for h in cols["phash"][1:])
@@ -84,8 +88,12 @@ def test_prepare_refuses_a_bad_set_before_any_work(which: str, sets: dict[str, P
     (raw / "n01440764" / "n01440764_1.JPEG").write_bytes(_jpeg(30))
     url = str(tmp_path / "missing") if which == "missing" else str(sets["empty"])
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "in21k", "prepare", "--raw", str(raw), "--out", str(out),
-                           "--against", f"val={url}"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "in21k", "prepare", "--raw", str(raw), "--out", str(out), "--against", f"val={url}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"in21k prepare: error: --against val={url}: ")
     assert "Traceback" not in proc.stderr and not out.exists()  # nothing written, no Ray started

@@ -60,29 +60,40 @@ def test_a_huge_bucket_is_compared_within_a_window() -> None:
 def test_components_and_exact_copies() -> None:
     label = dedup.components(8, np.array([5, 1, 6, 3]), np.array([1, 2, 7, 7]))
     assert label.tolist() == [0, 1, 1, 3, 4, 1, 3, 3]
-    copies, originals = dedup.exact_copies(np.array([7, 9, 7, 9, 7, 5], np.uint64), np.array([1, 1, 1, 1, 2, 1],
-                                                                                              np.uint64))  # fmt: skip
+    copies, originals = dedup.exact_copies(
+        np.array([7, 9, 7, 9, 7, 5], np.uint64), np.array([1, 1, 1, 1, 2, 1], np.uint64)
+    )
     # rows 2 and 3 copy rows 0 and 1; row 4 has the same pixel hash as 0 but another phash: not the same picture
     assert copies.tolist() == [2, 3] and originals.tolist() == [0, 1]
 
 
 def _release(cls: list[int], val: list[bool], pixels: list[int], phash: list[int]) -> clean.Release:
     n = len(cls)
-    return clean.Release(part=np.zeros(n, np.int32), position=np.arange(n, dtype=np.int32),
-                         phash=np.array(phash, np.uint64), pixel_hash=np.arange(n, dtype=np.uint64) + 100,
-                         cls=np.array(cls, np.int32), val=np.array(val), pixels=np.array(pixels, np.int64))  # fmt: skip
+    return clean.Release(
+        part=np.zeros(n, np.int32),
+        position=np.arange(n, dtype=np.int32),
+        phash=np.array(phash, np.uint64),
+        pixel_hash=np.arange(n, dtype=np.uint64) + 100,
+        cls=np.array(cls, np.int32),
+        val=np.array(val),
+        pixels=np.array(pixels, np.int64),
+    )
 
 
 def _decide(release: clean.Release, policy: clean.Policy, evals: clean.EvalImages | None = None) -> dict[str, dict]:
-    evals = evals or clean.EvalImages(np.empty(0, np.int16), [], np.empty(0, np.uint64),
-                                      np.empty((0, COLOR_BYTES), np.uint8), [])  # fmt: skip
+    evals = evals or clean.EvalImages(
+        np.empty(0, np.int16), [], np.empty(0, np.uint64), np.empty((0, COLOR_BYTES), np.uint8), []
+    )
     keys = [f"n0000000{c}_{k}" for k, c in enumerate(release.cls.tolist())]
 
     def details(rows: np.ndarray, columns: tuple[str, ...]) -> dict:
-        every = {"key": pa.array([keys[r] for r in rows], pa.string()),
-                 "colors": np.full((len(rows), COLOR_BYTES), 100, np.uint8),
-                 "source": pa.array(["raw"] * len(rows), pa.string()), "offset": np.zeros(len(rows), np.int64),
-                 "src_bytes": np.zeros(len(rows), np.int64)}  # fmt: skip
+        every = {
+            "key": pa.array([keys[r] for r in rows], pa.string()),
+            "colors": np.full((len(rows), COLOR_BYTES), 100, np.uint8),
+            "source": pa.array(["raw"] * len(rows), pa.string()),
+            "offset": np.zeros(len(rows), np.int64),
+            "src_bytes": np.zeros(len(rows), np.int64),
+        }
         return {c: every[c] for c in columns}
 
     table, summary = clean.decide(release, details, evals, policy, np.array([1, 2, 3]))  # the join in this process
@@ -93,8 +104,12 @@ def _decide(release: clean.Release, policy: clean.Policy, evals: clean.EvalImage
 
 # Members 0-2: one picture (hashes 0 and 3 bits apart) in classes 0, 0 and 2; 3: another picture; 4: a third
 # picture twice in class 1, one copy in validation.
-PICTURE = dict(cls=[0, 0, 2, 1, 1, 1], val=[False, False, False, False, True, False],
-               pixels=[100, 900, 50, 10, 10, 99], phash=[0, 0b111, 0b1, 2**64 - 1, 2**40 - 1, 2**40 - 1])  # fmt: skip
+PICTURE = dict(
+    cls=[0, 0, 2, 1, 1, 1],
+    val=[False, False, False, False, True, False],
+    pixels=[100, 900, 50, 10, 10, 99],
+    phash=[0, 0b111, 0b1, 2**64 - 1, 2**40 - 1, 2**40 - 1],
+)
 
 
 def test_policies_in_a_class_and_across_classes() -> None:
@@ -122,9 +137,13 @@ def test_policies_in_a_class_and_across_classes() -> None:
 
 @pytest.mark.parametrize("dedup_on", [True, False])
 def test_an_evaluation_match_is_removed_with_its_name(dedup_on: bool) -> None:
-    evals = clean.EvalImages(np.array([0], np.int16), ["val/ILSVRC2012_val_00000001.JPEG"],
-                             np.array([2**64 - 1], np.uint64), np.full((1, COLOR_BYTES), 100, np.uint8),
-                             ["imagenet1k-val"])  # fmt: skip
+    evals = clean.EvalImages(
+        np.array([0], np.int16),
+        ["val/ILSVRC2012_val_00000001.JPEG"],
+        np.array([2**64 - 1], np.uint64),
+        np.full((1, COLOR_BYTES), 100, np.uint8),
+        ["imagenet1k-val"],
+    )
     out = _decide(_release(**PICTURE), clean.Policy(dedup=dedup_on), evals)
     hit = out["n00000001_3"]
     assert (hit["status"], hit["reason"]) == ("rejected", clean.REASON_EVAL)

@@ -30,8 +30,10 @@ def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
 def pictures() -> list[bytes]:
     paths = drawing_paths(CLASS)
     rng = np.random.default_rng(4)
-    return [_jpeg(render(paths[CLASS[-1]], (int(rng.integers(300, 480)), int(rng.integers(280, 400))), rng))
-            for _ in range(12)]  # fmt: skip
+    return [
+        _jpeg(render(paths[CLASS[-1]], (int(rng.integers(300, 480)), int(rng.integers(280, 400))), rng))
+        for _ in range(12)
+    ]
 
 
 def _fp(datas: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

@@ -132,9 +132,17 @@ def test_fast_path_decodes_at_the_dct_scale(spy: SpyJpeg) -> None:
 
 @pytest.mark.parametrize(
     "size,want",
-    [((447, 460), (224, 224)), ((448, 448), (224, 224)), ((1791, 1800), (224, 224)), ((3584, 2000), (224, 224)),
-     ((1000, 999), (224, 224)), ((640, 480), (320, 240)), ((100, 80), (224, 224)), ((900, 600), (900, 600))],
-)  # fmt: skip
+    [
+        ((447, 460), (224, 224)),
+        ((448, 448), (224, 224)),
+        ((1791, 1800), (224, 224)),
+        ((3584, 2000), (224, 224)),
+        ((1000, 999), (224, 224)),
+        ((640, 480), (320, 240)),
+        ((100, 80), (224, 224)),
+        ((900, 600), (900, 600)),
+    ],
+)
 def test_dct_scale_is_pillows_draft_rule(size: tuple[int, int], want: tuple[int, int]) -> None:
     img = Image.open(io.BytesIO(encode(Image.new("RGB", size, (90, 120, 30)))))
     img.draft(None, want)

@@ -21,10 +21,16 @@ WEBP = b"RIFF\x20\x00\x00\x00WEBPVP8 " + b"y" * 40
 
 @pytest.mark.parametrize(
     ("path", "split"),
-    [("data/train-00000-of-00010.parquet", "train"), ("data/validation-00000-of-00001.parquet", "validation"),
-     ("val/0001.parquet", "validation"), ("test/x.parquet", "test"), ("imagenet_valid.parquet", "validation"),
-     ("intervals/part-0.parquet", "unsplit"), ("training/retrain-1.parquet", "train")],
-)  # fmt: skip
+    [
+        ("data/train-00000-of-00010.parquet", "train"),
+        ("data/validation-00000-of-00001.parquet", "validation"),
+        ("val/0001.parquet", "validation"),
+        ("test/x.parquet", "test"),
+        ("imagenet_valid.parquet", "validation"),
+        ("intervals/part-0.parquet", "unsplit"),
+        ("training/retrain-1.parquet", "train"),
+    ],
+)
 def test_split_of_a_path(path: str, split: str) -> None:
     assert split_of(path) == split
 
@@ -36,10 +42,18 @@ def test_names_from_a_readme_and_every_row_staged_with_its_wnid(tmp_path) -> Non
         "---\ndataset_info:\n  features:\n  - name: img\n    dtype: image\n  - name: target\n    dtype:\n"
         "      class_label:\n        names:\n          '0': n01440764\n          '1': n01443537\n---\n# a set\n"
     )
-    images = [{"bytes": JPEG, "path": "a/n01440764_1.JPEG"}, {"bytes": WEBP, "path": None}, None,
-              {"bytes": JPEG, "path": "n01443537_9.JPEG"}]  # fmt: skip
-    table = pa.table({"img": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-                      "target": pa.array([0, 1, -1, None], pa.int64())})  # fmt: skip
+    images = [
+        {"bytes": JPEG, "path": "a/n01440764_1.JPEG"},
+        {"bytes": WEBP, "path": None},
+        None,
+        {"bytes": JPEG, "path": "n01443537_9.JPEG"},
+    ]
+    table = pa.table(
+        {
+            "img": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            "target": pa.array([0, 1, -1, None], pa.int64()),
+        }
+    )
     pq.write_table(table, root / "data" / "train-00000-of-00001.parquet")
     fs = fsspec.filesystem("file")
     files = [str(root / "data" / "train-00000-of-00001.parquet")]
@@ -50,8 +64,12 @@ def test_names_from_a_readme_and_every_row_staged_with_its_wnid(tmp_path) -> Non
     rows = stage_file(container)
     assert rows["wnid"] == ["n01440764", "n01443537", UNLABELLED, UNLABELLED]
     # Rows without a file name are named after the file and the row (and their format).
-    assert rows["member"] == ["n01440764_1.JPEG", "data__train-00000-of-00001_00000001.webp",
-                              "data__train-00000-of-00001_00000002.bin", "n01443537_9.JPEG"]  # fmt: skip
+    assert rows["member"] == [
+        "n01440764_1.JPEG",
+        "data__train-00000-of-00001_00000001.webp",
+        "data__train-00000-of-00001_00000002.bin",
+        "n01443537_9.JPEG",
+    ]
     assert rows["size"] == [len(JPEG), len(WEBP), 0, len(JPEG)]
     staged = rows["source"][0]
     assert staged.endswith("staging/parquet/train/data__train-00000-of-00001.tar")

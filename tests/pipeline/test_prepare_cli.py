@@ -127,9 +127,28 @@ def test_joining_a_cluster_without_a_token_is_one_error_line(tmp_path: Path) -> 
         address = f"127.0.0.1:{s.getsockname()[1]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     env.update(RAY_AUTH_MODE="token", HOME=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "in21k", "prepare", "--raw", str(raw), "--out", str(tmp_path / "out"),
-                           "--min-images", "1", "--val-per-class", "0", "--ray-address", address],
-                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "in21k",
+            "prepare",
+            "--raw",
+            str(raw),
+            "--out",
+            str(tmp_path / "out"),
+            "--min-images",
+            "1",
+            "--val-per-class",
+            "0",
+            "--ray-address",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
     assert errors[0].startswith(f"in21k prepare: error: the Ray cluster at {address} requires an auth token")

@@ -141,8 +141,9 @@ class Submission:
         self.cluster, self.log = cluster, log
         self.cmd = cluster.submit_command(entrypoint)
         with log.open("w") as f:
-            self.proc = subprocess.Popen(self.cmd, stdout=f, stderr=subprocess.STDOUT, env=cluster.client_env(),
-                                         start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=f, stderr=subprocess.STDOUT, env=cluster.client_env(), start_new_session=True
+            )
         self.started = time.monotonic()
 
     @property
@@ -208,8 +209,10 @@ def test_a_worker_node_killed_midway(live_cluster, s3_server, raw, reference, tm
     killed_at = time.monotonic()
     live_cluster.kill_node(victim)
     assert job.wait() == 0, job.text[-4000:]
-    print(f"{victim} killed while writing a shard, {at_kill}/{total} shards finished; the job finished "
-          f"{time.monotonic() - killed_at:.0f} s later on {survivor} alone")  # fmt: skip
+    print(
+        f"{victim} killed while writing a shard, {at_kill}/{total} shards finished; the job finished "
+        f"{time.monotonic() - killed_at:.0f} s later on {survivor} alone"
+    )
     assert at_kill < total - 5, f"the kill came too late: {at_kill}/{total} shards were finished"
     tasks = live_cluster.tasks(job.job_id(), "write_shard")
     attempts = Counter((t["node"], t["attempt_number"], t["state"]) for t in tasks)
@@ -240,8 +243,10 @@ def test_the_driver_killed_midway_then_the_same_submit_again(live_cluster, s3_se
     logs = again.logs()
     resumed = re.search(r"resuming: (\d+) of (\d+) shards are finished and will not be redone", logs)
     assert resumed and int(resumed.group(1)) >= at_kill, logs[-3000:]
-    print(f"driver killed with {at_kill}/{total} shards finished ({finished} when the job had failed); the rerun "
-          f"skipped {resumed.group(1)} and finished in {time.monotonic() - again.started:.0f} s")  # fmt: skip
+    print(
+        f"driver killed with {at_kill}/{total} shards finished ({finished} when the job had failed); the rerun "
+        f"skipped {resumed.group(1)} and finished in {time.monotonic() - again.started:.0f} s"
+    )
     assert outputs(s3_server, out) == reference
 
 
@@ -261,9 +266,11 @@ def test_an_object_store_outage_midway(live_cluster, s3_server, raw, reference, 
     logs = job.logs()
     shard_retries = re.findall(r"shard \S+ failed \(.*\); retry (\d+) of \d+ in", logs)
     read_retries = re.findall(r"byte ranges failed .*; retrying in", logs)
-    print(f"S3 down {back - stopped:.0f} s from {at_stop}/{total} shards finished; job done "
-          f"{time.monotonic() - back:.0f} s after it came back; {len(shard_retries)} shard retries (at most attempt "
-          f"{max(map(int, shard_retries), default=0)}), {len(read_retries)} read retries inside tasks")  # fmt: skip
+    print(
+        f"S3 down {back - stopped:.0f} s from {at_stop}/{total} shards finished; job done "
+        f"{time.monotonic() - back:.0f} s after it came back; {len(shard_retries)} shard retries (at most attempt "
+        f"{max(map(int, shard_retries), default=0)}), {len(read_retries)} read retries inside tasks"
+    )
     for line in logs.splitlines():
         if "WARNING" in line or "retry" in line or "retrying" in line:
             print("   ", line[:300])
@@ -280,8 +287,13 @@ def test_the_cluster_refuses_whoever_lacks_its_token(cluster, tmp_path) -> None:
         assert refused.value.code == status
     marker = f"refused-{tmp_path.name}"
     for token, answer in ((None, "Missing authentication token"), ("0" * 64, "Invalid authentication token")):
-        done = subprocess.run(cluster.submit_command(["echo", marker]), env=cluster.client_env(token),
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            cluster.submit_command(["echo", marker]),
+            env=cluster.client_env(token),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode != 0 and answer in done.stderr, done.stderr[-2000:]
     assert not [j for j in cluster.jobs() if marker in j.get("entrypoint", "")]  # with the token: no such job
     for name, node in cluster.nodes.items():
@@ -296,8 +308,21 @@ def test_prepare_joins_a_protected_cluster_only_with_its_token(cluster, raw, s3_
     stops at once with one ``error:`` line that names the variables to set."""
     out = f"s3://{BUCKET}/plan-from-outside"
     small = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
-    argv = [str(BIN / "python"), "-m", "in21k", "prepare", "--raw", raw, "--out", out, "--ray-address",
-            cluster.gcs_address, "--plan-only", "--no-progress", *small]  # fmt: skip
+    argv = [
+        str(BIN / "python"),
+        "-m",
+        "in21k",
+        "prepare",
+        "--raw",
+        raw,
+        "--out",
+        out,
+        "--ray-address",
+        cluster.gcs_address,
+        "--plan-only",
+        "--no-progress",
+        *small,
+    ]
     for token, says in ((None, "requires an auth token and none was given"), ("0" * 64, "refused the auth token")):
         env = cluster.client_env(token, extra=s3_server.env)
         env.pop("RAY_AUTH_MODE", None)  # what a user sets: the token alone

@@ -25,8 +25,18 @@ from tests.pipeline.conftest import prep_config
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SIZE = 96  # the processed size: the synth's small images (short side 64..224) are partly under it
-SYNTH = dict(classes=6, images="12:30", seed=3, large_share=0.0, small_share=0.3, bad_share=0.1, odd_share=0.1,
-             size=SIZE, min_images=16, val_per_class=3)  # fmt: skip
+SYNTH = dict(
+    classes=6,
+    images="12:30",
+    seed=3,
+    large_share=0.0,
+    small_share=0.3,
+    bad_share=0.1,
+    odd_share=0.1,
+    size=SIZE,
+    min_images=16,
+    val_per_class=3,
+)
 PREP = dict(size=SIZE, min_images=16, val_per_class=3, shard_size=16)
 
 
@@ -63,8 +73,11 @@ def made(tmp_path_factory) -> dict[str, Path]:
     """One synthetic release in the processed layouts and as parquet (same seed: the same images)."""
     root = tmp_path_factory.mktemp("inputs")
     out = {}
-    for name, kw in {"processed": {"layout": "processed"}, "tar.gz": {"layout": "processed-tar-gz"},
-                     "parquet": {"layout": "parquet"}}.items():  # fmt: skip
+    for name, kw in {
+        "processed": {"layout": "processed"},
+        "tar.gz": {"layout": "processed-tar-gz"},
+        "parquet": {"layout": "parquet"},
+    }.items():
         synth(root / name, **kw)
         out[name] = root / name
     return out
@@ -102,8 +115,13 @@ def test_processed_release_keeps_its_split_copies_images_at_size_and_accounts_fo
             assert (r["width"], r["height"]) == (SIZE, SIZE)
     result = json.loads((reference / "report.json").read_text())
     assert result["split"] == "kept as the input gives it"
-    copied = sum(1 for r in rows if r["status"] == "written" and written[r["key"]]["jpg"] != b"" and
-                 not members[r["wnid"]][r["member"]]["copied"])  # fmt: skip
+    copied = sum(
+        1
+        for r in rows
+        if r["status"] == "written"
+        and written[r["key"]]["jpg"] != b""
+        and not members[r["wnid"]][r["member"]]["copied"]
+    )
     assert result["totals"]["copied_at_size"] == copied > 0
     assert 0 < copied < result["totals"]["written"]  # the small ones were resized
     identity = result["release"]
@@ -140,8 +158,9 @@ def test_tar_gz_and_parquet_local_and_on_s3_give_the_same_shards(made, reference
         table = pq.read_table(path)
         names = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"]
         image = table.column("image").combine_chunks()
-        out = pa.table({"jpg": image.field("bytes"),
-                        "wnid": pa.array([names[i] for i in table.column("label").to_pylist()])})  # fmt: skip
+        out = pa.table(
+            {"jpg": image.field("bytes"), "wnid": pa.array([names[i] for i in table.column("label").to_pylist()])}
+        )
         (plain / "data").mkdir(parents=True, exist_ok=True)
         pq.write_table(out, plain / "data" / path.name)
     summary = prepare(prep_config(str(plain), tmp_path / "pq-plain", **PREP))
@@ -213,8 +232,11 @@ def test_bad_input_is_one_line_before_any_work(case, expected, made, tmp_path, c
     else:
         raw = str(tmp_path / "set")
         (tmp_path / "set").mkdir()
-        columns = {"name": pa.array(["a"])} if case == "no-image-column" else {
-            "image": pa.array([b"\xff\xd8"]), "label": pa.array([0])}  # fmt: skip
+        columns = (
+            {"name": pa.array(["a"])}
+            if case == "no-image-column"
+            else {"image": pa.array([b"\xff\xd8"]), "label": pa.array([0])}
+        )
         table = pa.table(columns)
         if case == "names-not-wnids":
             features = {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": ["tench"]}}

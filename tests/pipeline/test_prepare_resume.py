@@ -28,10 +28,26 @@ COMPARED = ("_info.json", "classes.tsv", "tree.json", "_work/clean/decisions.par
 
 def command(raw: str, out: Path, eval_set: Path) -> list[str]:
     return [
-        sys.executable, "-m", "in21k", "prepare", "--raw", raw, "--out", str(out), "--num-cpus", "2",
-        "--min-images", str(PREP["min_images"]), "--val-per-class", str(PREP["val_per_class"]),
-        "--shard-size", "4", "--no-progress", "--against", f"synth-eval={eval_set}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "in21k",
+        "prepare",
+        "--raw",
+        raw,
+        "--out",
+        str(out),
+        "--num-cpus",
+        "2",
+        "--min-images",
+        str(PREP["min_images"]),
+        "--val-per-class",
+        str(PREP["val_per_class"]),
+        "--shard-size",
+        "4",
+        "--no-progress",
+        "--against",
+        f"synth-eval={eval_set}",
+    ]
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -72,8 +88,7 @@ def _kill_when(cmd: list[str], log: Path, ready) -> int:
 
 
 def _rerun_and_compare(job: dict, out: Path) -> subprocess.CompletedProcess:
-    rerun = subprocess.run(command(raw_arg(job["raw"]), out, job["eval"]), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    rerun = subprocess.run(command(raw_arg(job["raw"]), out, job["eval"]), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert outputs(out) == job["outputs"]
     assert not list(out.rglob("*.tmp"))

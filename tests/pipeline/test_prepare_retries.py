@@ -93,10 +93,18 @@ def test_a_lost_worker_process_is_rays_to_retry(ray_local, tmp_path) -> None:
             os._exit(1)  # the worker process dies, as when a node is lost or the OOM killer strikes
         return i
 
-    got = dict(_completed(crashes_once, ["shard d.tar"], lambda i: (i, str(tmp_path)), config(max_retries=1),
-                          window=lambda: 1))  # fmt: skip
+    got = dict(
+        _completed(crashes_once, ["shard d.tar"], lambda i: (i, str(tmp_path)), config(max_retries=1), window=lambda: 1)
+    )
     assert got == {0: 0}
     (tmp_path / "e").mkdir()
     with pytest.raises(RuntimeError, match=r"shard e\.tar: its Ray worker process or node was lost, and Ray's "):
-        list(_completed(crashes_once, ["shard e.tar"], lambda i: (i, str(tmp_path / "e")), config(max_retries=0),
-                        window=lambda: 1))  # fmt: skip
+        list(
+            _completed(
+                crashes_once,
+                ["shard e.tar"],
+                lambda i: (i, str(tmp_path / "e")),
+                config(max_retries=0),
+                window=lambda: 1,
+            )
+        )

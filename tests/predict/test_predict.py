@@ -21,12 +21,39 @@ from tests.loaders.prepared_data import class_colour, jpeg_bytes, make_prepared_
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(prepared dataset, run dir) of a short resnet10t run at 32 px."""
     root = tmp_path_factory.mktemp("predict")
-    data = make_prepared_dataset(root / "data", num_classes=8, shard_lengths_train=[16, 16], shard_lengths_val=[8],
-                                 image_size=32, seed=5)  # fmt: skip
+    data = make_prepared_dataset(
+        root / "data", num_classes=8, shard_lengths_train=[16, 16], shard_lengths_val=[8], image_size=32, seed=5
+    )
     run = root / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--model", "resnet10t", "--image-size", "32",
-                 "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
-                 "--run.val-max-batches", "1", "--loader.transform", "eval"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--model",
+                "resnet10t",
+                "--image-size",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--loader.num-workers",
+                "0",
+                "--amp",
+                "none",
+                "--no-plot",
+                "--run.val-max-batches",
+                "1",
+                "--loader.transform",
+                "eval",
+            ]
+        )
+        == 0
+    )
     return data, run
 
 
@@ -93,13 +120,18 @@ def test_predict_original_format_with_our_tree_and_fall11(trained, images, tmp_p
     assert main(["predict", "--checkpoint", str(original), str(images)]) == 2
     assert "--model resnet50 --tree fall11" in capsys.readouterr().err
     args = ["--json", "--threshold", "0", "--image-size", "32", str(images / "img1.jpg")]
-    assert main(["predict", "--checkpoint", str(original), "--model", "resnet10t", "--tree",
-                 str(data / "tree.json"), *args]) == 0  # fmt: skip
+    assert (
+        main(
+            ["predict", "--checkpoint", str(original), "--model", "resnet10t", "--tree", str(data / "tree.json"), *args]
+        )
+        == 0
+    )
     a = _json_lines(capsys.readouterr().out)[0]
     assert main(["predict", "--checkpoint", str(run / "model.pt"), *args]) == 0
     b = _json_lines(capsys.readouterr().out)[0]
-    assert [(p["index"], round(p["prob"], 4)) for p in a["path"]] == [(p["index"], round(p["prob"], 4))
-                                                                      for p in b["path"]]  # fmt: skip
+    assert [(p["index"], round(p["prob"], 4)) for p in a["path"]] == [
+        (p["index"], round(p["prob"], 4)) for p in b["path"]
+    ]
     # The built-in fall11 tree (11,221 classes): an untrained model in the original's plain layout.
     from in21k.training.model import build_model
 

@@ -167,8 +167,11 @@ def test_processed_layout_follows_the_original_script_and_parquet_holds_its_spli
         else:
             assert splits <= {"small_classes"}
         for name, v in kept.items():
-            folder = {"train": "imagenet21k_train", "validation": "imagenet21k_val",
-                      "small_classes": "imagenet21k_small_classes"}[v["split"]]  # fmt: skip
+            folder = {
+                "train": "imagenet21k_train",
+                "validation": "imagenet21k_val",
+                "small_classes": "imagenet21k_small_classes",
+            }[v["split"]]
             with Image.open(root / folder / c["wnid"] / name) as im:
                 assert (im.size == (96, 96)) != (v["copied"] and min(im.size) < 96), (name, im.size)
     parquet = write_synthetic_release(_cfg(tmp_path / "q", layout="parquet", image_format="webp", **kw))
@@ -193,8 +196,9 @@ def test_planted_copies_and_evaluation_set_are_listed_pair_by_pair(tmp_path):
         (k, s) for k in PLANT_KINDS for s in SCOPES
     )
     assert sum(p["scope"] == "eval" for p in pairs) == 3 and report["planted"]["eval_set"]["unreadable"] == 1
-    tars = {c["wnid"]: _read_class_tar((tmp_path / "planted" / f"{c['wnid']}.tar").read_bytes())
-            for c in report["classes"]}  # fmt: skip
+    tars = {
+        c["wnid"]: _read_class_tar((tmp_path / "planted" / f"{c['wnid']}.tar").read_bytes()) for c in report["classes"]
+    }
     for p in pairs:
         copy = tars[p["copy"]["wnid"]][p["copy"]["member"]]
         assert _decodes(copy)

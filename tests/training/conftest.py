@@ -18,11 +18,36 @@ NOT_IN_TREE = ["n02085374", "zz_not_a_wnid"]  # toy dog (a real wnid, not in tha
 def pretrained(tmp_path_factory) -> Path:
     """model.pt of a short 21K run (resnet10t, 32 px) on the first 8 real wnids."""
     root = tmp_path_factory.mktemp("ft21k")
-    data = make_prepared_dataset(root / "data", num_classes=8, shard_lengths_train=[16, 16], shard_lengths_val=[8],
-                                 image_size=32, seed=7)  # fmt: skip
-    assert main(["train", "--data", str(data), "--out", str(root / "run"), "--model", "resnet10t", "--image-size",
-                 "32", "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
-                 "--run.val-max-batches", "1"]) == 0  # fmt: skip
+    data = make_prepared_dataset(
+        root / "data", num_classes=8, shard_lengths_train=[16, 16], shard_lengths_val=[8], image_size=32, seed=7
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(root / "run"),
+                "--model",
+                "resnet10t",
+                "--image-size",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--loader.num-workers",
+                "0",
+                "--amp",
+                "none",
+                "--no-plot",
+                "--run.val-max-batches",
+                "1",
+            ]
+        )
+        == 0
+    )
     return root / "run" / "model.pt"
 
 

@@ -12,9 +12,36 @@ from in21k.cli import main
 @pytest.mark.slow
 def test_bench_train_makes_data_and_reports_ratio(tmp_path, capsys):
     data = tmp_path / "bench"
-    rc = main(["bench", "train", "--make-data", str(data), "--make-images", "32", "--make-shards", "2",
-               "--make-workers", "1", "--model", "resnet10t", "--batch-size", "4", "--steps", "2", "--warmup", "1",
-               "--image-size", "32", "--loader.num-workers", "1", "--amp", "none", "--tree", "fall11"])  # fmt: skip
+    rc = main(
+        [
+            "bench",
+            "train",
+            "--make-data",
+            str(data),
+            "--make-images",
+            "32",
+            "--make-shards",
+            "2",
+            "--make-workers",
+            "1",
+            "--model",
+            "resnet10t",
+            "--batch-size",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--image-size",
+            "32",
+            "--loader.num-workers",
+            "1",
+            "--amp",
+            "none",
+            "--tree",
+            "fall11",
+        ]
+    )
     assert rc == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["num_classes"] == 11221 and r["synthetic_img_s"] > 0 and r["loader_img_s"] > 0

@@ -46,9 +46,27 @@ def _row_and_json(out: str) -> tuple[list[str], dict]:
 @pytest.mark.slow
 def test_bench_train_prints_a_complete_row_on_cpu(capsys):
     # Search start 2: BatchNorm cannot train on one sample whose feature map is 1x1 (32 px input).
-    rc = main(["bench", "train", "--model", "mobilenetv3_large_100", "--image-size", "32", "--max-batch", "6",
-               "--search-start", "2", "--steps", "2", "--warmup", "1", "--amp", "none",
-               "--no-channels-last"])  # fmt: skip
+    rc = main(
+        [
+            "bench",
+            "train",
+            "--model",
+            "mobilenetv3_large_100",
+            "--image-size",
+            "32",
+            "--max-batch",
+            "6",
+            "--search-start",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--amp",
+            "none",
+            "--no-channels-last",
+        ]
+    )
     assert rc == 0
     lines, r = _row_and_json(capsys.readouterr().out)
     assert lines[0] == COLUMNS
@@ -65,8 +83,27 @@ def test_bench_train_prints_a_complete_row_on_cpu(capsys):
 
 @pytest.mark.slow
 def test_bench_infer_prints_a_row_on_cpu_and_json_only(capsys):
-    rc = main(["bench", "infer", "--model", "mobilenetv3_small_050", "--image-size", "32", "--max-batch", "16",
-               "--search-start", "2", "--steps", "3", "--warmup", "1", "--amp", "none", "--json"])  # fmt: skip
+    rc = main(
+        [
+            "bench",
+            "infer",
+            "--model",
+            "mobilenetv3_small_050",
+            "--image-size",
+            "32",
+            "--max-batch",
+            "16",
+            "--search-start",
+            "2",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--amp",
+            "none",
+            "--json",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1  # --json: the JSON line only
@@ -92,8 +129,21 @@ def test_help_renders(command, capsys):
 
 def test_cpu_defaults_are_cpu_sized(capsys):
     """On a CPU, --amp auto means no autocast (bf16 is emulated there) and the step counts are CPU-sized."""
-    rc = main(["bench", "infer", "--model", "mobilenetv3_small_050", "--image-size", "32", "--batch-size", "2",
-               "--device", "cpu", "--json"])  # fmt: skip
+    rc = main(
+        [
+            "bench",
+            "infer",
+            "--model",
+            "mobilenetv3_small_050",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["amp"] == "none" and result["infer_img_s"] > 0

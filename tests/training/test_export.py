@@ -71,8 +71,24 @@ def test_timm_loads_the_export_and_gives_the_logits_in21k_predicts(demo_run, tmp
     original = tmp_path / "resnet10t_miil_21k.pth"
     torch.save({"state_dict": state["model"]}, original)
     from_pth = tmp_path / "export-pth"
-    assert main(["export", "--checkpoint", str(original), "--model", "resnet10t", "--tree",
-                 str(prepared / "tree.json"), "--image-size", "64", "--out", str(from_pth)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(original),
+                "--model",
+                "resnet10t",
+                "--tree",
+                str(prepared / "tree.json"),
+                "--image-size",
+                "64",
+                "--out",
+                str(from_pth),
+            ]
+        )
+        == 0
+    )
 
     # Held-out images at the model's input size (64 px, lossless), and a text file among them.
     images = []

@@ -35,15 +35,34 @@ def test_head_map_initialises_exactly_the_overlapping_rows(pretrained):
     assert init_head(trained.model, tree=trained.tree, class_names=classes, mode="random").mapped == {}
 
 
-FT = ["--epochs", "2", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--run.log-every", "1",
-      "--warmup-epochs", "0.5", "--lr", "0.003"]  # fmt: skip
+FT = [
+    "--epochs", "2",
+    "--batch-size", "8",
+    "--loader.num-workers", "0",
+    "--amp", "none",
+    "--run.log-every", "1",
+    "--warmup-epochs", "0.5",
+    "--lr", "0.003",
+]  # fmt: skip
 
 
 @pytest.mark.slow
 def test_finetune_class_folders_with_head_map_and_exact_resume(pretrained, folders, tmp_path, capsys):
     full = tmp_path / "full"
-    rc = main(["finetune", "--checkpoint", str(pretrained), "--data", str(folders), "--out", str(full),
-               "--head-init", "map", *FT])  # fmt: skip
+    rc = main(
+        [
+            "finetune",
+            "--checkpoint",
+            str(pretrained),
+            "--data",
+            str(folders),
+            "--out",
+            str(full),
+            "--head-init",
+            "map",
+            *FT,
+        ]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["classes"] == 5 and result["head_mapped_rows"] == 3 and result["steps"] == 10  # 40 imgs / 8 x 2
@@ -65,8 +84,25 @@ def test_finetune_class_folders_with_head_map_and_exact_resume(pretrained, folde
     (part / "checkpoints").mkdir(parents=True)
     first = sorted((full / "checkpoints").iterdir())[0]
     (part / "checkpoints" / first.name).write_bytes(first.read_bytes())
-    assert main(["finetune", "--checkpoint", str(pretrained), "--data", str(folders), "--out", str(part),
-                 "--head-init", "map", "--resume", "auto", *FT]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                "--checkpoint",
+                str(pretrained),
+                "--data",
+                str(folders),
+                "--out",
+                str(part),
+                "--head-init",
+                "map",
+                "--resume",
+                "auto",
+                *FT,
+            ]
+        )
+        == 0
+    )
     again = torch.load(part / "model.pt", map_location="cpu", weights_only=True)
     for which in ("model", "ema"):
         assert all(torch.equal(final[which][k], again[which][k]) for k in final[which]), which
@@ -77,17 +113,46 @@ def test_finetune_class_folders_with_head_map_and_exact_resume(pretrained, folde
 
 @pytest.mark.slow
 def test_finetune_prepared_shards_from_original_format_with_sgd(pretrained, tmp_path, capsys):
-    data = make_prepared_dataset(tmp_path / "in1k", num_classes=5, shard_lengths_train=[16, 16],
-                                 shard_lengths_val=[8], image_size=32, seed=2)  # fmt: skip
+    data = make_prepared_dataset(
+        tmp_path / "in1k", num_classes=5, shard_lengths_train=[16, 16], shard_lengths_val=[8], image_size=32, seed=2
+    )
     state = torch.load(pretrained, map_location="cpu", weights_only=True)
     original = tmp_path / "resnet10t_miil_21k.pth"
     torch.save({"state_dict": state["model"]}, original)
     tree21k = tmp_path / "tree21k.json"
     tree21k.write_text(json.dumps(state["tree"]))
-    rc = main(["finetune", "--checkpoint", str(original), "--model", "resnet10t", "--tree", str(tree21k),
-               "--image-size", "32", "--data", str(data), "--out", str(tmp_path / "run"), "--head-init", "map",
-               "--optimizer", "sgd", "--no-ema", "--epochs", "1", "--batch-size", "8", "--loader.num-workers", "0",
-               "--amp", "none", "--config", "configs/finetune/sgd.yaml"])  # fmt: skip
+    rc = main(
+        [
+            "finetune",
+            "--checkpoint",
+            str(original),
+            "--model",
+            "resnet10t",
+            "--tree",
+            str(tree21k),
+            "--image-size",
+            "32",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--head-init",
+            "map",
+            "--optimizer",
+            "sgd",
+            "--no-ema",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--loader.num-workers",
+            "0",
+            "--amp",
+            "none",
+            "--config",
+            "configs/finetune/sgd.yaml",
+        ]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # The 5 classes are the first 5 of the 8 wnids of the 21K tree: every row is mapped.

@@ -71,20 +71,46 @@ def test_kd_top_k_is_five_percent_rounded_up():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kd_data")
-    return make_prepared_dataset(root, num_classes=8, shard_lengths_train=[32, 32], shard_lengths_val=[8],
-                                 image_size=32, seed=3)  # fmt: skip
+    return make_prepared_dataset(
+        root, num_classes=8, shard_lengths_train=[32, 32], shard_lengths_val=[8], image_size=32, seed=3
+    )
 
 
 # No augmentation (--loader.transform eval): on 64 images at 32 px the loss trend is then a clean signal.
-COMMON = ["--image-size", "32", "--batch-size", "8", "--loader.num-workers", "0", "--amp", "none", "--no-plot",
-          "--run.val-max-batches", "1", "--run.log-every", "1", "--loader.transform", "eval"]  # fmt: skip
+COMMON = [
+    "--image-size", "32",
+    "--batch-size", "8",
+    "--loader.num-workers", "0",
+    "--amp", "none",
+    "--no-plot",
+    "--run.val-max-batches", "1",
+    "--run.log-every", "1",
+    "--loader.transform", "eval",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def teacher_run(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("teacher")
-    assert main(["train", "--data", str(data), "--out", str(run), "--model", "resnet10t", "--epochs", "2",
-                 "--lr", "0.003", *COMMON]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--model",
+                "resnet10t",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.003",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -95,8 +121,26 @@ def _train_records(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_kd_run_with_our_teacher_lowers_its_loss(data, teacher_run, tmp_path):
     run = tmp_path / "student"
-    rc = main(["train", "--data", str(data), "--out", str(run), "--model", "resnet10t", "--epochs", "3",
-               "--teacher", str(teacher_run / "model.pt"), "--kd-weight", "2", "--lr", "0.003", *COMMON])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--model",
+            "resnet10t",
+            "--epochs",
+            "3",
+            "--teacher",
+            str(teacher_run / "model.pt"),
+            "--kd-weight",
+            "2",
+            "--lr",
+            "0.003",
+            *COMMON,
+        ]
+    )
     assert rc == 0
     train = _train_records(run)
     assert len(train) == 24 and all("kd_loss" in r for r in train)
@@ -115,8 +159,21 @@ def test_kd_with_original_format_teacher_and_exact_resume(data, teacher_run, tmp
     state = torch.load(teacher_run / "model.pt", map_location="cpu", weights_only=True)["model"]
     original = tmp_path / "resnet10t_miil_21k.pth"
     torch.save({"state_dict": state}, original)  # the original's published layout
-    base = ["--data", str(data), "--model", "resnet10t", "--epochs", "1", "--teacher", str(original),
-            "--run.save-every", "2", "--run.keep-last", "10", *COMMON]  # fmt: skip
+    base = [
+        "--data",
+        str(data),
+        "--model",
+        "resnet10t",
+        "--epochs",
+        "1",
+        "--teacher",
+        str(original),
+        "--run.save-every",
+        "2",
+        "--run.keep-last",
+        "10",
+        *COMMON,
+    ]
     args = [*base, "--teacher-model", "resnet10t"]
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), *args]) == 0

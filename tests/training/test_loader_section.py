@@ -22,8 +22,15 @@ from in21k.loaders.options import LoaderOptions
 from in21k.training.config import TrainConfig
 from tests.loaders.prepared_data import make_prepared_dataset
 
-TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--amp", "none",
-         "--no-plot", "--run.log-every", "1"]  # fmt: skip
+TRAIN = [
+    "--model", "resnet10t",
+    "--image-size", "32",
+    "--epochs", "1",
+    "--batch-size", "4",
+    "--amp", "none",
+    "--no-plot",
+    "--run.log-every", "1",
+]  # fmt: skip
 
 
 def test_every_create_loader_option_has_a_key_in_the_section():
@@ -32,8 +39,19 @@ def test_every_create_loader_option_has_a_key_in_the_section():
     from in21k.loaders import create_loader
 
     # What the trainer decides itself; everything else of create_loader is a LoaderOptions field.
-    trainer_owned = {"data", "split", "batch_size", "options", "seed", "train", "image_size", "decode", "rank",
-                     "world_size", "option_overrides"}  # fmt: skip
+    trainer_owned = {
+        "data",
+        "split",
+        "batch_size",
+        "options",
+        "seed",
+        "train",
+        "image_size",
+        "decode",
+        "rank",
+        "world_size",
+        "option_overrides",
+    }
     params = set(inspect.signature(create_loader).parameters) - trainer_owned
     fields = {f.name for f in dataclasses.fields(LoaderOptions)}
     assert params <= fields  # nothing is left unreachable
@@ -53,15 +71,20 @@ def test_yaml_section_and_flags_merge(tmp_path):
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "in21k", *args], capture_output=True, text=True, timeout=300,
-                          env=env)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "in21k", *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.s3
 @pytest.mark.slow
 def test_storage_options_and_shard_errors_from_yaml(s3_server, tmp_path):
-    local = make_prepared_dataset(tmp_path / "local", num_classes=4, shard_lengths_train=[8, 8, 8, 8],
-                                  shard_lengths_val=[8], image_size=32, seed=3)  # fmt: skip
+    local = make_prepared_dataset(
+        tmp_path / "local",
+        num_classes=4,
+        shard_lengths_train=[8, 8, 8, 8],
+        shard_lengths_val=[8],
+        image_size=32,
+        seed=3,
+    )
     bucket = s3_server.make_bucket("in21k-loader-yaml")
     s3_server.upload_dir(local, bucket, "p")
     s3_server.client().delete_object(Bucket=bucket, Key="p/train/in21k-train-000002.tar")
@@ -71,8 +94,9 @@ def test_storage_options_and_shard_errors_from_yaml(s3_server, tmp_path):
     config = {"loader": {"storage_options": s3_server.storage_options, "shard_errors": "skip", "num_workers": 1}}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
 
-    proc = run(["train", "--data", url, "--out", str(tmp_path / "run"), "--config", str(tmp_path / "train.yaml"),
-                *TRAIN], env)  # fmt: skip
+    proc = run(
+        ["train", "--data", url, "--out", str(tmp_path / "run"), "--config", str(tmp_path / "train.yaml"), *TRAIN], env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     loader = next(r for r in records if r["kind"] == "loader")
@@ -83,8 +107,21 @@ def test_storage_options_and_shard_errors_from_yaml(s3_server, tmp_path):
 
     # The same run with the default policy, the section's other keys given as flags instead of YAML.
     (tmp_path / "creds.yaml").write_text(yaml.safe_dump({"loader": {"storage_options": s3_server.storage_options}}))
-    proc = run(["train", "--data", url, "--out", str(tmp_path / "run2"), "--config", str(tmp_path / "creds.yaml"),
-                "--loader.num-workers", "0", *TRAIN], env)  # fmt: skip
+    proc = run(
+        [
+            "train",
+            "--data",
+            url,
+            "--out",
+            str(tmp_path / "run2"),
+            "--config",
+            str(tmp_path / "creds.yaml"),
+            "--loader.num-workers",
+            "0",
+            *TRAIN,
+        ],
+        env,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("in21k train: error: cannot read shard") and "in21k-train-000002.tar" in error

@@ -36,9 +36,22 @@ from tests.training.torchrun import (
 pytestmark = [pytest.mark.dist, pytest.mark.s3, pytest.mark.slow, pytest.mark.cluster]
 
 EPOCHS, STEPS_PER_EPOCH = 2, 4
-TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "4",
-         "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--ema", "--run.save-every", "2",
-         "--run.log-every", "2", "--run.keep-last", "2", "--amp", "none", "--no-plot", "--resume", "auto"]  # fmt: skip
+TRAIN = [
+    "--model", "resnet10t",
+    "--image-size", "32",
+    "--epochs", str(EPOCHS),
+    "--batch-size", "4",
+    "--loader.num-workers", "1",
+    "--loader.transform", "eval",
+    "--lr", "3e-3",
+    "--ema",
+    "--run.save-every", "2",
+    "--run.log-every", "2",
+    "--run.keep-last", "2",
+    "--amp", "none",
+    "--no-plot",
+    "--resume", "auto",
+]  # fmt: skip
 MAX_RESTARTS = 3
 # torch >= 2.4 shares the agent's rendezvous store with the workers by default; then an agent that joins a later
 # rendezvous round (the replacement of a lost node) waits for keys the others published only in round 0, and both
@@ -56,8 +69,9 @@ NODES = (("node0", "127.0.0.2", RDZV_CONF), ("node1", "127.0.0.1", f"{RDZV_CONF}
 def data_url(s3_server, tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("prepared")
     # 2 ranks x 4 per batch x 4 steps = 32 train samples; 4 shards, so each rank's loader worker reads its own.
-    make_prepared_dataset(root, num_classes=8, shard_lengths_train=[8, 8, 8, 8], shard_lengths_val=[8, 8],
-                          image_size=32, seed=0)  # fmt: skip
+    make_prepared_dataset(
+        root, num_classes=8, shard_lengths_train=[8, 8, 8, 8], shard_lengths_val=[8, 8], image_size=32, seed=0
+    )
     bucket = s3_server.make_bucket("in21k-multinode")
     s3_server.upload_dir(root, bucket, "p")
     return f"s3://{bucket}/p"

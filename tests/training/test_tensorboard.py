@@ -19,10 +19,21 @@ from tests.loaders.prepared_data import make_prepared_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
-TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--amp", "none",
-         "--no-plot", "--device", "cpu", "--run.log-every", "1", "--run.max-steps-per-epoch", "3",
-         "--run.val-max-batches", "1", "--loader.num-workers", "0", "--loader.interleave", "1",
-         "--loader.shuffle-block", "8"]  # fmt: skip
+TRAIN = [
+    "--model", "resnet10t",
+    "--image-size", "32",
+    "--epochs", "1",
+    "--batch-size", "8",
+    "--amp", "none",
+    "--no-plot",
+    "--device", "cpu",
+    "--run.log-every", "1",
+    "--run.max-steps-per-epoch", "3",
+    "--run.val-max-batches", "1",
+    "--loader.num-workers", "0",
+    "--loader.interleave", "1",
+    "--loader.shuffle-block", "8",
+]  # fmt: skip
 
 
 def _scalars(run: Path) -> dict[str, list[float]]:
@@ -34,8 +45,9 @@ def _scalars(run: Path) -> dict[str, list[float]]:
 
 
 def test_event_files_hold_every_scalar_and_the_data_wait_share(tmp_path: Path, s3_server) -> None:
-    data = make_prepared_dataset(tmp_path / "data", num_classes=6, shard_lengths_train=[8] * 3,
-                                 shard_lengths_val=[8], image_size=32, seed=3)  # fmt: skip
+    data = make_prepared_dataset(
+        tmp_path / "data", num_classes=6, shard_lengths_train=[8] * 3, shard_lengths_val=[8], image_size=32, seed=3
+    )
     bucket = s3_server.make_bucket("in21k-tensorboard")
     s3_server.upload_dir(data, bucket, "p")
     # Every response crawls: each chunk of each object waits 0.75 s in the proxy (one shard per batch here).
@@ -49,12 +61,31 @@ def test_event_files_hold_every_scalar_and_the_data_wait_share(tmp_path: Path, s
     }
     try:
         runs = {
-            "local": subprocess.Popen([sys.executable, "-m", "in21k", "train", "--data", str(data), "--out",
-                                       str(tmp_path / "local"), *TRAIN], stderr=subprocess.PIPE, text=True, env=env),
-            "slow": subprocess.Popen([sys.executable, "-m", "in21k", "train", "--data", f"s3://{bucket}/p", "--out",
-                                      str(tmp_path / "slow"), *TRAIN, "--loader.storage-options", json.dumps(options)],
-                                     stderr=subprocess.PIPE, text=True, env=env),
-        }  # fmt: skip
+            "local": subprocess.Popen(
+                [sys.executable, "-m", "in21k", "train", "--data", str(data), "--out", str(tmp_path / "local"), *TRAIN],
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            ),
+            "slow": subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "in21k",
+                    "train",
+                    "--data",
+                    f"s3://{bucket}/p",
+                    "--out",
+                    str(tmp_path / "slow"),
+                    *TRAIN,
+                    "--loader.storage-options",
+                    json.dumps(options),
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            ),
+        }
         for name, proc in runs.items():
             _, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, f"{name}: {err[-3000:]}"

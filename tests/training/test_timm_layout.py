@@ -54,8 +54,13 @@ def test_imagenet21k_miil_label_order_and_resnet50_miil_in21k_weights(tmp_path) 
     # The plan of a release holding these classes (one member each) and one more: index i == line i.
     extra = "n00001740"  # entity.n.01, not in the list
     wnids = [*lines, extra]
-    index = {"wnid": wnids, "member": [f"{w}_1.JPEG" for w in wnids], "source": ["s"] * len(wnids),
-             "offset": list(range(len(wnids))), "size": [100] * len(wnids)}  # fmt: skip
+    index = {
+        "wnid": wnids,
+        "member": [f"{w}_1.JPEG" for w in wnids],
+        "source": ["s"] * len(wnids),
+        "offset": list(range(len(wnids))),
+        "size": [100] * len(wnids),
+    }
     plan = make_plan(index, PrepareConfig(raw="r", out="o", min_images=2, val_per_class=0), class_list=listed.wnids)
     assert plan.kept_wnids == lines
     assert all(c.index == (lines.index(c.wnid) if c.kept else -1) for c in plan.classes[:50] + plan.classes[-50:])

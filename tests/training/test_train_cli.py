@@ -17,24 +17,64 @@ from tests.loaders.prepared_data import make_prepared_dataset
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prepared1")
-    return make_prepared_dataset(root, num_classes=6, shard_lengths_train=[12, 12], shard_lengths_val=[6],
-                                 image_size=(40, 28), seed=1)  # fmt: skip
+    return make_prepared_dataset(
+        root, num_classes=6, shard_lengths_train=[12, 12], shard_lengths_val=[6], image_size=(40, 28), seed=1
+    )
 
 
 def test_alternative_recipe_with_gpu_decode_path_on_cpu(data, tmp_path, capsys):
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text(yaml.safe_dump({"optimizer": "adamw", "schedule": "cosine", "warmup_steps": 1, "ema": True,
-                                   "ema_decay": 0.9, "accum_steps": 2, "loss": "single-label"}))  # fmt: skip
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "optimizer": "adamw",
+                "schedule": "cosine",
+                "warmup_steps": 1,
+                "ema": True,
+                "ema_decay": 0.9,
+                "accum_steps": 2,
+                "loss": "single-label",
+            }
+        )
+    )
     from in21k.training.model import build_model
 
     in1k = tmp_path / "in1k.pth"  # an ImageNet-1K-shaped checkpoint of the same architecture
     torch.save({"state_dict": build_model(name="mobilenetv3_small_050", num_classes=1000).state_dict()}, in1k)
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(data), "--out", str(run), "--config", str(cfg), "--init", str(in1k),
-               "--resume", "auto",
-               "--model", "mobilenetv3_small_050", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
-               "--loader.num-workers", "0", "--gpu-decode", "--amp", "bf16", "--channels-last", "--run.log-every", "1",
-               "--run.val-max-batches", "1"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--config",
+            str(cfg),
+            "--init",
+            str(in1k),
+            "--resume",
+            "auto",
+            "--model",
+            "mobilenetv3_small_050",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--loader.num-workers",
+            "0",
+            "--gpu-decode",
+            "--amp",
+            "bf16",
+            "--channels-last",
+            "--run.log-every",
+            "1",
+            "--run.val-max-batches",
+            "1",
+        ]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["steps"] == 3  # 24 samples / batch 4 = 6 batches, 2 per optimizer step
@@ -79,10 +119,35 @@ def test_resume_from_mid_run_checkpoint_is_exact_with_ema_accum_and_gpu_decode(d
     """A copy of a mid-epoch checkpoint resumed in a fresh run dir ends bit-identical (model and EMA)."""
     import shutil
 
-    args = ["--data", str(data), "--model", "resnet10t", "--image-size", "32", "--epochs", "2", "--batch-size", "2",
-            "--loader.num-workers", "1", "--gpu-decode", "--ema", "--ema-decay", "0.5", "--accum-steps", "2",
-            "--run.save-every", "1", "--run.keep-last", "20", "--amp", "none", "--no-plot",
-            "--run.val-max-batches", "1"]  # fmt: skip
+    args = [
+        "--data",
+        str(data),
+        "--model",
+        "resnet10t",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--loader.num-workers",
+        "1",
+        "--gpu-decode",
+        "--ema",
+        "--ema-decay",
+        "0.5",
+        "--accum-steps",
+        "2",
+        "--run.save-every",
+        "1",
+        "--run.keep-last",
+        "20",
+        "--amp",
+        "none",
+        "--no-plot",
+        "--run.val-max-batches",
+        "1",
+    ]
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), *args]) == 0
     mid = full / "checkpoints" / "ckpt-000000004.pt"  # step 4 of 6 per epoch: mid-epoch 0
@@ -103,9 +168,29 @@ def test_resume_with_other_loader_workers_trains_the_rest_of_the_epoch(data, tmp
     state in the checkpoint makes the rest of the epoch its unseen samples, and the run goes on to the end."""
     import shutil
 
-    args = ["--data", str(data), "--model", "resnet10t", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
-            "--run.save-every", "2", "--run.keep-last", "20", "--amp", "none", "--no-plot",
-            "--run.val-max-batches", "1", "--run.log-every", "1"]  # fmt: skip
+    args = [
+        "--data",
+        str(data),
+        "--model",
+        "resnet10t",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--run.save-every",
+        "2",
+        "--run.keep-last",
+        "20",
+        "--amp",
+        "none",
+        "--no-plot",
+        "--run.val-max-batches",
+        "1",
+        "--run.log-every",
+        "1",
+    ]
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), "--loader.num-workers", "1", *args]) == 0
     mid = full / "checkpoints" / "ckpt-000000002.pt"  # 24 samples / 4 = 6 steps per epoch: step 2 is mid-epoch 0
@@ -128,9 +213,33 @@ def test_resume_with_other_loader_workers_trains_the_rest_of_the_epoch(data, tmp
 def test_default_workers_on_a_two_shard_dataset(data, tmp_path, caplog):
     """Two train shards and the default 8 loader workers: the loader uses 2 and says so in one line."""
     with caplog.at_level("INFO"):
-        assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "resnet10t",
-                     "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--amp", "none", "--no-plot",
-                     "--run.max-steps-per-epoch", "2", "--run.val-max-batches", "1"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(tmp_path / "run"),
+                    "--model",
+                    "resnet10t",
+                    "--image-size",
+                    "32",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "4",
+                    "--amp",
+                    "none",
+                    "--no-plot",
+                    "--run.max-steps-per-epoch",
+                    "2",
+                    "--run.val-max-batches",
+                    "1",
+                ]
+            )
+            == 0
+        )
     lines = [r.getMessage() for r in caplog.records if "loader worker(s) per rank instead of 8" in r.getMessage()]
     assert lines == [
         "split 'train': 2 shard(s) for 1 rank(s): 2 loader worker(s) per rank instead of 8",

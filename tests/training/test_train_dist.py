@@ -18,17 +18,29 @@ from tests.training.torchrun import assert_same_weights, finish, kill_after_firs
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 EPOCHS, STEPS_PER_EPOCH = 2, 8
-TRAIN = ["--model", "resnet10t", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "4",
-         "--loader.num-workers", "1", "--loader.transform", "eval", "--lr", "3e-3", "--run.save-every", "3",
-         "--run.log-every", "2", "--run.keep-last", "2", "--amp", "none", "--no-plot"]  # fmt: skip
+TRAIN = [
+    "--model", "resnet10t",
+    "--image-size", "32",
+    "--epochs", str(EPOCHS),
+    "--batch-size", "4",
+    "--loader.num-workers", "1",
+    "--loader.transform", "eval",
+    "--lr", "3e-3",
+    "--run.save-every", "3",
+    "--run.log-every", "2",
+    "--run.keep-last", "2",
+    "--amp", "none",
+    "--no-plot",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
     # 2 ranks x 4 per batch x 8 steps = 64 train samples; 4 shards so each rank's worker has its own.
-    return make_prepared_dataset(root, num_classes=8, shard_lengths_train=[16, 16, 16, 16],
-                                 shard_lengths_val=[8, 8], image_size=32, seed=0)  # fmt: skip
+    return make_prepared_dataset(
+        root, num_classes=8, shard_lengths_train=[16, 16, 16, 16], shard_lengths_val=[8, 8], image_size=32, seed=0
+    )
 
 
 def launch(data: Path, out: Path, *extra: str, log: Path | None = None):
@@ -75,9 +87,29 @@ def test_torchrun_learns_syncs_and_resumes_exactly(data, tmp_path):
 def test_finetune_under_torchrun_resumes_exactly(pretrained, folders, tmp_path):
     """``in21k finetune`` is the same engine: 2 ranks on class folders, killed after its first checkpoint, resumed
     with --resume auto, ends with the weights (and EMA) of the uninterrupted run, bit for bit."""
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(folders), "--head-init", "map", "--epochs", "2",
-            "--batch-size", "4", "--loader.num-workers", "1", "--amp", "none", "--run.log-every", "1",
-            "--run.save-every", "2", "--run.keep-last", "2"]  # fmt: skip
+    args = [
+        "finetune",
+        "--checkpoint",
+        str(pretrained),
+        "--data",
+        str(folders),
+        "--head-init",
+        "map",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--loader.num-workers",
+        "1",
+        "--amp",
+        "none",
+        "--run.log-every",
+        "1",
+        "--run.save-every",
+        "2",
+        "--run.keep-last",
+        "2",
+    ]
     full = tmp_path / "full"
     # 40 training images: 20 per rank, 5 batches of 4 per epoch; the 10 validation images split over ranks and summed.
     out = finish(torchrun([*args, "--out", str(full)]))

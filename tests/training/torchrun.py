@@ -26,20 +26,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], *, nproc: int = 2, log: Path | None = None, torchrun_args: tuple[str, ...] = (),
-             env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+def torchrun(
+    args: list[str],
+    *,
+    nproc: int = 2,
+    log: Path | None = None,
+    torchrun_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
     """``torchrun --nproc-per-node NPROC ... -m in21k ARGS`` on 127.0.0.1, in a session of its own.
 
     ``env`` adds to (or overrides) this process's environment, e.g. S3 credentials."""
     if not torchrun_args:
-        torchrun_args = ("--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port",
-                         str(free_port()))  # fmt: skip
+        torchrun_args = (
+            "--nproc-per-node",
+            str(nproc),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+        )
     cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args, "-m", "in21k", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     # A new session: the whole torchrun process group (agent, ranks, loader workers) can be killed at once.
     stdout = subprocess.PIPE if log is None else log.open("w")  # a file: nobody reads while the test polls
-    return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
 
 
 def descendants(pid: int) -> list[int]:
@@ -110,14 +121,34 @@ def assert_same_weights(a: Path, b: Path, which: str = "model") -> None:
 
 
 # ----------------------------------------------------------------------------------------- several nodes
-def rendezvous_args(port: int, rdzv_id: str, *, nnodes: int = 2, nproc: int = 1, max_restarts: int = 0,
-                    rdzv_conf: str = "", local_addr: str = "") -> tuple[str, ...]:  # fmt: skip
+def rendezvous_args(
+    port: int,
+    rdzv_id: str,
+    *,
+    nnodes: int = 2,
+    nproc: int = 1,
+    max_restarts: int = 0,
+    rdzv_conf: str = "",
+    local_addr: str = "",
+) -> tuple[str, ...]:
     """torchrun arguments of one node of an ``nnodes`` job with c10d rendezvous at 127.0.0.1:PORT (no --node-rank).
 
     ``local_addr`` (any 127.x.y.z) gives the node an address of its own, as on a cluster: torchrun orders the
     nodes by address (then process id) when it hands out the ranks."""
-    args = ("--nnodes", str(nnodes), "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d", "--rdzv-endpoint",
-            f"127.0.0.1:{port}", "--rdzv-id", rdzv_id, "--max-restarts", str(max_restarts))  # fmt: skip
+    args = (
+        "--nnodes",
+        str(nnodes),
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        rdzv_id,
+        "--max-restarts",
+        str(max_restarts),
+    )
     if rdzv_conf:
         args = (*args, "--rdzv-conf", rdzv_conf)
     return (*args, "--local-addr", local_addr) if local_addr else args

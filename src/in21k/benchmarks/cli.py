@@ -21,7 +21,9 @@ class Bench:
 
 BENCHES = {
     "decode": Bench(
-        "DecodeBenchConfig", "prepare:run_decode_bench", None,
+        "DecodeBenchConfig",
+        "prepare:run_decode_bench",
+        None,
         "images/s per core of prepare's decode+resize+encode path vs the original's cv2 path and the decode limit",
         "Decode, resize to 224 and encode at quality 95 a generated corpus with the release's size mix, in this one "
         "process, image by image interleaved: prepare's path (ours), the original's exact path (original_cv2: "
@@ -30,7 +32,9 @@ BENCHES = {
         "the original against an antialiased reference (mean abs. difference, aliasing on zone plates).",
     ),
     "dedup": Bench(
-        "DedupBenchConfig", "dedup:run_dedup_bench", "dedup:format_result",
+        "DedupBenchConfig",
+        "dedup:run_dedup_bench",
+        "dedup:format_result",
         "precision and recall of prepare's duplicate finder on a release with planted copies",
         "Write a synthetic release with --plant copies of each kind (exact, reencode, rescale, crop, border, colour) "
         "inside and across classes and an evaluation set, run prepare on it with --against (local Ray), and score "
@@ -39,13 +43,17 @@ BENCHES = {
         "fingerprints: the hash alone (no colour check) and an exhaustive search (the join's own recall).",
     ),
     "prepare": Bench(
-        "PrepareBenchConfig", "prepare:run_prepare_bench", None,
+        "PrepareBenchConfig",
+        "prepare:run_prepare_bench",
+        None,
         "end-to-end images/s of the Ray prepare job on N cores vs N x the single-core decode rate",
         "Write a raw release of the bench corpus, measure the single-core decode rate on it, run prepare on a "
         "local Ray with N CPUs, and report ratio = job images/s / (N x single-core rate).",
     ),
     "loader": Bench(
-        "LoaderBenchConfig", "loader:run_bench", "loader:format_result",
+        "LoaderBenchConfig",
+        "loader:run_bench",
+        "loader:format_result",
         "images/s of the streaming loader vs ImageFolder and vs the decode+transform limit",
         "Images/s of in21k's streaming loader against (a) torchvision ImageFolder over the same images extracted "
         "to a temporary folder, same transform and workers, and (b) the per-sample decode+transform work in a "
@@ -56,14 +64,18 @@ BENCHES = {
         "and reports it against local disk.",
     ),
     "tar": Bench(
-        "TarBenchConfig", "tar:run_tar_bench", None,
+        "TarBenchConfig",
+        "tar:run_tar_bench",
+        None,
         "microseconds per sample to read shards into samples: ours vs webdataset's tar iterators",
         "Read the first shards of a local prepared dataset into samples (no decoding) with our tar reader and "
         "with webdataset's (tar_file_expander + group_by_keys), and plain reads of the same bytes as the limit; "
         "ratio_vs_webdataset = webdataset's time per sample / ours.",
     ),
     "storage": Bench(
-        "StorageBenchConfig", "storage:run_storage_bench", "storage:format_result",
+        "StorageBenchConfig",
+        "storage:run_storage_bench",
+        "storage:format_result",
         "the loader from S3 (SeaweedFS on 127.0.0.1) per client (s3fs, pyarrow, obstore) vs local disk",
         "Upload the first shards of a local prepared dataset to a SeaweedFS server started on 127.0.0.1, then time "
         "create_loader epochs from local disk and from s3:// through each client of --clients (fsspec = s3fs, "
@@ -71,7 +83,9 @@ BENCHES = {
         "of the server, and the wall and CPU ratios to local disk (target: >= 0.9 at equal CPU).",
     ),
     "train": Bench(
-        "BenchTrainConfig", "train:bench_train", "train:format_text",
+        "BenchTrainConfig",
+        "train:bench_train",
+        "train:format_text",
         "model-zoo row (maximal batch, train/infer img/s) and loader-fed vs synthetic training img/s",
         "Without --batch-size, find the maximal training batch by search (doubling, then bisection on "
         "out-of-memory; on CPU --max-batch caps it) and time at 90% of it, as the original's model-zoo table did. "
@@ -82,7 +96,9 @@ BENCHES = {
         "then one JSON line (--json: the JSON line only). --make-data first writes a synthetic prepared dataset.",
     ),
     "infer": Bench(
-        "BenchInferConfig", "train:bench_infer", "train:format_text",
+        "BenchInferConfig",
+        "train:bench_infer",
+        "train:format_text",
         "maximal inference batch and inference img/s at 90%% of it (model-zoo row)",
         "Find the maximal inference batch by search (doubling, then bisection on out-of-memory; on CPU "
         "--max-batch caps it), then time inference (eval mode, no grad, autocast) on synthetic device tensors at "
@@ -90,7 +106,7 @@ BENCHES = {
         "train) and the ratio against the original's V100 inference figure (a cross-machine reference), then "
         "one JSON line (--json: the JSON line only).",
     ),
-}  # fmt: skip
+}
 
 
 def _function(spec: str):

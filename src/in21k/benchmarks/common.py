@@ -19,8 +19,13 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    out: dict[str, Any] = {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-                           "pillow": PIL.__version__, "pillow_simd": ".post" in PIL.__version__}  # fmt: skip
+    out: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "pillow": PIL.__version__,
+        "pillow_simd": ".post" in PIL.__version__,
+    }
     with contextlib.suppress(ImportError):
         import torch
 

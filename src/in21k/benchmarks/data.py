@@ -75,8 +75,16 @@ def _bench_shard(args: tuple) -> tuple[str, int]:
     return Path(path).name, len(write_samples(path, samples()))
 
 
-def make_bench_data(root: str | Path, *, images: int, shards: int, tree_name: str = "fall11", image_size: int = 224,
-                    workers: int = 0, seed: int = 0) -> Path:  # fmt: skip
+def make_bench_data(
+    root: str | Path,
+    *,
+    images: int,
+    shards: int,
+    tree_name: str = "fall11",
+    image_size: int = 224,
+    workers: int = 0,
+    seed: int = 0,
+) -> Path:
     """A prepared dataset (``_info.json``, tree, train and validation shards) of random-label JPEGs."""
     from multiprocessing import get_context
 
@@ -92,11 +100,17 @@ def make_bench_data(root: str | Path, *, images: int, shards: int, tree_name: st
     for split, n_img, n_shards in (("train", images, shards), ("validation", max(images // 20, 64), 4)):
         (root / split).mkdir(parents=True, exist_ok=True)
         per = np.array_split(rng.integers(0, tree.num_classes, size=n_img), n_shards)
-        jobs = [(str(root / split / f"bench-{split}-{i:06d}.tar"), p.tolist(), image_size, seed * 7919 + i)
-                for i, p in enumerate(per)]  # fmt: skip
+        jobs = [
+            (str(root / split / f"bench-{split}-{i:06d}.tar"), p.tolist(), image_size, seed * 7919 + i)
+            for i, p in enumerate(per)
+        ]
         with get_context("fork").Pool(workers or os.cpu_count()) as pool:
             done = pool.map(_bench_shard, jobs)
         splits[split] = [(f"{split}/{name}", n) for name, n in done]
-    writer.write_info(num_classes=tree.num_classes, splits=splits, name="in21k-bench",
-                      config={"bench": True, "image_size": image_size})  # fmt: skip
+    writer.write_info(
+        num_classes=tree.num_classes,
+        splits=splits,
+        name="in21k-bench",
+        config={"bench": True, "image_size": image_size},
+    )
     return root

@@ -49,8 +49,10 @@ def _flagged_share(manifest: dict[str, list], planted: dict[str, Any], i: Any, j
     """Members of the release's own images (not planted copies or originals) in a kept pair."""
     copies = {(p["copy"]["wnid"], p["copy"]["member"]) for p in planted["pairs"]}
     originals = {(p["original"]["wnid"], p["original"]["member"]) for p in planted["pairs"] if "wnid" in p["original"]}
-    own = [(w, m) not in copies and (w, m) not in originals for w, m in zip(manifest["wnid"], manifest["member"],
-                                                                            strict=True)]  # fmt: skip
+    own = [
+        (w, m) not in copies and (w, m) not in originals
+        for w, m in zip(manifest["wnid"], manifest["member"], strict=True)
+    ]
     flagged = set(i[keep].tolist()) | set(j[keep].tolist())
     wrong = sum(1 for r in flagged if own[r])
     total = sum(own)
@@ -75,15 +77,33 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
     try:
         raw, out = os.path.join(work, "raw"), os.path.join(work, "out")
         t = time.perf_counter()
-        report = write_synthetic_release(SynthConfig(out=raw, classes=cfg.classes, images=cfg.images, seed=cfg.seed,
-                                                     plant=cfg.plant, eval_images=cfg.eval_images, non_noun_classes=0,
-                                                     large_share=0.0))  # fmt: skip
+        report = write_synthetic_release(
+            SynthConfig(
+                out=raw,
+                classes=cfg.classes,
+                images=cfg.images,
+                seed=cfg.seed,
+                plant=cfg.plant,
+                eval_images=cfg.eval_images,
+                non_noun_classes=0,
+                large_share=0.0,
+            )
+        )
         synth_seconds = time.perf_counter() - t
         lo = int(cfg.images.split(":")[0])
-        pcfg = PrepareConfig(raw=raw, out=out, min_images=max(2, lo // 2), val_per_class=1, shard_size=256,
-                             shard_multiple=1, against=[f"synth-eval={os.path.join(raw, EVAL_DIR)}"],
-                             dedup_distance=cfg.max_distance, dedup_color_distance=cfg.max_color_distance,
-                             num_cpus=cfg.num_cpus, progress=False)  # fmt: skip
+        pcfg = PrepareConfig(
+            raw=raw,
+            out=out,
+            min_images=max(2, lo // 2),
+            val_per_class=1,
+            shard_size=256,
+            shard_multiple=1,
+            against=[f"synth-eval={os.path.join(raw, EVAL_DIR)}"],
+            dedup_distance=cfg.max_distance,
+            dedup_color_distance=cfg.max_color_distance,
+            num_cpus=cfg.num_cpus,
+            progress=False,
+        )
         t = time.perf_counter()
         summary = prepare(pcfg)
         prepare_seconds = time.perf_counter() - t
@@ -108,20 +128,31 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
     brute = set((i.astype(np.uint64) << np.uint64(32) | j.astype(np.uint64)).tolist())
     # Colour distances of the pairs within the hash distance: planted pairs against all others (the threshold's room).
     where = {(w, m): k for k, (w, m) in enumerate(zip(dm["wnid"], dm["member"], strict=True))}
-    planted_pairs = {frozenset((where.get((p["original"]["wnid"], p["original"]["member"])),
-                                where.get((p["copy"]["wnid"], p["copy"]["member"]))))
-                     for p in planted["pairs"] if "wnid" in p["original"]}  # fmt: skip
+    planted_pairs = {
+        frozenset(
+            (
+                where.get((p["original"]["wnid"], p["original"]["member"])),
+                where.get((p["copy"]["wnid"], p["copy"]["member"])),
+            )
+        )
+        for p in planted["pairs"]
+        if "wnid" in p["original"]
+    }
     cd = color_distance(colors[i], colors[j]) if len(i) else np.zeros(0, np.float32)
-    is_planted = np.array([frozenset((a, b)) in planted_pairs for a, b in zip(i.tolist(), j.tolist(), strict=True)],
-                          bool)  # fmt: skip
+    is_planted = np.array(
+        [frozenset((a, b)) in planted_pairs for a, b in zip(i.tolist(), j.tolist(), strict=True)], bool
+    )
     colour_room = {
         "planted_pairs_max": round(float(cd[is_planted].max()), 2) if is_planted.any() else None,
         "other_pairs_min": round(float(cd[~is_planted].min()), 2) if (~is_planted).any() else None,
         "other_pairs_below_threshold": int((cd[~is_planted] <= cfg.max_color_distance).sum()),
     }
     clean = prep_report["clean"]
-    exhaustive = {"pairs_within_distance": int(len(i)), "pairs_verified": int(ok.sum()),
-                  "found_by_the_join": len(brute & set(joined["pairs"].tolist()))}  # fmt: skip
+    exhaustive = {
+        "pairs_within_distance": int(len(i)),
+        "pairs_verified": int(ok.sum()),
+        "found_by_the_join": len(brute & set(joined["pairs"].tolist())),
+    }
     return {
         "bench": "dedup",
         "recall": scored["recall"],
@@ -139,7 +170,7 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
             "verified_pairs": clean["near_pairs"]["verified"],
             "recall_vs_exhaustive": round(exhaustive["found_by_the_join"] / max(1, len(i)), 4),
             "seconds_in_process": round(join_seconds, 3),
-        },  # fmt: skip
+        },
         "pairs": scored["pairs"],
         "flagged_members": scored["flagged_members"],
         "wrongly_flagged_examples": scored["wrongly_flagged_examples"],
@@ -149,21 +180,25 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
             "decoded": int(len(phash)),
             "planted_pairs": len(planted["pairs"]),
             "written": summary["written"],
-        },  # fmt: skip
+        },
         "seconds": {
             "synth": round(synth_seconds, 1),
             "prepare": round(prepare_seconds, 1),
             "clean_stage": prep_report["timings"].get("clean"),
             "brute_force": round(brute_seconds, 2),
-        },  # fmt: skip
+        },
         **machine(),
     }
 
 
 def format_result(r: dict[str, Any]) -> str:
-    lines = [f"duplicate finder on a planted release ({r['release']['decoded']:,} decoded images, "
-             f"{r['release']['planted_pairs']} planted pairs; distance <= {r['thresholds']['max_distance']}, colours "
-             f"<= {r['thresholds']['max_color_distance']:g})", "", "recall per kind:"]  # fmt: skip
+    lines = [
+        f"duplicate finder on a planted release ({r['release']['decoded']:,} decoded images, "
+        f"{r['release']['planted_pairs']} planted pairs; distance <= {r['thresholds']['max_distance']}, colours "
+        f"<= {r['thresholds']['max_color_distance']:g})",
+        "",
+        "recall per kind:",
+    ]
     lines += [f"  {k:<10} {v}" for k, v in r["recall"].items()]
     lines += ["", "recall per kind and scope:"]
     lines += [f"  {k:<26} {v['found']}/{v['findable']} = {v['recall']}" for k, v in r["pairs"].items()]

@@ -80,15 +80,21 @@ def manifest_parts(
         mid = np.median(x, axis=1, keepdims=True)
         phash = np.ascontiguousarray(np.packbits(x > mid, axis=1)).view(">u8").ravel().astype(np.uint64)
         cols = {
-            "wnid": pa.array(buf["wnid"], pa.string()), "member": pa.array(buf["member"], pa.string()),
-            "source": pa.array(["synthetic"] * n, pa.string()), "offset": pa.array(np.zeros(n, np.int64)),
-            "split": pa.array(["train"] * n, pa.string()), "shard": pa.array(np.full(n, part, np.int32)),
-            "key": pa.array(buf["key"], pa.string()), "status": pa.array(["written"] * n, pa.string()),
-            "src_bytes": pa.array(np.full(n, 110_000, np.int64)), "src_width": pa.array(np.full(n, 500, np.int32)),
-            "src_height": pa.array(np.full(n, 375, np.int32)), "phash": pa.array(phash, pa.uint64()),
+            "wnid": pa.array(buf["wnid"], pa.string()),
+            "member": pa.array(buf["member"], pa.string()),
+            "source": pa.array(["synthetic"] * n, pa.string()),
+            "offset": pa.array(np.zeros(n, np.int64)),
+            "split": pa.array(["train"] * n, pa.string()),
+            "shard": pa.array(np.full(n, part, np.int32)),
+            "key": pa.array(buf["key"], pa.string()),
+            "status": pa.array(["written"] * n, pa.string()),
+            "src_bytes": pa.array(np.full(n, 110_000, np.int64)),
+            "src_width": pa.array(np.full(n, 500, np.int32)),
+            "src_height": pa.array(np.full(n, 375, np.int32)),
+            "phash": pa.array(phash, pa.uint64()),
             "colors": pa.array([c.tobytes() for c in buf["colors"]], pa.binary()),
             "pixel_hash": pa.array(np.array(buf["pixel"], np.uint64), pa.uint64()),
-        }  # fmt: skip
+        }
         table = pa.table([cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in schema], schema=schema)
         out = io.BytesIO()
         pq.write_table(table, out, compression="zstd")

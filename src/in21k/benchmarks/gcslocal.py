@@ -51,9 +51,11 @@ class LocalGCS(ServerProcess):
         import json
 
         req = urllib.request.Request(
-            f"{self.url}/storage/v1/b", data=json.dumps({"name": name}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
-        )  # fmt: skip
+            f"{self.url}/storage/v1/b",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         try:
             urllib.request.urlopen(req, timeout=10).close()
         except urllib.error.HTTPError as exc:
@@ -71,16 +73,34 @@ def start_local_gcs(workdir: str | Path, *, timeout: float = 60.0) -> LocalGCS:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     cmd = [
-        str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-external-url", url,
-        "-backend", "filesystem", "-filesystem-root", str(workdir / "data"), "-log-level", "warn",
-    ]  # fmt: skip
+        str(_binary()),
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-external-url",
+        url,
+        "-backend",
+        "filesystem",
+        "-filesystem-root",
+        str(workdir / "data"),
+        "-log-level",
+        "warn",
+    ]
     log_path = workdir / "fake-gcs-server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = LocalGCS(url, proc=proc, log_path=log_path)
     try:
-        server.wait_until_answers(f"{url}/storage/v1/b", name="fake-gcs-server", deadline=time.monotonic() + timeout,
-                                  log_path=log_path, poll=0.2)  # fmt: skip
+        server.wait_until_answers(
+            f"{url}/storage/v1/b",
+            name="fake-gcs-server",
+            deadline=time.monotonic() + timeout,
+            log_path=log_path,
+            poll=0.2,
+        )
     except BaseException:
         server.stop()
         raise

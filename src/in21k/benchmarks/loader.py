@@ -141,16 +141,24 @@ def _count_epochs(contender: Contender, epochs: int) -> tuple[float, int, float]
     return wall, n, time.process_time() + _cpu_seconds(pids) - cpu0
 
 
-def make_ours(data: str, cfg: LoaderBenchConfig, workers: int, *, storage_options: dict | None = None,
-              decode: str = "cpu") -> Contender:  # fmt: skip
+def make_ours(
+    data: str, cfg: LoaderBenchConfig, workers: int, *, storage_options: dict | None = None, decode: str = "cpu"
+) -> Contender:
     """A function that starts the next epoch of one persistent loader."""
     from in21k.loaders import create_loader
 
     options = dataclasses.replace(cfg.loader, num_workers=workers)
     if storage_options is not None:
         options = dataclasses.replace(options, storage_options=storage_options)
-    loader = create_loader(data=data, split=cfg.split, batch_size=cfg.batch_size, options=options,
-                           image_size=cfg.image_size, train=True, decode=decode)  # fmt: skip
+    loader = create_loader(
+        data=data,
+        split=cfg.split,
+        batch_size=cfg.batch_size,
+        options=options,
+        image_size=cfg.image_size,
+        train=True,
+        decode=decode,
+    )
     epochs = iter(range(1_000_000))
 
     def one_epoch() -> Iterator:
@@ -186,10 +194,14 @@ def original_transform(image_size: int) -> Any:
 
     from in21k.loaders.transforms import cutout
 
-    return transforms.Compose([
-        transforms.Resize((image_size, image_size)), functools.partial(cutout, factor=0.5),
-        transforms.RandAugment(num_ops=2, magnitude=9), transforms.ToTensor(),
-    ])  # fmt: skip
+    return transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            functools.partial(cutout, factor=0.5),
+            transforms.RandAugment(num_ops=2, magnitude=9),
+            transforms.ToTensor(),
+        ]
+    )
 
 
 def make_imagefolder(folder: Path, cfg: LoaderBenchConfig, workers: int, *, original: bool) -> Contender:
@@ -203,8 +215,9 @@ def make_imagefolder(folder: Path, cfg: LoaderBenchConfig, workers: int, *, orig
     else:
         tf = build_transform(cfg.loader.transform, image_size=cfg.image_size, train=True)
         ds = ImageFolder(str(folder), transform=_BytesTransform(tf), loader=_read_bytes)
-    dl = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                    persistent_workers=workers > 0)  # fmt: skip
+    dl = DataLoader(
+        ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
+    )
     return Contender(lambda: iter(dl), dl)
 
 
@@ -275,8 +288,9 @@ def make_timm_wds(view: Path, cfg: LoaderBenchConfig, workers: int) -> Contender
     from timm.data import create_dataset
     from torch.utils.data import DataLoader
 
-    ds = create_dataset("wds/in21k-bench", root=str(view), split=cfg.split, is_training=True,
-                        batch_size=cfg.batch_size, seed=0)  # fmt: skip
+    ds = create_dataset(
+        "wds/in21k-bench", root=str(view), split=cfg.split, is_training=True, batch_size=cfg.batch_size, seed=0
+    )
     ds.set_loader_cfg(num_workers=workers)
     ds.transform = _PeerPixels(cfg.image_size)
     dl = DataLoader(ds, batch_size=cfg.batch_size, num_workers=workers, drop_last=True, **_peer_workers(workers))
@@ -297,13 +311,25 @@ def make_litdata(samples: list[tuple[str, int]], out: Path, cfg: LoaderBenchConf
     start_method = multiprocessing.get_start_method(allow_none=True)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            ld.optimize(fn=_litdata_sample, inputs=samples, output_dir=str(out / "optimized"), chunk_bytes="64MB",
-                        num_workers=max(1, workers), start_method="fork", verbose=False)  # fmt: skip
+            ld.optimize(
+                fn=_litdata_sample,
+                inputs=samples,
+                output_dir=str(out / "optimized"),
+                chunk_bytes="64MB",
+                num_workers=max(1, workers),
+                start_method="fork",
+                verbose=False,
+            )
     finally:
         multiprocessing.set_start_method(start_method, force=True)
     # Local chunks are read in place; a cache budget set here only keeps LitData from logging its default.
-    ds = ld.StreamingDataset(str(out / "optimized"), shuffle=True, cache_dir=str(out / "cache"),
-                             max_cache_size="1GB", transform=_LitSample(cfg.image_size))  # fmt: skip
+    ds = ld.StreamingDataset(
+        str(out / "optimized"),
+        shuffle=True,
+        cache_dir=str(out / "cache"),
+        max_cache_size="1GB",
+        transform=_LitSample(cfg.image_size),
+    )
     dl = ld.StreamingDataLoader(ds, batch_size=cfg.batch_size, num_workers=workers, **_peer_workers(workers))
     return Contender(lambda: iter(dl), dl)
 
@@ -508,8 +534,9 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
                 config=ds.info.get("config"),
                 name=ds.name,
             )
-            makers["ours_s3"] = make_ours(f"s3://{s3['bucket']}/view", cfg, workers,
-                                          storage_options=s3["storage_options"])  # fmt: skip
+            makers["ours_s3"] = make_ours(
+                f"s3://{s3['bucket']}/view", cfg, workers, storage_options=s3["storage_options"]
+            )
         if cfg.s3_url:
             makers["ours_s3_url"] = make_ours(cfg.s3_url, cfg, workers)
         for name, make_iter in makers.items():
@@ -584,10 +611,12 @@ def run_bench(cfg: LoaderBenchConfig) -> dict[str, Any]:
 
 def format_result(result: dict[str, Any]) -> str:
     m = result["machine"]
-    lines = [f"machine: {m['nproc']} x {m['cpu']}, Pillow {m['pillow']}, torch {m['torch']}",
-             f"subset: {result['samples_in_subset']} samples in {result['shards_in_subset']} shards, "
-             f"{result['config']['loader']['num_workers']} workers, batch {result['config']['batch_size']}, "
-             f"transform {result['config']['loader']['transform']} {result['config']['image_size']} px"]  # fmt: skip
+    lines = [
+        f"machine: {m['nproc']} x {m['cpu']}, Pillow {m['pillow']}, torch {m['torch']}",
+        f"subset: {result['samples_in_subset']} samples in {result['shards_in_subset']} shards, "
+        f"{result['config']['loader']['num_workers']} workers, batch {result['config']['batch_size']}, "
+        f"transform {result['config']['loader']['transform']} {result['config']['image_size']} px",
+    ]
     for k, v in result["img_per_s"].items():
         lines.append(f"  {k:22s} {v:10.1f} img/s  {result['cpu_ms_per_img'][k]:8.3f} CPU ms/img")
     for k, v in result["ratios"].items():

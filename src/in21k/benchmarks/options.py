@@ -88,9 +88,11 @@ class LoaderBenchConfig:
     baselines: bool = field(default=True, metadata={"help": "also run the ImageFolder baselines and the limits"})
     peers: bool = field(
         default=True,
-        metadata={"help": "with the baselines and --loader.transform eval, also run the installed peer loaders "
-                  "(webdataset, timm's wds reader, LitData)"},
-    )  # fmt: skip
+        metadata={
+            "help": "with the baselines and --loader.transform eval, also run the installed peer loaders "
+            "(webdataset, timm's wds reader, LitData)"
+        },
+    )
     s3: bool = field(default=False, metadata={"help": "also stream from SeaweedFS started on 127.0.0.1 (weed binary)"})
     s3_url: str | None = field(
         default=None,

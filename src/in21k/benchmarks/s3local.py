@@ -116,22 +116,33 @@ def start_local_s3(
     workdir.mkdir(parents=True, exist_ok=True)
     ports = dict(ports) if ports else {name: _free_port_pair() for name in ("master", "volume", "filer", "s3")}
     cmd = [
-        weed, "mini", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-        f"-s3.port={ports['s3']}", "-admin.ui=false", "-master.telemetry=false", "-webdav=false",
-    ]  # fmt: skip
+        weed,
+        "mini",
+        f"-dir={workdir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-s3.port={ports['s3']}",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        "-webdav=false",
+    ]
     # weed mini creates an S3 identity from these variables; clients must sign with the same pair.
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
     log_path = workdir / "weed.log"
     with log_path.open("ab") as log:  # appended: a restarted server keeps the earlier runs' log
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = LocalS3(f"http://127.0.0.1:{ports['s3']}", key, secret, proc=proc, log_path=log_path, workdir=workdir,
-                     ports=ports)  # fmt: skip
+    server = LocalS3(
+        f"http://127.0.0.1:{ports['s3']}", key, secret, proc=proc, log_path=log_path, workdir=workdir, ports=ports
+    )
     deadline = time.monotonic() + timeout
     try:
         # Any HTTP answer (403 to an anonymous GET /) means the gateway is up.
-        server.wait_until_answers(server.endpoint_url, name="SeaweedFS (weed mini)", deadline=deadline,
-                                  log_path=log_path, poll=0.5)  # fmt: skip
+        server.wait_until_answers(
+            server.endpoint_url, name="SeaweedFS (weed mini)", deadline=deadline, log_path=log_path, poll=0.5
+        )
         # The S3 gateway answers before its filer takes writes; wait until a bucket can be made.
         while True:
             try:

@@ -39,8 +39,15 @@ def _contender(data: str, cfg: StorageBenchConfig, *, client: str, storage_optio
     from in21k.loaders import create_loader
 
     options = dataclasses.replace(cfg.loader, read_client=client, storage_options=storage_options)
-    loader = create_loader(data=data, split=cfg.split, batch_size=cfg.batch_size, options=options,
-                           image_size=cfg.image_size, train=True, decode=cfg.decode)  # fmt: skip
+    loader = create_loader(
+        data=data,
+        split=cfg.split,
+        batch_size=cfg.batch_size,
+        options=options,
+        image_size=cfg.image_size,
+        train=True,
+        decode=cfg.decode,
+    )
     epochs = iter(range(1_000_000))
 
     def one_epoch() -> Iterator:
@@ -62,9 +69,11 @@ def _upload(server: Any, view: Path, urls: list[str], split: str) -> str:
     ds = PreparedDataset.open(str(view))
     lengths = [s.length for s in ds.shards(split)]
     DatasetWriter(f"s3://{BUCKET}/view", server.storage_options).write_info(
-        num_classes=ds.num_classes, splits={split: list(zip(names, lengths, strict=True))},
-        config=ds.info.get("config"), name=ds.name,
-    )  # fmt: skip
+        num_classes=ds.num_classes,
+        splits={split: list(zip(names, lengths, strict=True))},
+        config=ds.info.get("config"),
+        name=ds.name,
+    )
     return f"s3://{BUCKET}/view"
 
 
@@ -120,17 +129,21 @@ def run_storage_bench(cfg: StorageBenchConfig) -> dict[str, Any]:
 
 def format_result(result: dict[str, Any]) -> str:
     m, cfg = result["machine"], result["config"]
-    lines = [f"machine: {m['nproc']} x {m['cpu']} (the S3 server runs on the same cores)",
-             f"subset: {result['samples_in_subset']} samples in {result['shards_in_subset']} shards "
-             f"({result['mb_in_subset']} MB), {cfg['loader']['num_workers']} workers, batch {cfg['batch_size']}, "
-             f"decode {cfg['decode']}, transform {cfg['loader']['transform']} {cfg['image_size']} px",
-             f"  {'contender':10s} {'img/s':>10s} {'CPU ms/img':>11s} {'server ms/img':>14s} {'wall ratio':>11s} "
-             f"{'CPU ratio':>10s}"]  # fmt: skip
+    lines = [
+        f"machine: {m['nproc']} x {m['cpu']} (the S3 server runs on the same cores)",
+        f"subset: {result['samples_in_subset']} samples in {result['shards_in_subset']} shards "
+        f"({result['mb_in_subset']} MB), {cfg['loader']['num_workers']} workers, batch {cfg['batch_size']}, "
+        f"decode {cfg['decode']}, transform {cfg['loader']['transform']} {cfg['image_size']} px",
+        f"  {'contender':10s} {'img/s':>10s} {'CPU ms/img':>11s} {'server ms/img':>14s} {'wall ratio':>11s} "
+        f"{'CPU ratio':>10s}",
+    ]
     for name, rate in result["img_per_s"].items():
         wall = result["ratio_vs_local"].get(name, 1.0)
         cpu = result["cpu_ratio_vs_local"].get(name, 1.0)
-        lines.append(f"  {name:10s} {rate:10.1f} {result['cpu_ms_per_img'][name]:11.3f} "
-                     f"{result['server_cpu_ms_per_img'][name]:14.3f} {wall:11.3f} {cpu:10.3f}")  # fmt: skip
+        lines.append(
+            f"  {name:10s} {rate:10.1f} {result['cpu_ms_per_img'][name]:11.3f} "
+            f"{result['server_cpu_ms_per_img'][name]:14.3f} {wall:11.3f} {cpu:10.3f}"
+        )
     if "clients_left_out" in result:
         lines.append(f"  left out: {result['clients_left_out']}")
     for target, met in result.get("targets", {}).items():

@@ -78,9 +78,12 @@ def run_tar_bench(cfg: TarBenchConfig) -> dict[str, Any]:
             cpu_us[name].append(1e6 * (time.process_time() - c0) / n)
     med = {k: round(statistics.median(v), 2) for k, v in us.items()}
     result: dict[str, Any] = {
-        "bench": "tar", "samples": samples, "shards": len(shards),
-        "us_per_sample": med, "cpu_us_per_sample": {k: round(statistics.median(v), 2) for k, v in cpu_us.items()},
-    }  # fmt: skip
+        "bench": "tar",
+        "samples": samples,
+        "shards": len(shards),
+        "us_per_sample": med,
+        "cpu_us_per_sample": {k: round(statistics.median(v), 2) for k, v in cpu_us.items()},
+    }
     if "webdataset" in med:
         result["ratio_vs_webdataset"] = round(med["webdataset"] / med["ours"], 3)  # > 1: ours is faster
     result["ratio_vs_limit_read"] = round(med["limit_read"] / med["ours"], 3)

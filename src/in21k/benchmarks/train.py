@@ -191,8 +191,9 @@ def _fits(step: Callable[[], None], device: torch.device, cleanup: Callable[[], 
     return not failed
 
 
-def _synthetic_batch(batch: int, image_size: int, num_classes: int, device: torch.device, *, channels_last: bool,
-                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _synthetic_batch(
+    batch: int, image_size: int, num_classes: int, device: torch.device, *, channels_last: bool, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.rand(batch, 3, image_size, image_size, device=device, generator=g)
     if channels_last:
@@ -212,8 +213,13 @@ def _time_infer(model, x, *, dtype, device, warmup: int, steps: int) -> float:
     was_training = model.training
     model.eval()
     try:
-        return _timed(iter(lambda: (x,), None), lambda xb: _infer_step(model, xb, dtype, device), warmup=warmup,
-                      steps=steps, device=device)  # fmt: skip
+        return _timed(
+            iter(lambda: (x,), None),
+            lambda xb: _infer_step(model, xb, dtype, device),
+            warmup=warmup,
+            steps=steps,
+            device=device,
+        )
     finally:
         model.train(was_training)
 
@@ -224,8 +230,9 @@ def _speed(v: float | None) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
 
 
-def zoo_row(model: str, search: BatchSearch | None, batch: int, train_img_s: float | None,
-            infer_img_s: float | None) -> str:  # fmt: skip
+def zoo_row(
+    model: str, search: BatchSearch | None, batch: int, train_img_s: float | None, infer_img_s: float | None
+) -> str:
     """One markdown row with the original table's columns."""
     if search is None:
         size = f"- (given batch {batch})"
@@ -237,8 +244,11 @@ def zoo_row(model: str, search: BatchSearch | None, batch: int, train_img_s: flo
 def _reference(model: str, train_img_s: float | None, infer_img_s: float | None) -> dict[str, Any]:
     ref = V100_TABLE.get(model)
     if ref is None:
-        return {"ratio": None, "ratio_baseline": "none: the original's table has no figure for this model",
-                "reference_v100": None}  # fmt: skip
+        return {
+            "ratio": None,
+            "ratio_baseline": "none: the original's table has no figure for this model",
+            "reference_v100": None,
+        }
     out: dict[str, Any] = {
         "ratio_baseline": RATIO_BASELINE,
         "reference_v100": {"max_batch": ref[0], "train_img_s": ref[1], "infer_img_s": ref[2]},
@@ -280,24 +290,38 @@ def bench_infer(cfg: BenchInferConfig) -> dict[str, Any]:
     dtype = autocast_dtype(cfg.amp, device)
 
     def batch_of(b: int) -> torch.Tensor:
-        return _synthetic_batch(b, cfg.image_size, tree.num_classes, device, channels_last=cfg.channels_last,
-                                seed=cfg.seed)[0]  # fmt: skip
+        return _synthetic_batch(
+            b, cfg.image_size, tree.num_classes, device, channels_last=cfg.channels_last, seed=cfg.seed
+        )[0]
 
     search = None
     batch = cfg.batch_size
     if batch is None:
-        search = find_max_batch(lambda b: _fits(lambda: _infer_step(run_model, batch_of(b), dtype, device), device),
-                                start=cfg.search_start, cap=cfg.max_batch)  # fmt: skip
+        search = find_max_batch(
+            lambda b: _fits(lambda: _infer_step(run_model, batch_of(b), dtype, device), device),
+            start=cfg.search_start,
+            cap=cfg.max_batch,
+        )
         batch = max(1, int(0.9 * search.max_batch))
     infer = _time_infer(run_model, batch_of(batch), dtype=dtype, device=device, warmup=cfg.warmup, steps=cfg.steps)
     log.info("%s inference at batch %d: %.1f img/s", cfg.model, batch, infer)
     result: dict[str, Any] = {
-        "bench": "infer", "model": cfg.model, "device": _device_name(device), "cpus": os.cpu_count(),
-        "image_size": cfg.image_size, "amp": cfg.amp, "channels_last": cfg.channels_last, "compile": cfg.compile,
-        "num_classes": tree.num_classes, "max_batch": search.max_batch if search else None,
-        "max_batch_capped": search.capped if search else None, "search": search.tried if search else None,
-        "batch_size": batch, "train_img_s": None, "infer_img_s": round(infer, 1),
-    }  # fmt: skip
+        "bench": "infer",
+        "model": cfg.model,
+        "device": _device_name(device),
+        "cpus": os.cpu_count(),
+        "image_size": cfg.image_size,
+        "amp": cfg.amp,
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
+        "num_classes": tree.num_classes,
+        "max_batch": search.max_batch if search else None,
+        "max_batch_capped": search.capped if search else None,
+        "search": search.tried if search else None,
+        "batch_size": batch,
+        "train_img_s": None,
+        "infer_img_s": round(infer, 1),
+    }
     ref = _reference(cfg.model, None, infer)
     ref["ratio"] = ref.pop("ratio_infer", None)
     ref.pop("ratio_train", None)
@@ -329,10 +353,25 @@ def _loader_batches(cfg: BenchTrainConfig, data: str, *, gpu_decode: bool, devic
     from in21k.loaders import create_loader
     from in21k.training.feed import DevicePrefetcher, build_feed
 
-    loader = create_loader(data=data, split="train", batch_size=cfg.batch_size, options=cfg.loader, seed=cfg.seed,
-                           train=True, image_size=cfg.image_size, decode="none" if gpu_decode else "cpu")  # fmt: skip
-    feed = build_feed(gpu_decode=gpu_decode, device=device, image_size=cfg.image_size, train=True,
-                      mean=loader.mean, std=loader.std, channels_last=cfg.channels_last)  # fmt: skip
+    loader = create_loader(
+        data=data,
+        split="train",
+        batch_size=cfg.batch_size,
+        options=cfg.loader,
+        seed=cfg.seed,
+        train=True,
+        image_size=cfg.image_size,
+        decode="none" if gpu_decode else "cpu",
+    )
+    feed = build_feed(
+        gpu_decode=gpu_decode,
+        device=device,
+        image_size=cfg.image_size,
+        train=True,
+        mean=loader.mean,
+        std=loader.std,
+        channels_last=cfg.channels_last,
+    )
     epoch = 0
     while True:  # as many epochs as the timing needs; the feed runs ahead in a thread, as in training
         loader.set_epoch(epoch)
@@ -354,10 +393,24 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
     data = cfg.data
     if cfg.make_data:
         start = time.perf_counter()
-        data = str(make_bench_data(cfg.make_data, images=cfg.make_images, shards=cfg.make_shards, tree_name=cfg.tree,
-                                   image_size=cfg.image_size, workers=cfg.make_workers, seed=cfg.seed))  # fmt: skip
-        log.info("wrote %d images in %d shards to %s in %.1fs", cfg.make_images, cfg.make_shards, data,
-                 time.perf_counter() - start)  # fmt: skip
+        data = str(
+            make_bench_data(
+                cfg.make_data,
+                images=cfg.make_images,
+                shards=cfg.make_shards,
+                tree_name=cfg.tree,
+                image_size=cfg.image_size,
+                workers=cfg.make_workers,
+                seed=cfg.seed,
+            )
+        )
+        log.info(
+            "wrote %d images in %d shards to %s in %.1fs",
+            cfg.make_images,
+            cfg.make_shards,
+            data,
+            time.perf_counter() - start,
+        )
     if data:
         tree = SemanticTree.from_dict(
             PreparedDataset.open(data, storage_options=cfg.loader.storage_options).tree_data()
@@ -370,23 +423,38 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
     if cfg.batch_size is None:
 
         def train_at(b: int) -> None:
-            x, y = _synthetic_batch(b, cfg.image_size, tree.num_classes, device, channels_last=cfg.channels_last,
-                                    seed=cfg.seed)  # fmt: skip
+            x, y = _synthetic_batch(
+                b, cfg.image_size, tree.num_classes, device, channels_last=cfg.channels_last, seed=cfg.seed
+            )
             trainer.step(x, y)
 
         search = find_max_batch(
             lambda b: _fits(lambda: train_at(b), device, cleanup=lambda: trainer.optimizer.zero_grad(set_to_none=True)),
-            start=cfg.search_start, cap=cfg.max_batch,
-        )  # fmt: skip
+            start=cfg.search_start,
+            cap=cfg.max_batch,
+        )
         cfg = dataclasses.replace(cfg, batch_size=max(1, int(0.9 * search.max_batch)))
-        log.info("%s: maximal training batch %d%s; timing at %d", cfg.model, search.max_batch,
-                 " (capped)" if search.capped else "", cfg.batch_size)  # fmt: skip
+        log.info(
+            "%s: maximal training batch %d%s; timing at %d",
+            cfg.model,
+            search.max_batch,
+            " (capped)" if search.capped else "",
+            cfg.batch_size,
+        )
     result: dict[str, Any] = {
-        "bench": "train", "model": cfg.model, "device": _device_name(device),
-        "cpus": os.cpu_count(), "batch_size": cfg.batch_size, "image_size": cfg.image_size, "amp": cfg.amp,
-        "channels_last": cfg.channels_last, "compile": cfg.compile, "num_classes": tree.num_classes,
-        "steps": cfg.steps, "num_workers": cfg.loader.num_workers,
-    }  # fmt: skip
+        "bench": "train",
+        "model": cfg.model,
+        "device": _device_name(device),
+        "cpus": os.cpu_count(),
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.image_size,
+        "amp": cfg.amp,
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
+        "num_classes": tree.num_classes,
+        "steps": cfg.steps,
+        "num_workers": cfg.loader.num_workers,
+    }
 
     def train_on(x, y):
         trainer.step(x, y)
@@ -397,17 +465,27 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, tree.num_classes, (cfg.batch_size,), device=device, generator=g)
-    synthetic = _timed(iter(lambda: (x, y), None), train_on, warmup=cfg.warmup, steps=cfg.steps, device=device,
-                       desc=f"bench train {cfg.model} (synthetic)")  # fmt: skip
+    synthetic = _timed(
+        iter(lambda: (x, y), None),
+        train_on,
+        warmup=cfg.warmup,
+        steps=cfg.steps,
+        device=device,
+        desc=f"bench train {cfg.model} (synthetic)",
+    )
     result["synthetic_img_s"] = round(synthetic, 1)
     log.info("%s synthetic: %.1f img/s", cfg.model, synthetic)
-    infer = _time_infer(trainer.step_model, x, dtype=trainer.dtype, device=device, warmup=min(cfg.warmup, 10),
-                        steps=cfg.steps)  # fmt: skip
+    infer = _time_infer(
+        trainer.step_model, x, dtype=trainer.dtype, device=device, warmup=min(cfg.warmup, 10), steps=cfg.steps
+    )
     log.info("%s inference at batch %d: %.1f img/s", cfg.model, cfg.batch_size, infer)
     result.update(
-        max_batch=search.max_batch if search else None, max_batch_capped=search.capped if search else None,
-        search=search.tried if search else None, train_img_s=round(synthetic, 1), infer_img_s=round(infer, 1),
-    )  # fmt: skip
+        max_batch=search.max_batch if search else None,
+        max_batch_capped=search.capped if search else None,
+        search=search.tried if search else None,
+        train_img_s=round(synthetic, 1),
+        infer_img_s=round(infer, 1),
+    )
     ref = _reference(cfg.model, synthetic, infer)
     ref["ratio"] = ref.get("ratio_train")
     result.update(ref)
@@ -422,14 +500,21 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
             feed_only = _timed(
                 batches, lambda xb, yb: len(yb), warmup=cfg.warmup, steps=min(cfg.steps, 50), device=device
             )
-            fed = _timed(batches, train_on, warmup=2, steps=cfg.steps, device=device,
-                         desc=f"bench train {cfg.model} ({name})")  # fmt: skip
+            fed = _timed(
+                batches, train_on, warmup=2, steps=cfg.steps, device=device, desc=f"bench train {cfg.model} ({name})"
+            )
             result[f"{name}_img_s"] = round(fed, 1)
             result[f"{name}_feed_only_img_s"] = round(feed_only, 1)
             result[f"{name}_ratio"] = round(fed / synthetic, 3)
             result[f"{name}_gpu_decode"] = gpu
-            log.info("%s %s: %.1f img/s fed (ratio %.3f), input path alone %.1f img/s", cfg.model, name, fed,
-                     fed / synthetic, feed_only)  # fmt: skip
+            log.info(
+                "%s %s: %.1f img/s fed (ratio %.3f), input path alone %.1f img/s",
+                cfg.model,
+                name,
+                fed,
+                fed / synthetic,
+                feed_only,
+            )
             batches.close()
     return result
 
@@ -442,8 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     from in21k.config import CommandParser, add_config_args, config_from_args, print_config_requested, report_error
     from in21k.errors import In21kError
 
-    parser = CommandParser(prog="python -m in21k.benchmarks.train", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = CommandParser(
+        prog="python -m in21k.benchmarks.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(parser, BenchTrainConfig)
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args(argv)

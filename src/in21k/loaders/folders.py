@@ -47,8 +47,12 @@ def scan_class_folders(
     if not classes:
         raise DataError(f"{base} holds no class folder")
     label = {c: i for i, c in enumerate(classes)}
-    files = [(str(f), label[c]) for c in found for f in sorted((base / c).rglob("*"))
-             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]  # fmt: skip
+    files = [
+        (str(f), label[c])
+        for c in found
+        for f in sorted((base / c).rglob("*"))
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not files:
         raise DataError(f"{base} holds no image files")
     return classes, files
@@ -104,8 +108,18 @@ def _collate(items: list) -> tuple[Any, Any, int]:
 class FolderLoader:
     """Batches ``(uint8 [B,3,H,W], labels)`` of this rank's part of a class-folder split (module docstring)."""
 
-    def __init__(self, files: list[tuple[str, int]], *, transform: Any, batch_size: int, num_workers: int, seed: int,
-                 train: bool, rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        files: list[tuple[str, int]],
+        *,
+        transform: Any,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.dataset = _FolderDataset(files, transform)
         self.batch_size, self.num_workers, self.seed, self.train = batch_size, num_workers, seed, train
         self.rank, self.world_size = rank, world_size
@@ -153,9 +167,13 @@ class FolderLoader:
         self.start_step = 0  # a finished (or abandoned) resumed epoch must not make the next one start mid-way
         items = [(i, _sample_seed(self.seed, self.epoch, self.rank, p)) for p, i in enumerate(self.indices())][skip:]
         dl = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=items, drop_last=self.train,
-            num_workers=self.num_workers, collate_fn=_collate,
-        )  # fmt: skip
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=items,
+            drop_last=self.train,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+        )
         for images, labels, bad in dl:
             self.corrupt += bad
             if len(labels):

@@ -288,9 +288,13 @@ class ShardStream(IterableDataset):
     """The ``IterableDataset``: in each worker, yields that worker's batches of the current epoch."""
 
     def __init__(
-        self, spec: LoaderSpec, epoch: Any, start_step: Any, transform: ImageTransform | None,
+        self,
+        spec: LoaderSpec,
+        epoch: Any,
+        start_step: Any,
+        transform: ImageTransform | None,
         ring: BatchRing | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.spec = spec
         self._epoch = epoch  # multiprocessing.Value: written by set_epoch in the main process
         self._start_step = start_step
@@ -308,11 +312,19 @@ class ShardStream(IterableDataset):
             s = self.spec
             self._plans = {
                 key: plan_epoch(
-                    list(s.shards), world_size=s.world_size, num_workers=s.num_workers, batch_size=s.batch_size,
-                    seed=s.seed, epoch=epoch, shuffle=s.train, interleave=s.interleave,
-                    shuffle_block=s.shuffle_block, history=history, split=s.split,
+                    list(s.shards),
+                    world_size=s.world_size,
+                    num_workers=s.num_workers,
+                    batch_size=s.batch_size,
+                    seed=s.seed,
+                    epoch=epoch,
+                    shuffle=s.train,
+                    interleave=s.interleave,
+                    shuffle_block=s.shuffle_block,
+                    history=history,
+                    split=s.split,
                 )
-            }  # fmt: skip
+            }
         return self._plans[key]
 
     def __iter__(self) -> Iterator[tuple]:
@@ -331,9 +343,13 @@ class ShardStream(IterableDataset):
         first = batches_done(start, nw)[logical]
         stats = StreamStats()
         stream = WorkerStream(
-            wp, s.read, stats, interleave=s.interleave, shuffle_block=s.shuffle_block,
+            wp,
+            s.read,
+            stats,
+            interleave=s.interleave,
+            shuffle_block=s.shuffle_block,
             shuffle_seed=shuffle_seed(s.seed, epoch, plan.segment, s.rank, logical) if s.train else None,
-        )  # fmt: skip
+        )
         builder = _BatchBuilder(s, self.transform, stats)
         builder.in_worker = info is not None
         if self.ring is not None and info is not None:
@@ -426,14 +442,29 @@ class StreamingLoader:
         segments = [*self.dataset.history] if epoch == self.dataset.history_epoch else []
         segments.append(Segment(s.world_size, max(1, s.num_workers), s.batch_size, done))
         total = sum(sh.length for sh in s.shards)
-        left = remaining(s.shards, seed=s.seed, epoch=epoch, shuffle=s.train, interleave=s.interleave,
-                         shuffle_block=s.shuffle_block, history=segments)  # fmt: skip
+        left = remaining(
+            s.shards,
+            seed=s.seed,
+            epoch=epoch,
+            shuffle=s.train,
+            interleave=s.interleave,
+            shuffle_block=s.shuffle_block,
+            history=segments,
+        )
         return {
-            "schema": STATE_SCHEMA, "dataset": s.fingerprint, "split": s.split, "seed": s.seed, "train": s.train,
-            "epoch": epoch, "world_size": s.world_size, "num_workers": s.num_workers, "batch_size": s.batch_size,
+            "schema": STATE_SCHEMA,
+            "dataset": s.fingerprint,
+            "split": s.split,
+            "seed": s.seed,
+            "train": s.train,
+            "epoch": epoch,
+            "world_size": s.world_size,
+            "num_workers": s.num_workers,
+            "batch_size": s.batch_size,
             "segments": [[g.world_size, g.num_workers, g.batch_size, g.steps] for g in segments],
-            "samples_seen": total - sum(r.length for r in left), "samples": total,
-        }  # fmt: skip
+            "samples_seen": total - sum(r.length for r in left),
+            "samples": total,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where ``state`` (from ``state_dict``, maybe of another world size or worker count) stopped.
@@ -461,9 +492,17 @@ class StreamingLoader:
         else:
             history, start = tuple(segments), 0
             if segments:
-                log.info("loader state from %d rank(s) x %d worker(s), batch %d; now %d x %d, batch %d: the rest "
-                         "of epoch %d is its unseen samples", segments[-1].world_size, segments[-1].num_workers,
-                         segments[-1].batch_size, s.world_size, max(1, s.num_workers), s.batch_size, epoch)  # fmt: skip
+                log.info(
+                    "loader state from %d rank(s) x %d worker(s), batch %d; now %d x %d, batch %d: the rest "
+                    "of epoch %d is its unseen samples",
+                    segments[-1].world_size,
+                    segments[-1].num_workers,
+                    segments[-1].batch_size,
+                    s.world_size,
+                    max(1, s.num_workers),
+                    s.batch_size,
+                    epoch,
+                )
         self._set_history(history, epoch)
         self.set_epoch(epoch, start)
 
@@ -489,11 +528,17 @@ class StreamingLoader:
         rank_workers = plan.workers[self.spec.rank]
         bs = self.spec.batch_size
         self._stats = {
-            "epoch": self.epoch, "rank": self.spec.rank, "steps": plan.steps, "start_step": start, "batches": 0,
-            "samples": 0, **dict.fromkeys(_COUNTERS.values(), 0),
-            "repeated": sum(max(0, w.batches * bs - w.samples) for w in rank_workers), "dropped": 0,
+            "epoch": self.epoch,
+            "rank": self.spec.rank,
+            "steps": plan.steps,
+            "start_step": start,
+            "batches": 0,
+            "samples": 0,
+            **dict.fromkeys(_COUNTERS.values(), 0),
+            "repeated": sum(max(0, w.batches * bs - w.samples) for w in rank_workers),
+            "dropped": 0,
             "segment": plan.segment,
-        }  # fmt: skip
+        }
         if self.spec.num_workers > 0 and getattr(self._dl, "_iterator", None) is None:
             release_filesystems()  # the workers fork now: nothing of ours for them to finalise on the wrong loop
         try:
@@ -530,9 +575,15 @@ class StreamingLoader:
 
 STATE_SCHEMA = "in21k.loader-state/1"
 # The workers' StreamStats counters -> their names in epoch_stats().
-_COUNTERS = {"shards_read": "shards_read", "shard_errors": "shard_errors", "corrupt": "corrupt_skipped",
-             "fresh_buffers": "fresh_buffers", "retries": "read_retries", "cache_hits": "cache_hits",
-             "cache_misses": "cache_misses"}  # fmt: skip
+_COUNTERS = {
+    "shards_read": "shards_read",
+    "shard_errors": "shard_errors",
+    "corrupt": "corrupt_skipped",
+    "fresh_buffers": "fresh_buffers",
+    "retries": "read_retries",
+    "cache_hits": "cache_hits",
+    "cache_misses": "cache_misses",
+}
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -599,21 +650,42 @@ def create_loader(
     workers = options.num_workers
     most = max(1, len(shards) // world_size)  # workers per rank that each start reading a shard of their own
     if workers > most:
-        log.info("split %r: %d shard(s) for %d rank(s): %d loader worker(s) per rank instead of %d", split,
-                 len(shards), world_size, most, workers)  # fmt: skip
+        log.info(
+            "split %r: %d shard(s) for %d rank(s): %d loader worker(s) per rank instead of %d",
+            split,
+            len(shards),
+            world_size,
+            most,
+            workers,
+        )
         workers = most
     tf = build_transform(options.transform, image_size=image_size, train=train, timm_args=options.timm_args)
     spec = LoaderSpec(
-        shards=tuple(shards), split=split, num_classes=ds.num_classes, batch_size=batch_size,
-        num_workers=workers, seed=seed, train=train, rank=rank, world_size=world_size, decode=decode,
-        corrupt=options.corrupt, image_size=image_size,
+        shards=tuple(shards),
+        split=split,
+        num_classes=ds.num_classes,
+        batch_size=batch_size,
+        num_workers=workers,
+        seed=seed,
+        train=train,
+        rank=rank,
+        world_size=world_size,
+        decode=decode,
+        corrupt=options.corrupt,
+        image_size=image_size,
         read=ReadOptions(
-            options.storage_options, options.allow_pipe, options.shard_errors, retry=options.retry_policy(),
-            client=options.read_client, offsets=SampleOffsets(ds, split),
+            options.storage_options,
+            options.allow_pipe,
+            options.shard_errors,
+            retry=options.retry_policy(),
+            client=options.read_client,
+            offsets=SampleOffsets(ds, split),
             cache=ShardCache(options.cache_dir, options.cache_bytes()) if options.cache_dir else None,
         ),
-        interleave=options.interleave, shuffle_block=options.shuffle_block, fingerprint=ds.fingerprint(),
-    )  # fmt: skip
+        interleave=options.interleave,
+        shuffle_block=options.shuffle_block,
+        fingerprint=ds.fingerprint(),
+    )
     loader = StreamingLoader(
         spec, tf if decode == "cpu" else None, prefetch_factor=options.prefetch_factor, pin_memory=options.pin_memory
     )

@@ -49,14 +49,19 @@ class LoaderOptions:
     allow_pipe: bool = field(default=False, metadata=_h("allow pipe:COMMAND shard names (runs shell commands)"))
     read_client: Literal["auto", "pyarrow", "fsspec", "obstore"] = field(
         default="auto",
-        metadata=_h("client streaming s3:// and gs:// shards: auto (pyarrow, or fsspec for options pyarrow cannot "
-                    "express), pyarrow, fsspec (s3fs/gcsfs), obstore (s3:// only; needs num_workers >= 1)"),
-    )  # fmt: skip
+        metadata=_h(
+            "client streaming s3:// and gs:// shards: auto (pyarrow, or fsspec for options pyarrow cannot "
+            "express), pyarrow, fsspec (s3fs/gcsfs), obstore (s3:// only; needs num_workers >= 1)"
+        ),
+    )
     read_retries: int = field(
         default=8,
-        metadata=_h("retries of an object-storage read that failed transiently (reset, timeout, 5xx, server "
-                    "down), resuming at the byte reached; counted anew once bytes flow again; 0: none", "N"),
-    )  # fmt: skip
+        metadata=_h(
+            "retries of an object-storage read that failed transiently (reset, timeout, 5xx, server "
+            "down), resuming at the byte reached; counted anew once bytes flow again; 0: none",
+            "N",
+        ),
+    )
     read_retry_seconds: float = field(
         default=120.0, metadata=_h("give up on an outage (then shard_errors applies) after this long", "SECONDS")
     )
@@ -65,14 +70,20 @@ class LoaderOptions:
     )
     cache_dir: str | None = field(
         default=None,
-        metadata=_h("keep remote shards in this local folder (shared by the node's workers and ranks), so that "
-                    "later epochs read them from local disk", "DIR"),
-    )  # fmt: skip
+        metadata=_h(
+            "keep remote shards in this local folder (shared by the node's workers and ranks), so that "
+            "later epochs read them from local disk",
+            "DIR",
+        ),
+    )
     cache_limit: Any = field(
         default="50G",
-        metadata=_h("most bytes the shard cache holds, never exceeded (least recently used shards go first); "
-                    "a number, or with a K/M/G/T suffix (powers of 1000)", "BYTES"),
-    )  # fmt: skip
+        metadata=_h(
+            "most bytes the shard cache holds, never exceeded (least recently used shards go first); "
+            "a number, or with a K/M/G/T suffix (powers of 1000)",
+            "BYTES",
+        ),
+    )
     interleave: int = field(default=4, metadata=_h("shards each worker reads at once, sample by sample", "N"))
     shuffle_block: int = field(default=2048, metadata=_h("samples per shuffle block (training)", "N"))
     prefetch_factor: int = field(default=2, metadata=_h("batches each worker prepares ahead", "N"))
@@ -117,8 +128,9 @@ class LoaderOptions:
 
     def retry_policy(self) -> Retry:
         """How long a broken object-storage read is retried (``read_retries``, ``read_retry_*``)."""
-        return Retry(attempts=self.read_retries, seconds=float(self.read_retry_seconds),
-                     base_delay=float(self.read_retry_delay))  # fmt: skip
+        return Retry(
+            attempts=self.read_retries, seconds=float(self.read_retry_seconds), base_delay=float(self.read_retry_delay)
+        )
 
 
 def parse_bytes(name: str, value: Any) -> int:

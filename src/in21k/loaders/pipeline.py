@@ -70,9 +70,15 @@ class StreamStats:
     cache_misses: int = 0  # shards downloaded into it
 
     def take(self) -> dict[str, int]:
-        out = {"shards_read": self.shards_read, "shard_errors": self.shard_errors, "corrupt": self.corrupt,
-               "fresh_buffers": self.fresh_buffers, "retries": self.retries, "cache_hits": self.cache_hits,
-               "cache_misses": self.cache_misses}  # fmt: skip
+        out = {
+            "shards_read": self.shards_read,
+            "shard_errors": self.shard_errors,
+            "corrupt": self.corrupt,
+            "fresh_buffers": self.fresh_buffers,
+            "retries": self.retries,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+        }
         self.shards_read = self.shard_errors = self.corrupt = self.fresh_buffers = self.retries = 0
         self.cache_hits = self.cache_misses = 0
         return out
@@ -115,16 +121,31 @@ def open_shard(shard: Shard, start: int, opts: ReadOptions, stats: StreamStats) 
     if opts.cache is not None and is_remote(url):
         cache = opts.cache
         hits, misses = cache.stats.hits, cache.stats.misses
-        cached = cache.open(url, size=lambda: remote_size(url, storage_options=opts.storage_options),
-                            download=lambda: open_stream(url, storage_options=opts.storage_options, retry=opts.retry,
-                                                         client=opts.client, on_retry=stats.count_retry))  # fmt: skip
+        cached = cache.open(
+            url,
+            size=lambda: remote_size(url, storage_options=opts.storage_options),
+            download=lambda: open_stream(
+                url,
+                storage_options=opts.storage_options,
+                retry=opts.retry,
+                client=opts.client,
+                on_retry=stats.count_retry,
+            ),
+        )
         stats.cache_hits += cache.stats.hits - hits
         stats.cache_misses += cache.stats.misses - misses
         if cached is not None:
             cached.seek(start)
             return cached
-    return open_stream(url, storage_options=opts.storage_options, allow_pipe=opts.allow_pipe, retry=opts.retry,
-                       client=opts.client, on_retry=stats.count_retry, start=start)  # fmt: skip
+    return open_stream(
+        url,
+        storage_options=opts.storage_options,
+        allow_pipe=opts.allow_pipe,
+        retry=opts.retry,
+        client=opts.client,
+        on_retry=stats.count_retry,
+        start=start,
+    )
 
 
 def tar_samples(shard: Shard, *, skip: int, opts: ReadOptions, stats: StreamStats) -> Iterator[RawSample]:

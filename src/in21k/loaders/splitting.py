@@ -140,8 +140,9 @@ def shard_order(num_shards: int, *, seed: int, epoch: int, shuffle: bool) -> lis
 
 def epoch_ranges(shards: Sequence[Shard], *, seed: int, epoch: int, shuffle: bool) -> list[Range]:
     """The epoch's global order: whole shards, in the epoch's shard order."""
-    return [Range(shards[i], 0, shards[i].length) for i in shard_order(len(shards), seed=seed, epoch=epoch,
-                                                                         shuffle=shuffle)]  # fmt: skip
+    return [
+        Range(shards[i], 0, shards[i].length) for i in shard_order(len(shards), seed=seed, epoch=epoch, shuffle=shuffle)
+    ]
 
 
 def worker_batches(steps: int, num_workers: int) -> list[int]:
@@ -169,8 +170,9 @@ def take(ranges: list[Range], cursor: tuple[int, int], count: int) -> tuple[list
     return out, (i, off)
 
 
-def cut(remaining: list[Range], *, world_size: int, num_workers: int, batch_size: int, epoch: int = 0,
-        segment: int = 0) -> EpochPlan:  # fmt: skip
+def cut(
+    remaining: list[Range], *, world_size: int, num_workers: int, batch_size: int, epoch: int = 0, segment: int = 0
+) -> EpochPlan:
     """Cut the samples still to yield into rank pieces, then worker pieces (the module docstring)."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -309,15 +311,27 @@ def _merge(ranges: list[Range]) -> list[Range]:
 
 
 def remaining(
-    shards: Sequence[Shard], *, seed: int, epoch: int, shuffle: bool, interleave: int, shuffle_block: int,
+    shards: Sequence[Shard],
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    interleave: int,
+    shuffle_block: int,
     history: Sequence[Segment] = (),
-) -> list[Range]:  # fmt: skip
+) -> list[Range]:
     """The samples of ``epoch`` that the segments of ``history`` (configurations and step counts) did not yield."""
     settings = StreamSettings(seed, shuffle, interleave, shuffle_block)
     left = epoch_ranges(shards, seed=seed, epoch=epoch, shuffle=shuffle)
     for i, seg in enumerate(history):
-        done = cut(left, world_size=seg.world_size, num_workers=seg.num_workers, batch_size=seg.batch_size,
-                   epoch=epoch, segment=i)  # fmt: skip
+        done = cut(
+            left,
+            world_size=seg.world_size,
+            num_workers=seg.num_workers,
+            batch_size=seg.batch_size,
+            epoch=epoch,
+            segment=i,
+        )
         if not 0 <= seg.steps <= done.steps:
             raise ConfigError(f"loader state: segment {i} ran {seg.steps} steps of {done.steps}; not this dataset?")
         left = unseen(done, seg.steps, settings)
@@ -342,7 +356,15 @@ def plan_epoch(
     ``history`` (earlier configurations and their step counts) yielded, cut for this configuration."""
     if not shards:
         raise ConfigError(f"split {split!r} holds no samples")
-    left = remaining(shards, seed=seed, epoch=epoch, shuffle=shuffle, interleave=interleave,
-                     shuffle_block=shuffle_block, history=history)  # fmt: skip
-    return cut(left, world_size=world_size, num_workers=num_workers, batch_size=batch_size, epoch=epoch,
-               segment=len(history))  # fmt: skip
+    left = remaining(
+        shards,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        interleave=interleave,
+        shuffle_block=shuffle_block,
+        history=history,
+    )
+    return cut(
+        left, world_size=world_size, num_workers=num_workers, batch_size=batch_size, epoch=epoch, segment=len(history)
+    )

@@ -121,8 +121,9 @@ def decode_turbo(data: bytes, *, squash_to: int | None = None, out: np.ndarray |
     # that still gives this shape; anything smaller loses at least 2 pixels on a side at these sizes.
     mins = {"min_height": shape[0], "min_width": shape[1]} if scale > 1 else {}
     try:
-        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, buffer=buffer,
-                                     strict=True, **mins)  # fmt: skip
+        arr = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", fastdct=False, fastupsample=False, buffer=buffer, strict=True, **mins
+        )
     except ValueError:
         return None
     if arr.shape != shape:
@@ -264,9 +265,12 @@ def build_transform(
         from torchvision.transforms import RandAugment
 
         return ImageTransform(
-            "miil", True, image_size, array_steps=[functools.partial(cutout, factor=0.5)],
+            "miil",
+            True,
+            image_size,
+            array_steps=[functools.partial(cutout, factor=0.5)],
             steps=[RandAugment(num_ops=2, magnitude=9)],
-        )  # fmt: skip
+        )
     return ImageTransform("eval" if name == "eval" else "miil", False, image_size)
 
 

@@ -34,8 +34,13 @@ from in21k.storage import RangeReader, Retry, filesystem, full_url, is_transient
 
 AGAINST_DIR = "_work/against"
 EVAL_SCHEMA = "in21k.eval-set/1"
-EVAL_COLUMNS = (("member", "string"), ("phash", "uint64"), ("colors", "binary"), ("pixel_hash", "uint64"),
-                ("error", "string"))  # fmt: skip
+EVAL_COLUMNS = (
+    ("member", "string"),
+    ("phash", "uint64"),
+    ("colors", "binary"),
+    ("pixel_hash", "uint64"),
+    ("error", "string"),
+)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CHUNK = 256  # images per fingerprinting task
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -103,8 +108,9 @@ class EvalSet:
             raise DataError(f"{where}: a file, but not a .tar or .parquet; give a folder, .tar or .parquet of images")
         else:
             found = fs.find(path, detail=True)
-            files = sorted((p, int(info.get("size") or 0)) for p, info in found.items()
-                           if info.get("type", "file") == "file")  # fmt: skip
+            files = sorted(
+                (p, int(info.get("size") or 0)) for p, info in found.items() if info.get("type", "file") == "file"
+            )
             parquets = [p for p, _ in files if p.lower().endswith(".parquet")]
             if parquets and not any(_is_image(p) for p, _ in files):
                 es = cls(name, url, "parquet", _parquet_members(fs, parquets))
@@ -126,9 +132,11 @@ def _tar_members(fs: Any, path: str, url: str, storage_options: dict[str, Any] |
     rows = index_container(Container("", "tar", full_url(fs, path)), storage_options)
     if rows["error"] and not rows["member"]:
         raise DataError(f"--against {url}: not a readable tar ({rows['error']})")
-    return [(member, (full_url(fs, path), int(offset), int(size)))
-            for member, offset, size in zip(rows["member"], rows["offset"], rows["size"], strict=True)
-            if _is_image(member)]  # fmt: skip
+    return [
+        (member, (full_url(fs, path), int(offset), int(size)))
+        for member, offset, size in zip(rows["member"], rows["offset"], rows["size"], strict=True)
+        if _is_image(member)
+    ]
 
 
 def _parquet_members(fs: Any, paths: list[str]) -> list[tuple[str, tuple]]:
@@ -156,8 +164,11 @@ def _image_column(table: Any) -> tuple[Any, Any]:
             arr = table.column(col).combine_chunks()
             names = arr.field("path") if t.get_field_index("path") >= 0 else None
             return arr.field("bytes"), names
-    binary = [c for c in table.column_names if pa.types.is_binary(table.schema.field(c).type)
-              or pa.types.is_large_binary(table.schema.field(c).type)]  # fmt: skip
+    binary = [
+        c
+        for c in table.column_names
+        if pa.types.is_binary(table.schema.field(c).type) or pa.types.is_large_binary(table.schema.field(c).type)
+    ]
     if not binary:
         raise DataError("a parquet evaluation set needs a binary column of image bytes (or an Image struct)")
     pick = next((c for c in _BYTES_COLUMNS if c in binary), binary[0])
@@ -205,8 +216,12 @@ class ImageSettings:
     max_image_pixels: int = 89_478_485
 
     def as_dict(self) -> dict[str, Any]:
-        return {"resize": self.resize, "size": self.size, "quality": self.quality,
-                "max_image_pixels": self.max_image_pixels}  # fmt: skip
+        return {
+            "resize": self.resize,
+            "size": self.size,
+            "quality": self.quality,
+            "max_image_pixels": self.max_image_pixels,
+        }
 
 
 def fingerprint_images(items: list[tuple[str, bytes | Exception]], settings: ImageSettings) -> dict[str, list]:
@@ -220,8 +235,14 @@ def fingerprint_images(items: list[tuple[str, bytes | Exception]], settings: Ima
             cols["error"].append(f"unreadable: {type(data).__name__}: {data}"[:200])
             cols["pixel_hash"].append(None)
             continue
-        result = process_image(data, resize=settings.resize, size=settings.size, quality=settings.quality,
-                               max_image_pixels=settings.max_image_pixels, fingerprint=True)  # fmt: skip
+        result = process_image(
+            data,
+            resize=settings.resize,
+            size=settings.size,
+            quality=settings.quality,
+            max_image_pixels=settings.max_image_pixels,
+            fingerprint=True,
+        )
         if not result.ok:
             cols["error"].append(result.reason)
             cols["pixel_hash"].append(None)
@@ -239,8 +260,9 @@ def fingerprint_images(items: list[tuple[str, bytes | Exception]], settings: Ima
     return cols
 
 
-def fingerprint_chunk(chunk: list[tuple[str, tuple]], kind: str, settings: ImageSettings,
-                      storage_options: dict[str, Any] | None) -> bytes:  # fmt: skip
+def fingerprint_chunk(
+    chunk: list[tuple[str, tuple]], kind: str, settings: ImageSettings, storage_options: dict[str, Any] | None
+) -> bytes:
     """One task's part of an evaluation set: read, fingerprint, and return it as parquet bytes."""
     return eval_parquet(fingerprint_images(read_chunk(chunk, kind, storage_options), settings))
 
@@ -270,11 +292,22 @@ def describe(es: EvalSet, settings: ImageSettings, table: Any) -> dict[str, Any]
     import pyarrow.compute as pc
 
     errors = table.column("error")
-    return {"schema": EVAL_SCHEMA, "name": es.name, "url": es.url, "kind": es.kind, "listing": es.digest,
-            "settings": settings.as_dict(), "images": table.num_rows,
-            "unreadable": int(pc.sum(errors.is_valid()).as_py() or 0)}  # fmt: skip
+    return {
+        "schema": EVAL_SCHEMA,
+        "name": es.name,
+        "url": es.url,
+        "kind": es.kind,
+        "listing": es.digest,
+        "settings": settings.as_dict(),
+        "images": table.num_rows,
+        "unreadable": int(pc.sum(errors.is_valid()).as_py() or 0),
+    }
 
 
 def cache_matches(meta: dict[str, Any], es: EvalSet, settings: ImageSettings) -> bool:
     return (meta.get("schema"), meta.get("url"), meta.get("listing"), meta.get("settings")) == (
-        EVAL_SCHEMA, es.url, es.digest, settings.as_dict())  # fmt: skip
+        EVAL_SCHEMA,
+        es.url,
+        es.digest,
+        settings.as_dict(),
+    )

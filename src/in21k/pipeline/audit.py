@@ -76,10 +76,14 @@ def _our_manifest(data: str, info: dict[str, Any], storage_options: Any) -> dict
             out["shard"] += [shard] * table.num_rows
             out["phash"].append(table.column("phash").to_numpy().astype(np.uint64))
             out["colors"].append(colors_array(table.column("colors")))
-    return {"key": out["key"], "shard": out["shard"],
-            "phash": np.concatenate(out["phash"]) if out["phash"] else np.empty(0, np.uint64),
-            "colors": np.concatenate(out["colors"]) if out["colors"] else np.empty((0, COLOR_BYTES), np.uint8),
-            "unreadable": 0, "source": "manifest"}  # fmt: skip
+    return {
+        "key": out["key"],
+        "shard": out["shard"],
+        "phash": np.concatenate(out["phash"]) if out["phash"] else np.empty(0, np.uint64),
+        "colors": np.concatenate(out["colors"]) if out["colors"] else np.empty((0, COLOR_BYTES), np.uint8),
+        "unreadable": 0,
+        "source": "manifest",
+    }
 
 
 def _shard_urls(data: str, info: dict[str, Any] | None, storage_options: Any) -> list[str]:
@@ -101,8 +105,9 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
     ours = isinstance(info, dict) and info.get("schema") == SCHEMA
     if ours:
         made = info.get("config") or {}
-        settings = against.ImageSettings(resize=made.get("resize", cfg.resize), size=made.get("size", cfg.size),
-                                         quality=made.get("quality", 95))  # fmt: skip
+        settings = against.ImageSettings(
+            resize=made.get("resize", cfg.resize), size=made.get("size", cfg.size), quality=made.get("quality", 95)
+        )
     workers = cfg.workers or os.cpu_count() or 1
     dataset = _our_manifest(cfg.data, info, cfg.storage_options) if ours else None
     # Worker processes are spawned, not forked: this process may hold object-store clients with threads.
@@ -155,11 +160,19 @@ def _match(cfg: AuditConfig, dataset: dict[str, Any], eval_sets: list[Any], eval
         e_hash += [cols["phash"][k] for k in ok]
         e_colors += [cols["colors"][k] for k in ok]
         unreadable = [(cols["member"][k], cols["error"][k]) for k in range(len(cols["member"])) if k not in set(ok)]
-        summary.append({"name": es.name, "url": es.url, "images": len(cols["member"]), "unreadable": len(unreadable),
-                        "unreadable_examples": [f"{m}: {e}" for m, e in unreadable[:5]]})  # fmt: skip
+        summary.append(
+            {
+                "name": es.name,
+                "url": es.url,
+                "images": len(cols["member"]),
+                "unreadable": len(unreadable),
+                "unreadable_examples": [f"{m}: {e}" for m, e in unreadable[:5]],
+            }
+        )
     hashes = np.concatenate([dataset["phash"], np.array(e_hash, np.uint64)])
-    colors = np.concatenate([dataset["colors"], colors_array(e_colors) if e_colors else
-                             np.empty((0, COLOR_BYTES), np.uint8)])  # fmt: skip
+    colors = np.concatenate(
+        [dataset["colors"], colors_array(e_colors) if e_colors else np.empty((0, COLOR_BYTES), np.uint8)]
+    )
     result = scan_tables(hashes, range(len(tables())), cfg.dedup_distance, colors, cfg.dedup_color_distance)
     a, b = split_pairs(result["pairs"])
     cross = (a < n) & (b >= n)
@@ -171,29 +184,50 @@ def _match(cfg: AuditConfig, dataset: dict[str, Any], eval_sets: list[Any], eval
         s = e_set[k]
         matched[s][0].add(k)
         matched[s][1].add(i)
-        pairs.append({"key": dataset["key"][i], "shard": dataset["shard"][i], "eval": eval_sets[s].name,
-                      "member": e_member[k], "distance": int(dist), "color_distance": round(float(c), 2)})  # fmt: skip
+        pairs.append(
+            {
+                "key": dataset["key"][i],
+                "shard": dataset["shard"][i],
+                "eval": eval_sets[s].name,
+                "member": e_member[k],
+                "distance": int(dist),
+                "color_distance": round(float(c), 2),
+            }
+        )
     for s, entry in enumerate(summary):
         entry.update(matched_images=len(matched[s][0]), matched_dataset_images=len(matched[s][1]))
     pairs.sort(key=lambda p: (p["eval"], p["member"], p["key"]))
-    return {"data": cfg.data, "dataset_images": n, "dataset_unreadable": dataset["unreadable"],
-            "fingerprints_from": dataset["source"], "eval_sets": summary, "pairs": pairs,
-            "thresholds": {"max_distance": cfg.dedup_distance, "max_color_distance": cfg.dedup_color_distance},
-            "candidates": int(result["candidates"])}  # fmt: skip
+    return {
+        "data": cfg.data,
+        "dataset_images": n,
+        "dataset_unreadable": dataset["unreadable"],
+        "fingerprints_from": dataset["source"],
+        "eval_sets": summary,
+        "pairs": pairs,
+        "thresholds": {"max_distance": cfg.dedup_distance, "max_color_distance": cfg.dedup_color_distance},
+        "candidates": int(result["candidates"]),
+    }
 
 
 def format_result(r: dict[str, Any]) -> str:
-    lines = [f"audit of {r['data']}: {r['dataset_images']:,} images (fingerprints from the "
-             f"{'manifest' if r['fingerprints_from'] == 'manifest' else 'decoded shards'}"
-             + (f"; {r['dataset_unreadable']:,} do not decode" if r["dataset_unreadable"] else "") + ")"]  # fmt: skip
+    lines = [
+        f"audit of {r['data']}: {r['dataset_images']:,} images (fingerprints from the "
+        f"{'manifest' if r['fingerprints_from'] == 'manifest' else 'decoded shards'}"
+        + (f"; {r['dataset_unreadable']:,} do not decode" if r["dataset_unreadable"] else "")
+        + ")"
+    ]
     for e in r["eval_sets"]:
-        lines.append(f"  {e['name']} ({e['url']}): {e['images']:,} images, {e['unreadable']:,} unreadable, "
-                     f"{e['matched_images']:,} matched by {e['matched_dataset_images']:,} dataset images")  # fmt: skip
+        lines.append(
+            f"  {e['name']} ({e['url']}): {e['images']:,} images, {e['unreadable']:,} unreadable, "
+            f"{e['matched_images']:,} matched by {e['matched_dataset_images']:,} dataset images"
+        )
         lines += [f"    unreadable: {x}" for x in e["unreadable_examples"]]
     if r["pairs"]:
         lines += ["", "matched pairs (dataset key, shard, evaluation image, hash / colour distance):"]
-        lines += [f"  {p['key']}  {p['shard']}  {p['eval']}:{p['member']}  {p['distance']} / {p['color_distance']}"
-                  for p in r["pairs"]]  # fmt: skip
+        lines += [
+            f"  {p['key']}  {p['shard']}  {p['eval']}:{p['member']}  {p['distance']} / {p['color_distance']}"
+            for p in r["pairs"]
+        ]
     else:
         lines.append("no dataset image matches an evaluation image")
     return "\n".join(lines)

@@ -69,8 +69,15 @@ REASON_EVAL = "eval_match"
 CLEAN_REASONS = (REASON_IN_CLASS, REASON_ACROSS, REASON_EVAL)
 PARTS_PER_READ = 256  # manifest parts read back at a time
 SAMPLES_PER_KIND = 6  # pairs of each kind in the picture
-DECISION_COLUMNS = (("part", "int32"), ("position", "int32"), ("status", "string"), ("reason", "string"),
-                    ("match", "string"), ("match_distance", "int16"), ("dup_group", "string"))  # fmt: skip
+DECISION_COLUMNS = (
+    ("part", "int32"),
+    ("position", "int32"),
+    ("status", "string"),
+    ("reason", "string"),
+    ("match", "string"),
+    ("match_distance", "int16"),
+    ("dup_group", "string"),
+)
 
 
 @dataclass
@@ -126,8 +133,15 @@ def _read_parts(store: Store, names: list[str], columns: list[str]) -> Iterator[
             yield a + k, pq.read_table(io.BytesIO(blob), columns=columns)
 
 
-_RELEASE_TYPES = {"part": np.int32, "position": np.int32, "phash": np.uint64, "pixel_hash": np.uint64,
-                  "cls": np.int32, "val": bool, "pixels": np.int32}  # fmt: skip
+_RELEASE_TYPES = {
+    "part": np.int32,
+    "position": np.int32,
+    "phash": np.uint64,
+    "pixel_hash": np.uint64,
+    "cls": np.int32,
+    "val": bool,
+    "pixels": np.int32,
+}
 
 
 def load_release(store: Store, parts: list[str], class_of: dict[str, int], rows: int = 0) -> Release:
@@ -172,8 +186,9 @@ def load_release(store: Store, parts: list[str], class_of: dict[str, int], rows:
     return Release(**{name: col[:n] for name, col in cols.items()})
 
 
-def load_details(store: Store, parts: list[str], release: Release, rows: np.ndarray,
-                 columns: tuple[str, ...] = ("colors",)) -> dict[str, Any]:  # fmt: skip
+def load_details(
+    store: Store, parts: list[str], release: Release, rows: np.ndarray, columns: tuple[str, ...] = ("colors",)
+) -> dict[str, Any]:
     """``columns`` (of ``colors``, ``key``, ``source``, ``offset``, ``src_bytes``) of the release ``rows`` (indices
     into ``release``), read from the manifest parts that hold them, a few hundred parts at a time.
     ``colors`` is an (n, COLOR_BYTES) array, ``offset`` and ``src_bytes`` int64 arrays, ``key`` and ``source`` Arrow
@@ -181,8 +196,9 @@ def load_details(store: Store, parts: list[str], release: Release, rows: np.ndar
     return read_rows(store, parts, release.part[rows], release.position[rows], columns)
 
 
-def read_rows(store: Store, parts: list[str], part: np.ndarray, position: np.ndarray,
-              columns: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+def read_rows(
+    store: Store, parts: list[str], part: np.ndarray, position: np.ndarray, columns: tuple[str, ...]
+) -> dict[str, Any]:
     """``load_details`` of the rows at ``position`` of manifest parts ``part`` (indices into ``parts``)."""
     import pyarrow as pa
 
@@ -239,15 +255,23 @@ def load_evals(store: Store, names: list[str]) -> EvalImages:
         hashes.append(table.column("phash").to_numpy().astype(np.uint64))
         colors.append(colors_array(table.column("colors")))
     return EvalImages(
-        np.concatenate(sets) if sets else np.empty(0, np.int16), members,
+        np.concatenate(sets) if sets else np.empty(0, np.int16),
+        members,
         np.concatenate(hashes) if hashes else np.empty(0, np.uint64),
-        np.concatenate(colors) if colors else np.empty((0, COLOR_BYTES), np.uint8), names,
-    )  # fmt: skip
+        np.concatenate(colors) if colors else np.empty((0, COLOR_BYTES), np.uint8),
+        names,
+    )
 
 
 # ----------------------------------------------------------------------------------------- deciding
-def colors_of(out: str, storage_options: dict[str, Any] | None, parts: list[str], part: np.ndarray,
-              position: np.ndarray, more: np.ndarray) -> np.ndarray:  # fmt: skip
+def colors_of(
+    out: str,
+    storage_options: dict[str, Any] | None,
+    parts: list[str],
+    part: np.ndarray,
+    position: np.ndarray,
+    more: np.ndarray,
+) -> np.ndarray:
     """The colour grids of the rows at ``position`` of manifest parts ``part``, then the rows ``more``: what the
     join's tasks verify pairs with (a Ray task of the job: the array goes to the object store, not the driver)."""
     return np.concatenate([read_rows(Store(out, storage_options), parts, part, position, ("colors",))["colors"], more])
@@ -269,8 +293,9 @@ def _return_freed_arrays() -> None:
         pass
 
 
-def join_in_process(release: Release, reps: np.ndarray, evals: EvalImages, policy: Policy,
-                    details: Callable[..., dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+def join_in_process(
+    release: Release, reps: np.ndarray, evals: EvalImages, policy: Policy, details: Callable[..., dict[str, Any]]
+) -> dict[str, Any]:
     """The join (``dedup.scan_tables``, every table, colour check included) over the release members ``reps`` and
     the evaluation images, in this process (``in21k.pipeline.job`` runs it as Ray tasks)."""
     hashes = np.concatenate([release.phash[reps], evals.phash])
@@ -390,8 +415,9 @@ def decide(
     return table, summary
 
 
-def _keeping_order(release: Release, rows: np.ndarray, label: np.ndarray, key_rank: np.ndarray,
-                   depth: np.ndarray) -> np.ndarray:  # fmt: skip
+def _keeping_order(
+    release: Release, rows: np.ndarray, label: np.ndarray, key_rank: np.ndarray, depth: np.ndarray
+) -> np.ndarray:
     """The order that decides which copy is kept: by group, then the deepest class, validation before train, more
     source pixels, the smaller key."""
     cls = release.cls[rows]
@@ -399,9 +425,17 @@ def _keeping_order(release: Release, rows: np.ndarray, label: np.ndarray, key_ra
     return np.lexsort((key_rank, -release.pixels[rows].astype(np.int64), ~release.val[rows], -deep, label))
 
 
-def _apply_policies(release: Release, involved: np.ndarray, label: np.ndarray, grouped: np.ndarray,
-                    matched: np.ndarray, keyed: np.ndarray, keys: Any, depth: np.ndarray,
-                    policy: Policy) -> tuple[Any, dict[str, int], tuple[np.ndarray, Any]]:  # fmt: skip
+def _apply_policies(
+    release: Release,
+    involved: np.ndarray,
+    label: np.ndarray,
+    grouped: np.ndarray,
+    matched: np.ndarray,
+    keyed: np.ndarray,
+    keys: Any,
+    depth: np.ndarray,
+    policy: Policy,
+) -> tuple[Any, dict[str, int], tuple[np.ndarray, Any]]:
     """The decisions of the members of groups that no evaluation image matched, as an Arrow table; vectorized
     (fall11 has ~10^6 groups), in the rules of the module docstring. Also the counts, and each group's label with
     the key that names it (``dup_group``)."""
@@ -452,8 +486,9 @@ def _apply_policies(release: Release, involved: np.ndarray, label: np.ndarray, g
         remaining &= ~other
     if policy.in_class == "keep-one":
         at = np.flatnonzero(remaining)
-        _, first_at, inverse = np.unique(gid[at] * (int(cls.max(initial=0)) + 2) + cls[at] + 1, return_index=True,
-                                         return_inverse=True)  # fmt: skip
+        _, first_at, inverse = np.unique(
+            gid[at] * (int(cls.max(initial=0)) + 2) + cls[at] + 1, return_index=True, return_inverse=True
+        )
         kept = at[first_at][inverse]
         extra = at[at != kept]
         reason[extra] = CLEAN_REASONS.index(REASON_IN_CLASS)
@@ -471,24 +506,35 @@ def _apply_policies(release: Release, involved: np.ndarray, label: np.ndarray, g
     match_at = all_members[np.maximum(match, 0)]  # indices into involved (where kept: any, masked below)
     distance = np.bitwise_count(release.phash[rows] ^ release.phash[involved[match_at]]).astype(np.int16)
     names = pa.array(list(CLEAN_REASONS), pa.string())
-    table = pa.table({
-        "part": pa.array(release.part[rows], pa.int32()),
-        "position": pa.array(release.position[rows], pa.int32()),
-        "status": pa.DictionaryArray.from_arrays(pa.array(removed.astype(np.int8)),
-                                                 pa.array(["written", "rejected"])).cast(pa.string()),
-        "reason": pa.DictionaryArray.from_arrays(pa.array(reason, mask=~removed), names).cast(pa.string()),
-        "match": keys.take(pa.array(np.searchsorted(keyed, match_at), mask=~removed)),
-        "match_distance": pa.array(distance, pa.int16(), mask=~removed),
-        "dup_group": keys.take(pa.array(head_kpos[gid])),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "part": pa.array(release.part[rows], pa.int32()),
+            "position": pa.array(release.position[rows], pa.int32()),
+            "status": pa.DictionaryArray.from_arrays(
+                pa.array(removed.astype(np.int8)), pa.array(["written", "rejected"])
+            ).cast(pa.string()),
+            "reason": pa.DictionaryArray.from_arrays(pa.array(reason, mask=~removed), names).cast(pa.string()),
+            "match": keys.take(pa.array(np.searchsorted(keyed, match_at), mask=~removed)),
+            "match_distance": pa.array(distance, pa.int16(), mask=~removed),
+            "dup_group": keys.take(pa.array(head_kpos[gid])),
+        }
+    )
     counts = {"groups": len(start), "groups_across_classes": int(across.sum()), "members_in_groups": size}
     # groups by label (ascending), and the keys that name them
     return table, counts, (heads[0], keys.take(pa.array(heads[1])))
 
 
-def _with_eval_matches(table: Any, release: Release, involved: np.ndarray, idx: Callable, eval_match: dict,
-                       evals: EvalImages, label: np.ndarray, grouped: np.ndarray,
-                       heads: tuple[np.ndarray, Any]) -> Any:  # fmt: skip
+def _with_eval_matches(
+    table: Any,
+    release: Release,
+    involved: np.ndarray,
+    idx: Callable,
+    eval_match: dict,
+    evals: EvalImages,
+    label: np.ndarray,
+    grouped: np.ndarray,
+    heads: tuple[np.ndarray, Any],
+) -> Any:
     """``table`` with the evaluation matches added (each names its closest evaluation image; a member of a group
     keeps its group's ``dup_group``), sorted by manifest part and position."""
     import pyarrow as pa
@@ -499,18 +545,25 @@ def _with_eval_matches(table: Any, release: Release, involved: np.ndarray, idx: 
         at = idx(rows)
         in_group = np.isin(at, grouped)
         group_of = np.searchsorted(heads[0], label[at])
-        dup_group = heads[1].take(pa.array(np.where(in_group, group_of, 0), mask=~in_group)) if len(heads[0]) else (
-            pa.nulls(len(rows), pa.string()))  # fmt: skip
+        dup_group = (
+            heads[1].take(pa.array(np.where(in_group, group_of, 0), mask=~in_group))
+            if len(heads[0])
+            else (pa.nulls(len(rows), pa.string()))
+        )
         images = [eval_match[r][0] for r in rows.tolist()]
-        extra = pa.table({
-            "part": pa.array(release.part[rows], pa.int32()),
-            "position": pa.array(release.position[rows], pa.int32()),
-            "status": pa.array(["rejected"] * len(rows), pa.string()),
-            "reason": pa.array([REASON_EVAL] * len(rows), pa.string()),
-            "match": pa.array([f"{evals.names[evals.set_index[k]]}:{evals.member[k]}" for k in images], pa.string()),
-            "match_distance": pa.array([eval_match[r][1] for r in rows.tolist()], pa.int16()),
-            "dup_group": dup_group,
-        })  # fmt: skip
+        extra = pa.table(
+            {
+                "part": pa.array(release.part[rows], pa.int32()),
+                "position": pa.array(release.position[rows], pa.int32()),
+                "status": pa.array(["rejected"] * len(rows), pa.string()),
+                "reason": pa.array([REASON_EVAL] * len(rows), pa.string()),
+                "match": pa.array(
+                    [f"{evals.names[evals.set_index[k]]}:{evals.member[k]}" for k in images], pa.string()
+                ),
+                "match_distance": pa.array([eval_match[r][1] for r in rows.tolist()], pa.int16()),
+                "dup_group": dup_group,
+            }
+        )
         table = pa.concat_tables([table, extra])
         order = pc.sort_indices(table, sort_keys=[("part", "ascending"), ("position", "ascending")])
         table = table.take(order)
@@ -522,13 +575,20 @@ def _eval_summary(evals: EvalImages, matched_images: np.ndarray, eval_match: dic
     hit_sets = Counter(int(evals.set_index[k]) for k, _ in eval_match.values())
     for s, name in enumerate(evals.names):
         images = {int(k) for k in matched_images.tolist() if evals.set_index[k] == s}
-        out.append({"name": name, "readable": int((evals.set_index == s).sum()), "matched_images": len(images),
-                    "matched_release_members": hit_sets[s]})  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "readable": int((evals.set_index == s).sum()),
+                "matched_images": len(images),
+                "matched_release_members": hit_sets[s],
+            }
+        )
     return out
 
 
-def _samples(details: Callable[..., dict[str, Any]], accepted: tuple, rejected: tuple, matched: tuple,
-             evals: EvalImages) -> dict[str, list]:  # fmt: skip
+def _samples(
+    details: Callable[..., dict[str, Any]], accepted: tuple, rejected: tuple, matched: tuple, evals: EvalImages
+) -> dict[str, list]:
     """Pairs for the report's picture: accepted ones with the largest distances, the rejected ones closest in colour,
     and evaluation matches with the largest distances (their keys and where their bytes are, read for them only).
     Each of ``accepted``, ``rejected``, ``matched`` is (rows, rows or evaluation images, distances, colour
@@ -544,8 +604,12 @@ def _samples(details: Callable[..., dict[str, Any]], accepted: tuple, rejected: 
 
     def side(row: int) -> dict[str, Any]:
         k = int(np.searchsorted(rows, row))
-        return {"key": info["key"][k].as_py(), "source": info["source"][k].as_py(),
-                "offset": int(info["offset"][k]), "size": int(info["src_bytes"][k])}  # fmt: skip
+        return {
+            "key": info["key"][k].as_py(),
+            "source": info["source"][k].as_py(),
+            "offset": int(info["offset"][k]),
+            "size": int(info["src_bytes"][k]),
+        }
 
     out: dict[str, list] = {"accepted": [], "rejected": [], "eval": []}
     for kind, left, right, d, cd in picks:
@@ -580,7 +644,10 @@ def read_decisions(store: Store, policy: Policy, eval_listings: dict[str, str]) 
         return None
     summary = json.loads(store.read_bytes(SUMMARY_FILE))
     if (summary.get("schema"), summary.get("policy"), summary.get("eval_listings")) != (
-        CLEAN_SCHEMA, policy.as_dict(), eval_listings):  # fmt: skip
+        CLEAN_SCHEMA,
+        policy.as_dict(),
+        eval_listings,
+    ):
         return None
     table = pq.read_table(io.BytesIO(store.read_bytes(DECISIONS_FILE)))
     return table, summary
@@ -616,8 +683,9 @@ def tar_samples(fileobj: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, parts
 
 
-def rewrite_shard(split: str, shard: int, rows: dict[str, list], digest: str, out: str,
-                  storage_options: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+def rewrite_shard(
+    split: str, shard: int, rows: dict[str, list], digest: str, out: str, storage_options: dict[str, Any] | None
+) -> dict[str, Any]:
     """Apply the decisions ``rows`` (``shard_rows``) to one shard: tar without the removed samples, manifest part
     with the new statuses, stats last (``clean``: ``digest``). Doing it again gives the same bytes."""
     import pyarrow as pa
@@ -663,8 +731,11 @@ def rewrite_shard(split: str, shard: int, rows: dict[str, list], digest: str, ou
 
 
 # ----------------------------------------------------------------------------------------- the report's picture
-def pairs_picture(samples: dict[str, list], read_release: Callable[[list[dict]], list[bytes]],
-                  read_eval: Callable[[list[dict]], list[bytes]]) -> bytes | None:  # fmt: skip
+def pairs_picture(
+    samples: dict[str, list],
+    read_release: Callable[[list[dict]], list[bytes]],
+    read_eval: Callable[[list[dict]], list[bytes]],
+) -> bytes | None:
     """A PNG of the sample pairs side by side (release image | matched image, distances, verdict), or None."""
     from PIL import Image, ImageDraw
 
@@ -691,11 +762,19 @@ def pairs_picture(samples: dict[str, list], read_release: Callable[[list[dict]],
                 sheet.paste(img, (x + (side - img.width) // 2, y + (side - img.height) // 2))
             except Exception:  # noqa: BLE001 - an image that no longer reads: leave its place grey
                 draw.rectangle((x, y, x + side, y + side), fill=(200, 200, 200))
-        verdict = {"accepted": "same picture (removed)", "rejected": "different (kept: colours differ)",
-                   "eval": "matches the evaluation set (removed)"}[kind]  # fmt: skip
+        verdict = {
+            "accepted": "same picture (removed)",
+            "rejected": "different (kept: colours differ)",
+            "eval": "matches the evaluation set (removed)",
+        }[kind]
         right_name = f"{s['right']['eval']}:{s['right']['member']}" if "eval" in s["right"] else s["right"]["key"]
-        lines = [verdict, f"hash distance {s['distance']}", f"colour distance {s['color_distance']}",
-                 s["left"]["key"][:44], right_name[:44]]  # fmt: skip
+        lines = [
+            verdict,
+            f"hash distance {s['distance']}",
+            f"colour distance {s['color_distance']}",
+            s["left"]["key"][:44],
+            right_name[:44],
+        ]
         draw.multiline_text((2 * side + 3 * pad, y + 4), "\n".join(lines), fill="black", spacing=4)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")

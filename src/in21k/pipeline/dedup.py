@@ -156,8 +156,10 @@ def scan_tables(
             hp, rp = hs[lo:hi], rows[lo:hi]
             local = np.arange(hi - lo, dtype=np.uint64)
             # Each block's value in this part, once: a table's key is then a few shifts and ors of 32-bit values.
-            values = {blk: ((hp >> block_masks[blk][0]) & block_masks[blk][1]).astype(np.uint32)
-                      for blk in {b for _, rest in rests for b in rest}}  # fmt: skip
+            values = {
+                blk: ((hp >> block_masks[blk][0]) & block_masks[blk][1]).astype(np.uint32)
+                for blk in {b for _, rest in rests for b in rest}
+            }
             for t, rest in rests:
                 key = values[rest[0]].copy()
                 for blk in rest[1:]:
@@ -187,12 +189,18 @@ def scan_tables(
 def _joined(found: list[tuple], verified: bool) -> dict[str, Any]:
     """Found pairs (tuples of pairs, distances, colour distances) as sorted arrays."""
     if not found:
-        return {"pairs": np.empty(0, np.uint64), "distances": np.empty(0, np.int8),
-                "color_distances": np.empty(0, np.float32) if verified else None}  # fmt: skip
+        return {
+            "pairs": np.empty(0, np.uint64),
+            "distances": np.empty(0, np.int8),
+            "color_distances": np.empty(0, np.float32) if verified else None,
+        }
     pairs = np.concatenate([f[0] for f in found])
     order = np.argsort(pairs, kind="stable")
-    return {"pairs": pairs[order], "distances": np.concatenate([f[1] for f in found])[order],
-            "color_distances": np.concatenate([f[2] for f in found])[order] if verified else None}  # fmt: skip
+    return {
+        "pairs": pairs[order],
+        "distances": np.concatenate([f[1] for f in found])[order],
+        "color_distances": np.concatenate([f[2] for f in found])[order] if verified else None,
+    }
 
 
 def _closest(rejected: list[tuple], keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

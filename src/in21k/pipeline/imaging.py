@@ -187,8 +187,13 @@ def process_image(
     the thumbnail of the written pixels that ``in21k.pipeline.fingerprint`` works from."""
     if not data:
         return ImageResult(None, "empty")
-    opts = {"resize": resize, "size": size, "quality": quality, "max_image_pixels": max_image_pixels,
-            "fingerprint": fingerprint}  # fmt: skip
+    opts = {
+        "resize": resize,
+        "size": size,
+        "quality": quality,
+        "max_image_pixels": max_image_pixels,
+        "fingerprint": fingerprint,
+    }
     if _simplejpeg is not None and data[:2] == b"\xff\xd8":
         try:
             result = _process_turbo(data, **opts, copy_at_size=copy_at_size)

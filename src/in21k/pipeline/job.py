@@ -330,8 +330,14 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def _completed(fn: Callable[..., Any], names: list[str], args: Callable[[int], tuple], cfg: PrepareConfig, *,
-               window: Callable[[], int]) -> Iterator[tuple[int, Any]]:  # fmt: skip
+def _completed(
+    fn: Callable[..., Any],
+    names: list[str],
+    args: Callable[[int], tuple],
+    cfg: PrepareConfig,
+    *,
+    window: Callable[[], int],
+) -> Iterator[tuple[int, Any]]:
     """Run task ``i`` = ``fn(*args(i))`` for each of ``names`` (what messages call the tasks) as Ray tasks, and
     yield ``(i, result)`` as each finishes. ``args(i)`` is called at each submission, so arguments exist only for
     the tasks in flight.
@@ -344,8 +350,9 @@ def _completed(fn: Callable[..., Any], names: list[str], args: Callable[[int], t
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=False)(fn)
-    policy = storage.Retry(attempts=cfg.retries, seconds=cfg.retry_seconds, base_delay=RETRY_BASE_DELAY,
-                           max_delay=RETRY_MAX_DELAY)  # fmt: skip
+    policy = storage.Retry(
+        attempts=cfg.retries, seconds=cfg.retry_seconds, base_delay=RETRY_BASE_DELAY, max_delay=RETRY_MAX_DELAY
+    )
     queue = list(range(len(names) - 1, -1, -1))  # popped from the end: tasks in order
     pending: dict[Any, int] = {}
     waiting: list[tuple[float, int]] = []  # heap of (when to submit again, task): tasks backing off
@@ -378,8 +385,14 @@ def _completed(fn: Callable[..., Any], names: list[str], args: Callable[[int], t
                     if wait is None:
                         raise _failure(names[i], cause, retries, time.monotonic() - began, cfg) from exc
                     backoff[i] = (delays, began, retries + 1)
-                    log.warning("%s failed (%s); retry %d of %d in %.1f s", names[i], _brief(cause),
-                                retries + 1, cfg.retries, wait)  # fmt: skip
+                    log.warning(
+                        "%s failed (%s); retry %d of %d in %.1f s",
+                        names[i],
+                        _brief(cause),
+                        retries + 1,
+                        cfg.retries,
+                        wait,
+                    )
                     heapq.heappush(waiting, (time.monotonic() + wait, i))
                     continue
                 except ray.exceptions.RayError as exc:  # its worker or node was lost more than max_retries times
@@ -535,8 +548,9 @@ def _run_shards(plan: Plan, store: Store, cfg: PrepareConfig) -> dict[str, int]:
         total=total, initial=done_samples, unit="img", desc="writing shards", smoothing=0.1, enabled=cfg.progress
     ) as bar:
         # Each task gets its own rows only, built when it is submitted: a small Arrow table, not the whole plan.
-        for i, stats in _completed(write_shard, names, lambda i: (plan.shard_spec(todo[i]), settings), cfg,
-                                   window=_shard_window):  # fmt: skip
+        for i, stats in _completed(
+            write_shard, names, lambda i: (plan.shard_spec(todo[i]), settings), cfg, window=_shard_window
+        ):
             written += stats["num_samples"]
             rejected += stats["rejected"]
             shards_done += 1
@@ -628,12 +642,17 @@ def _fingerprint_eval_sets(eval_sets: list[Any], store: Store, cfg: PrepareConfi
         meta = against.describe(es, settings, table)
         store.write_json(meta_name, meta)  # last: marks the cache complete
         if meta["unreadable"]:
-            log.warning("evaluation set %s: %d of %d images do not decode (listed in the report)", es.name,
-                        meta["unreadable"], meta["images"])  # fmt: skip
+            log.warning(
+                "evaluation set %s: %d of %d images do not decode (listed in the report)",
+                es.name,
+                meta["unreadable"],
+                meta["images"],
+            )
 
 
-def join_in_ray(store: Store, parts: list[str], release: Any, reps: Any, evals: Any, policy: Any,
-                cfg: PrepareConfig) -> dict[str, Any]:  # fmt: skip
+def join_in_ray(
+    store: Store, parts: list[str], release: Any, reps: Any, evals: Any, policy: Any, cfg: PrepareConfig
+) -> dict[str, Any]:
     """The join (``dedup.scan_tables``) over the release members ``reps`` and the evaluation images, as Ray tasks:
     one task reads the colour grids of ``reps`` from the manifest into the object store, then the tables run in
     tasks grouped by their first key block, each verifying its pairs against those colours. The driver holds the
@@ -677,8 +696,13 @@ def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: l
 
     from in21k.pipeline import clean
 
-    policy = clean.Policy(dedup=cfg.dedup, max_distance=cfg.dedup_distance, max_color_distance=cfg.dedup_color_distance,
-                          in_class=cfg.duplicates_in_class, across_classes=cfg.duplicates_across_classes)  # fmt: skip
+    policy = clean.Policy(
+        dedup=cfg.dedup,
+        max_distance=cfg.dedup_distance,
+        max_color_distance=cfg.dedup_color_distance,
+        in_class=cfg.duplicates_in_class,
+        across_classes=cfg.duplicates_across_classes,
+    )
     shards = [(s.split, s.shard) for s in plan.shards]
     parts = clean.manifest_parts(shards)
     store.invalidate_cache()
@@ -693,8 +717,11 @@ def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: l
         release = clean.load_release(store, parts, class_of, rows=sum(s.num_rows for s in plan.shards))
         evals = clean.load_evals(store, [es.name for es in eval_sets])
         depth = np.asarray(tree.depths, np.int64)
-        log.info("looking for copies among %d images%s", len(release),
-                 f" and {len(evals.member)} evaluation images" if eval_sets else "")  # fmt: skip
+        log.info(
+            "looking for copies among %d images%s",
+            len(release),
+            f" and {len(evals.member)} evaluation images" if eval_sets else "",
+        )
         table, summary = clean.decide(
             release,
             lambda rows, columns: clean.load_details(store, parts, release, rows, columns),
@@ -723,13 +750,26 @@ def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: l
     finished = {k for k in touched if json.loads(store.read_bytes(stats_name(*shards[k]))).get("clean") == digest}
     todo = [k for k in touched if k not in finished]
     if len(todo) < len(touched):
-        log.info("resuming: %d of %d shards with removed or grouped members are rewritten already",
-                 len(touched) - len(todo), len(touched))  # fmt: skip
+        log.info(
+            "resuming: %d of %d shards with removed or grouped members are rewritten already",
+            len(touched) - len(todo),
+            len(touched),
+        )
     names = [f"rewrite {shard_name(*shards[k])}" for k in todo]
     with progress(total=len(todo), unit="shard", desc="rewriting shards", enabled=cfg.progress) as bar:
-        for _ in _completed(clean.rewrite_shard, names,
-                            lambda i: (*shards[todo[i]], clean.shard_rows(table, todo[i], part_column), digest, cfg.out,
-                                       cfg.storage_options), cfg, window=_shard_window):  # fmt: skip
+        for _ in _completed(
+            clean.rewrite_shard,
+            names,
+            lambda i: (
+                *shards[todo[i]],
+                clean.shard_rows(table, todo[i], part_column),
+                digest,
+                cfg.out,
+                cfg.storage_options,
+            ),
+            cfg,
+            window=_shard_window,
+        ):
             bar.update()
     store.invalidate_cache()
     return summary
@@ -822,8 +862,13 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         if meta is not None:
             log.info("reusing the index of an earlier run (%d members)", meta["rows"])
         else:
-            source = sources.open_source(cfg.raw, staging=cfg.staging, storage_options=cfg.storage_options,
-                                         show_progress=cfg.progress, parquet=cfg.parquet)  # fmt: skip
+            source = sources.open_source(
+                cfg.raw,
+                staging=cfg.staging,
+                storage_options=cfg.storage_options,
+                show_progress=cfg.progress,
+                parquet=cfg.parquet,
+            )
             log.info("raw release %s: layout %s, %d containers", cfg.raw, source.layout, len(source.containers))
             if class_list is not None and source.classes is not None:  # before indexing (a cached one: make_plan)
                 check_class_list(class_list.wnids, source.classes, class_list.name)
@@ -852,8 +897,13 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
         # Class index order: the class list's, else sorted wnids (plan.kept_wnids is in class-index order).
         tree = class_tree if class_tree is not None else SemanticTree.build(plan.kept_wnids, keep_order=True)
-        identity = release.identify(layout, meta.get("release") or {}, plan.counts, classes_seen=len(plan.classes),
-                                    split_classes=plan.counts.get("split_classes"))  # fmt: skip
+        identity = release.identify(
+            layout,
+            meta.get("release") or {},
+            plan.counts,
+            classes_seen=len(plan.classes),
+            split_classes=plan.counts.get("split_classes"),
+        )
         log.info("release %s: %s", cfg.raw, release.summary_line(identity))
         timings["plan"] = time.perf_counter() - t
         timings["plan_cpu"] = time.process_time() - c  # the driver's own CPU time: what a shared machine can't slow
@@ -867,8 +917,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         )
         if cfg.plan_only:
             summary = plan_summary(plan, cfg, tree, layout=layout, index_errors=errors, release=identity)
-            summary["against"] = [{"name": es.name, "url": es.url, "kind": es.kind, "images": len(es.members)}
-                                  for es in eval_sets]  # fmt: skip
+            summary["against"] = [
+                {"name": es.name, "url": es.url, "kind": es.kind, "images": len(es.members)} for es in eval_sets
+            ]
             summary["timings"] = {k: round(v, 2) for k, v in timings.items()}
             store.write_json(PLAN_FILE, summary)
             return summary
@@ -898,8 +949,19 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         # hold: an object store would answer "not found" from the stale listing.
         store.invalidate_cache()
         timings["total"] = time.perf_counter() - t0
-        report = finalize(store, plan, cfg, tree, layout=layout, note=note, timings=timings, index_errors=errors,
-                          release=identity, class_list=class_list, clean=cleaned)  # fmt: skip
+        report = finalize(
+            store,
+            plan,
+            cfg,
+            tree,
+            layout=layout,
+            note=note,
+            timings=timings,
+            index_errors=errors,
+            release=identity,
+            class_list=class_list,
+            clean=cleaned,
+        )
     finally:
         for close in closers:
             close()

@@ -47,9 +47,9 @@ class ParquetOptions:
     """Options for parquet input (``parquet:`` in YAML, ``--parquet.KEY`` flags; in21k.pipeline.parquet_source)."""
 
     image_column: str | None = field(
-        default=None, metadata={"help": "the column of image bytes or {bytes, path} structs (default: found)",
-                                "metavar": "NAME"},
-    )  # fmt: skip
+        default=None,
+        metadata={"help": "the column of image bytes or {bytes, path} structs (default: found)", "metavar": "NAME"},
+    )
     label_column: str | None = field(
         default=None, metadata={"help": "the column of class indices or wnids (default: found)", "metavar": "NAME"}
     )
@@ -153,14 +153,18 @@ class PrepareConfig:
     )
     dedup_distance: int = field(
         default=12,
-        metadata={"help": "a pair is a candidate copy when the Hamming distance of its 64-bit DCT hashes is at most "
-                  "this (even: every hash has 32 ones)"},
-    )  # fmt: skip
+        metadata={
+            "help": "a pair is a candidate copy when the Hamming distance of its 64-bit DCT hashes is at most "
+            "this (even: every hash has 32 ones)"
+        },
+    )
     dedup_color_distance: float = field(
         default=7.0,
-        metadata={"help": "and a copy when its 4x4 colour grids also differ by at most this (mean, 8-bit levels, "
-                  "brightness and colour cast removed)"},
-    )  # fmt: skip
+        metadata={
+            "help": "and a copy when its 4x4 colour grids also differ by at most this (mean, 8-bit levels, "
+            "brightness and colour cast removed)"
+        },
+    )
     duplicates_in_class: Literal["keep-one", "keep-all"] = field(
         default="keep-one", metadata={"help": "copies of one picture inside a class: keep one, or keep all"}
     )
@@ -295,21 +299,28 @@ class AuditConfig:
 
     data: str | None = field(
         default=None,
-        metadata={"help": "the dataset: one `in21k prepare` wrote, or any WebDataset (its _info.json, or every .tar "
-                  "below it)", "metavar": "DST"},
-    )  # fmt: skip
+        metadata={
+            "help": "the dataset: one `in21k prepare` wrote, or any WebDataset (its _info.json, or every .tar "
+            "below it)",
+            "metavar": "DST",
+        },
+    )
     against: list[str] = field(
         default_factory=list,
-        metadata={"help": "evaluation sets NAME=URL (a folder, .tar or .parquet of images; local, s3://, gs://); "
-                  "repeatable", "metavar": "NAME=URL"},
-    )  # fmt: skip
+        metadata={
+            "help": "evaluation sets NAME=URL (a folder, .tar or .parquet of images; local, s3://, gs://); repeatable",
+            "metavar": "NAME=URL",
+        },
+    )
     dedup_distance: int = field(default=12, metadata={"help": "as prepare's: hash distance of a candidate pair"})
     dedup_color_distance: float = field(default=7.0, metadata={"help": "as prepare's: colour distance of a match"})
     resize: Literal["squash", "short-edge", "none"] = field(
         default="squash",
-        metadata={"help": "how images are resized before fingerprinting, for a dataset not written by prepare "
-                  "(prepare's own datasets use their _info.json config)"},
-    )  # fmt: skip
+        metadata={
+            "help": "how images are resized before fingerprinting, for a dataset not written by prepare "
+            "(prepare's own datasets use their _info.json config)"
+        },
+    )
     size: int = field(default=224, metadata={"help": "the size of --resize"})
     workers: int | None = field(default=None, metadata={"help": "processes that decode images (default: all CPUs)"})
     storage_options: Any = field(

@@ -45,8 +45,15 @@ STAGED_DIR = "parquet"  # under --staging: parquet/<split>/<file>.tar
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes", "bytes")
 LABEL_COLUMNS = ("label", "labels", "cls", "class", "target", "wnid", "synset")
 SPLITS = {"train": GIVEN_TRAIN, "validation": GIVEN_VALIDATION, "test": GIVEN_OTHER, "unsplit": GIVEN_NONE}
-_SPLIT_WORDS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-                "val": "validation", "test": "test", "testing": "test"}  # fmt: skip
+_SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "test": "test",
+    "testing": "test",
+}
 _SPLIT_RE = re.compile(r"(?:^|[_.-])(" + "|".join(_SPLIT_WORDS) + r")(?=[_.-]|$)")
 _WNID = re.compile(r"^n\d{8}$")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -148,8 +155,9 @@ def _features(schema: Any, readme: str | None) -> dict[str, Any]:
     return {}
 
 
-def inspect(url: str, files: list[str], fs: Any, options: ParquetOptions,
-            storage_options: dict[str, Any] | None = None) -> ParquetSpec:  # fmt: skip
+def inspect(
+    url: str, files: list[str], fs: Any, options: ParquetOptions, storage_options: dict[str, Any] | None = None
+) -> ParquetSpec:
     """Find the image and label columns and the class names of a parquet set (reads one file's footer), or a
     ``DataError`` that names what was found and the option that fixes it."""
     import pyarrow as pa
@@ -173,16 +181,20 @@ def inspect(url: str, files: list[str], fs: Any, options: ParquetOptions,
 
     image = options.image_column
     if image is not None and (image not in types or not _image_like(types[image])):
-        raise DataError(f"{where}: --parquet.image-column {image!r} is not a column of image bytes or of "
-                        f"{{bytes, path}} structs; columns found: {found}")  # fmt: skip
+        raise DataError(
+            f"{where}: --parquet.image-column {image!r} is not a column of image bytes or of "
+            f"{{bytes, path}} structs; columns found: {found}"
+        )
     if image is None:
         candidates = [n for n, t in types.items() if _image_like(t)]
         hub = [n for n in candidates if (features.get(n) or {}).get("_type") == "Image"]
         named = [n for n in candidates if n.lower() in IMAGE_COLUMNS]
         image = (hub or named or (candidates if len(candidates) == 1 else [None]))[0]
     if image is None:
-        raise DataError(f"{where} has no image column (bytes, or {{bytes, path}} structs); columns found: {found}. "
-                        "Give --parquet.image-column NAME")  # fmt: skip
+        raise DataError(
+            f"{where} has no image column (bytes, or {{bytes, path}} structs); columns found: {found}. "
+            "Give --parquet.image-column NAME"
+        )
 
     label = options.label_column
     if label is None:
@@ -190,8 +202,10 @@ def inspect(url: str, files: list[str], fs: Any, options: ParquetOptions,
         named = [n for n in types if n.lower() in LABEL_COLUMNS]
         label = (hub or named or [None])[0]
     if label is None or label not in types:
-        raise DataError(f"{where} has no label column{'' if label is None else f' {label!r}'}; columns found: "
-                        f"{found}. Give --parquet.label-column NAME (class indices or wnids)")  # fmt: skip
+        raise DataError(
+            f"{where} has no label column{'' if label is None else f' {label!r}'}; columns found: "
+            f"{found}. Give --parquet.label-column NAME (class indices or wnids)"
+        )
     kind = types[label]
     if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise DataError(f"{where}: label column {label!r} is {kind}, not class indices (integers) or wnids (strings)")
@@ -205,17 +219,20 @@ def inspect(url: str, files: list[str], fs: Any, options: ParquetOptions,
         else:
             feature = features.get(label) or {}
             if feature.get("_type") != "ClassLabel" or not feature.get("names"):
-                raise DataError(f"{where}: the labels are class indices but the files carry no class names; give "
-                                "--parquet.label-names FILE|NAME (the wnid of label i on line i, or a timm list "
-                                "name such as imagenet21k_miil_w21)")  # fmt: skip
+                raise DataError(
+                    f"{where}: the labels are class indices but the files carry no class names; give "
+                    "--parquet.label-names FILE|NAME (the wnid of label i on line i, or a timm list "
+                    "name such as imagenet21k_miil_w21)"
+                )
             names = tuple(str(n) for n in feature["names"])
             names_from = f"the class names in the metadata of {where}"
             bad = [n for n in names if not _WNID.match(n)]
             if bad:
-                raise DataError(f"{where}: the class names in its metadata are not wnids (e.g. {bad[0]!r}, "
-                                f"{len(bad):,} of them); give --parquet.label-names FILE|NAME with the wnid of each "
-                                "label index (line i = label i), e.g. a timm list name such as imagenet21k_miil_w21"
-                                )  # fmt: skip
+                raise DataError(
+                    f"{where}: the class names in its metadata are not wnids (e.g. {bad[0]!r}, "
+                    f"{len(bad):,} of them); give --parquet.label-names FILE|NAME with the wnid of each "
+                    "label index (line i = label i), e.g. a timm list name such as imagenet21k_miil_w21"
+                )
     return ParquetSpec(image, pa.types.is_struct(types[image]), label, names, names_from)
 
 
@@ -309,13 +326,16 @@ def _wnid(label: Any, spec: ParquetSpec, url: str, row: int) -> str:
     if spec.names is None:
         if isinstance(label, str) and _WNID.match(label):
             return label
-        raise DataError(f"{url} row {row}: label {label!r} is not a wnid; give class indices with "
-                        "--parquet.label-names, or wnids")  # fmt: skip
+        raise DataError(
+            f"{url} row {row}: label {label!r} is not a wnid; give class indices with --parquet.label-names, or wnids"
+        )
     if label < 0:
         return UNLABELLED
     if label >= len(spec.names):
-        raise DataError(f"{url} row {row}: label {label} but {spec.names_from} has {len(spec.names):,} names; "
-                        "give the class list these labels index (--parquet.label-names)")  # fmt: skip
+        raise DataError(
+            f"{url} row {row}: label {label} but {spec.names_from} has {len(spec.names):,} names; "
+            "give the class list these labels index (--parquet.label-names)"
+        )
     return spec.names[label]
 
 

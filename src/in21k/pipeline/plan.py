@@ -445,8 +445,9 @@ def make_plan(
         split_rows = (row_given == GIVEN_TRAIN) | (row_given == GIVEN_VALIDATION)
         given_classes = {wnids[c] for c in np.unique(index.wnid[split_rows]).tolist()}
         del split_rows
-    classes = decide_classes(wnids, members, readable_per_class, cfg, class_list=class_list,
-                             given_classes=given_classes)  # fmt: skip
+    classes = decide_classes(
+        wnids, members, readable_per_class, cfg, class_list=class_list, given_classes=given_classes
+    )
     class_index = np.array([c.index for c in classes], dtype=np.int64)
     kept_codes = [c for c, d in enumerate(classes) if d.kept]
     kept_row = (class_index >= 0)[index.wnid]
@@ -489,13 +490,27 @@ def make_plan(
         "other_split": int((kept_row & ~dup & other).sum()),
     }
     if row_given is not None:  # what the input's own split holds, whether kept or not (the release's identity)
-        for name, code in (("train", GIVEN_TRAIN), ("validation", GIVEN_VALIDATION), ("held_out", GIVEN_HELD_OUT),
-                           ("other", GIVEN_OTHER)):  # fmt: skip
+        for name, code in (
+            ("train", GIVEN_TRAIN),
+            ("validation", GIVEN_VALIDATION),
+            ("held_out", GIVEN_HELD_OUT),
+            ("other", GIVEN_OTHER),
+        ):
             counts[f"given_{name}"] = int((row_given == code).sum())
         split_rows = (row_given == GIVEN_TRAIN) | (row_given == GIVEN_VALIDATION)
         counts["split_classes"] = len(np.unique(index.wnid[split_rows]))
-    return Plan(index, classes, class_index, {"train": train_order, "validation": val_order}, shards, unsharded,
-                counts, given=row_given, dup=dup if row_given is not None else None, kept_split=kept_split)  # fmt: skip
+    return Plan(
+        index,
+        classes,
+        class_index,
+        {"train": train_order, "validation": val_order},
+        shards,
+        unsharded,
+        counts,
+        given=row_given,
+        dup=dup if row_given is not None else None,
+        kept_split=kept_split,
+    )
 
 
 def order_dtype(n: int) -> type:

@@ -155,8 +155,9 @@ class _Hashing(io.RawIOBase):
             pass
 
 
-def stage_archive(url: str, staging: str, storage_options: dict[str, Any] | None, *, show_progress: bool = True
-                  ) -> dict[str, Any]:  # fmt: skip
+def stage_archive(
+    url: str, staging: str, storage_options: dict[str, Any] | None, *, show_progress: bool = True
+) -> dict[str, Any]:
     """Stream the processed ``.tar.gz`` once into ``STAGED_DIR/<folder>/nXXXXXXXX.tar`` under ``staging``.
 
     Returns the staging record (also ``STAGING_DONE``): class tars written, files outside the class folders,
@@ -172,8 +173,11 @@ def stage_archive(url: str, staging: str, storage_options: dict[str, Any] | None
     total = int(fs.size(path))
     log.info(
         "%s is gzip-compressed and cannot be read by byte range: streaming it once into class tars at %s (needs "
-        "about %.1f GB there)", url, staging, total * 1.05 / 1e9,
-    )  # fmt: skip
+        "about %.1f GB there)",
+        url,
+        staging,
+        total * 1.05 / 1e9,
+    )
     store.makedirs()
     written: dict[tuple[str, str], int] = {}
     outside: list[str] = []

@@ -50,14 +50,15 @@ KNOWN = (
         PROCESSED_LAYOUTS,
         10_450,
         11_060_223 + 522_500,
-    ),  # fmt: skip
+    ),
     KnownRelease("ImageNet-21K-P winter21 classes, as parquet", "winter21", ("parquet",), 10_450, None),
     KnownRelease("ImageNet-21K-P fall11 classes, as parquet", "fall11", ("parquet",), 11_221, None),
 )
 
 
-def identify(layout: str, facts: dict[str, Any], counts: dict[str, int], *, classes_seen: int,
-             split_classes: int | None) -> dict[str, Any]:  # fmt: skip
+def identify(
+    layout: str, facts: dict[str, Any], counts: dict[str, int], *, classes_seen: int, split_classes: int | None
+) -> dict[str, Any]:
     """The identification record of the report: layout, outer size and MD5 (where measured), member counts, and
     the known release it matches by layout and class count (``None`` if none), with any count that differs."""
     members = int(counts.get("raw_members", 0))
@@ -113,11 +114,18 @@ def markdown(r: dict[str, Any], totals: dict[str, int]) -> list[str]:
     if r.get("files"):
         lines.append(f"- parquet files: {r['files']:,}")
     if r.get("outer_size"):
-        lines.append(f"- outer file: {r['outer_size']:,} bytes" + (f", MD5 `{r['md5']}`" if r.get("md5") else
-                     " (MD5 not computed: the file is read by byte range, not streamed)"))  # fmt: skip
+        lines.append(
+            f"- outer file: {r['outer_size']:,} bytes"
+            + (
+                f", MD5 `{r['md5']}`"
+                if r.get("md5")
+                else " (MD5 not computed: the file is read by byte range, not streamed)"
+            )
+        )
     if r["outside_class_folders"]:
-        lines.append(f"- files outside the class folders (not images of a class, counted only): "
-                     f"{r['outside_class_folders']:,}")  # fmt: skip
+        lines.append(
+            f"- files outside the class folders (not images of a class, counted only): {r['outside_class_folders']:,}"
+        )
     mine = (totals["classes_kept"], totals["train_samples"], totals["validation_samples"])
     lines += [
         "",
@@ -134,6 +142,8 @@ def markdown(r: dict[str, Any], totals: dict[str, int]) -> list[str]:
         p = next(p for p in PUBLISHED if p.variant == r["variant"])
         delta = [mine[0] - p.classes, mine[1] - p.train, mine[2] - p.validation]
         lines.append("")
-        lines.append(f"Difference to {p.variant} (this run minus published): classes {delta[0]:+,}, train "
-                     f"{delta[1]:+,}, validation {delta[2]:+,}.")  # fmt: skip
+        lines.append(
+            f"Difference to {p.variant} (this run minus published): classes {delta[0]:+,}, train "
+            f"{delta[1]:+,}, validation {delta[2]:+,}."
+        )
     return lines + [""]

@@ -120,60 +120,69 @@ def finalize(
         if not c.kept
     ]
     flagged = [
-        {"index": c.index, "wnid": c.wnid, "flag": c.flag, "members": c.members, "readable_looking": c.readable,
-         "train": per_class[c.wnid]["train"], "validation": per_class[c.wnid]["validation"]}
+        {
+            "index": c.index,
+            "wnid": c.wnid,
+            "flag": c.flag,
+            "members": c.members,
+            "readable_looking": c.readable,
+            "train": per_class[c.wnid]["train"],
+            "validation": per_class[c.wnid]["validation"],
+        }
         for c in sorted(plan.classes, key=lambda c: c.index)
         if c.kept and c.flag
-    ]  # fmt: skip
+    ]
     seconds = [s["seconds"] for s in stats.values()]
     cpu_seconds = [s.get("cpu_seconds", 0.0) for s in stats.values()]
     # Through redact: the raw and output URLs, and error messages, may hold credentials (a URL's password).
-    report = redact({
-        "schema": SCHEMA,
-        "raw": cfg.raw,
-        "layout": layout,
-        "note": note,
-        "out": cfg.out,
-        "totals": {
-            "raw_members": raw_members,
-            "written": status["written"],
-            "rejected": status["rejected"],
-            "dropped_class": status["dropped_class"],
-            "classes_seen": len(plan.classes),
-            "classes_kept": tree.num_classes,
-            "classes_dropped": len(dropped),
-            "classes_flagged": len(flagged),
-            "copied_at_size": sum(int(s.get("copied", 0)) for s in stats.values()),
-            "tree_levels": tree.num_levels,
-            **{f"{split}_samples": splits.get(split, {}).get("num_samples", 0) for split in SPLITS},
-            **{f"{split}_shards": len(splits.get(split, {}).get("filenames", [])) for split in SPLITS},
-        },
-        "rejection_reasons": dict(sorted(reasons.items())),
-        "dropped_classes_by_reason": dict(sorted(Counter(d["reason"] for d in dropped).items())),
-        "dropped_classes": dropped,
-        "flagged_classes": flagged,
-        "class_list": None
-        if class_list is None
-        else {"name": class_list.name, "origin": class_list.origin, "classes": len(class_list.wnids)},
-        "split": "kept as the input gives it" if plan.kept_split else "made by --val-per-class",
-        "release": release,
-        "index_errors": index_errors,
-        "classes": [
-            {
-                "index": c.index,
-                "wnid": c.wnid,
-                "train": per_class[c.wnid]["train"],
-                "validation": per_class[c.wnid]["validation"],
-            }
-            for c in tree.classes
-        ],
-        "timings": {
-            **{k: round(v, 2) for k, v in timings.items()},
-            "shard_task_seconds_total": round(sum(seconds), 2),
-            "shard_task_cpu_seconds_total": round(sum(cpu_seconds), 2),
-        },
-        "clean": None if clean is None else {k: v for k, v in clean.items() if k != "samples"},
-    })  # fmt: skip
+    report = redact(
+        {
+            "schema": SCHEMA,
+            "raw": cfg.raw,
+            "layout": layout,
+            "note": note,
+            "out": cfg.out,
+            "totals": {
+                "raw_members": raw_members,
+                "written": status["written"],
+                "rejected": status["rejected"],
+                "dropped_class": status["dropped_class"],
+                "classes_seen": len(plan.classes),
+                "classes_kept": tree.num_classes,
+                "classes_dropped": len(dropped),
+                "classes_flagged": len(flagged),
+                "copied_at_size": sum(int(s.get("copied", 0)) for s in stats.values()),
+                "tree_levels": tree.num_levels,
+                **{f"{split}_samples": splits.get(split, {}).get("num_samples", 0) for split in SPLITS},
+                **{f"{split}_shards": len(splits.get(split, {}).get("filenames", [])) for split in SPLITS},
+            },
+            "rejection_reasons": dict(sorted(reasons.items())),
+            "dropped_classes_by_reason": dict(sorted(Counter(d["reason"] for d in dropped).items())),
+            "dropped_classes": dropped,
+            "flagged_classes": flagged,
+            "class_list": None
+            if class_list is None
+            else {"name": class_list.name, "origin": class_list.origin, "classes": len(class_list.wnids)},
+            "split": "kept as the input gives it" if plan.kept_split else "made by --val-per-class",
+            "release": release,
+            "index_errors": index_errors,
+            "classes": [
+                {
+                    "index": c.index,
+                    "wnid": c.wnid,
+                    "train": per_class[c.wnid]["train"],
+                    "validation": per_class[c.wnid]["validation"],
+                }
+                for c in tree.classes
+            ],
+            "timings": {
+                **{k: round(v, 2) for k, v in timings.items()},
+                "shard_task_seconds_total": round(sum(seconds), 2),
+                "shard_task_cpu_seconds_total": round(sum(cpu_seconds), 2),
+            },
+            "clean": None if clean is None else {k: v for k, v in clean.items() if k != "samples"},
+        }
+    )
     store.write_json("report.json", report)
     store.write_bytes("report.md", _markdown(report).encode())
     return report
@@ -268,26 +277,38 @@ def _clean_markdown(c: dict[str, Any]) -> list[str]:
         "",
     ]
     if c["eval_sets"]:
-        out += ["| evaluation set | images | unreadable | images matched | release members removed |",
-                "|---|---:|---:|---:|---:|"]  # fmt: skip
-        out += [f"| {e['name']} (`{e.get('url', '')}`) | {e.get('images', e['readable']):,} | "
-                f"{e.get('unreadable', 0):,} | {e['matched_images']:,} | {e['matched_release_members']:,} |"
-                for e in c["eval_sets"]]  # fmt: skip
+        out += [
+            "| evaluation set | images | unreadable | images matched | release members removed |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {e['name']} (`{e.get('url', '')}`) | {e.get('images', e['readable']):,} | "
+            f"{e.get('unreadable', 0):,} | {e['matched_images']:,} | {e['matched_release_members']:,} |"
+            for e in c["eval_sets"]
+        ]
         out.append("")
     j = c["join"]
-    out.append(f"Join: {j['hashes']:,} hashes, {j['candidates']:,} candidate pairs compared, {j['within_distance']:,} "
-               f"within the distance; time {c['timings'].get('decide', 0):.1f} s.")  # fmt: skip
+    out.append(
+        f"Join: {j['hashes']:,} hashes, {j['candidates']:,} candidate pairs compared, {j['within_distance']:,} "
+        f"within the distance; time {c['timings'].get('decide', 0):.1f} s."
+    )
     if j["truncated"]:
         out.append(f"{j['truncated']:,} members of very large buckets were compared to their nearest neighbours only.")
     out.append("")
     if c.get("picture"):
-        out += ["Pairs at and near the thresholds, side by side (the release image on the left): judge the "
-                "thresholds by eye.", "", f"![matched pairs]({c['picture']})", ""]  # fmt: skip
+        out += [
+            "Pairs at and near the thresholds, side by side (the release image on the left): judge the "
+            "thresholds by eye.",
+            "",
+            f"![matched pairs]({c['picture']})",
+            "",
+        ]
     return out
 
 
-def plan_summary(plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, index_errors: list,
-                 release: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def plan_summary(
+    plan: Plan, cfg: PrepareConfig, tree: Any, *, layout: str, index_errors: list, release: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What the job would keep, drop, read and write (``--plan-only``), from the plan alone."""
     c = plan.counts
     dropped = Counter(d.reason for d in plan.classes if not d.kept)

@@ -188,8 +188,13 @@ def _write_shard(spec: ShardSpec, settings: ShardSettings) -> dict[str, Any]:
                         "orig_size": [result.src_width, result.src_height],
                     }
                     writer.write(row["key"], result.jpeg, row["class"], meta)
-                    record.update(status="written", reason=None, width=result.width, height=result.height,
-                                  pixel_hash=exact_hash(result.jpeg))  # fmt: skip
+                    record.update(
+                        status="written",
+                        reason=None,
+                        width=result.width,
+                        height=result.height,
+                        pixel_hash=exact_hash(result.jpeg),
+                    )
                     decoded.append((record, result.thumbnail))
                 else:
                     reasons[result.reason] += 1

@@ -538,8 +538,13 @@ def stage_gz(
                     sfs.mv(tmp, dest)
                 count += 1
         counted.drain()
-    record = {"source": url, "class_tars": count, "size": total, "md5": counted.md5.hexdigest(),
-              "outside": {"count": skipped_count, "first": skipped}}  # fmt: skip
+    record = {
+        "source": url,
+        "class_tars": count,
+        "size": total,
+        "md5": counted.md5.hexdigest(),
+        "outside": {"count": skipped_count, "first": skipped},
+    }
     with sfs.open(marker, "w") as f:
         f.write(json.dumps(record))
     log.info("staged %d class tars at %s (MD5 of the archive %s)", count, staging, record["md5"])

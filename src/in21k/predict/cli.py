@@ -28,13 +28,15 @@ class PredictConfig:
         default="", metadata=_h("our model.pt or checkpoint, or the original's published state dict", "CKPT")
     )
     tree: str | None = field(
-        default=None, metadata=_h("semantic tree (default: the checkpoint's); required for a plain state dict",
-                                  "PATH|fall11|winter21"),
-    )  # fmt: skip
+        default=None,
+        metadata=_h(
+            "semantic tree (default: the checkpoint's); required for a plain state dict", "PATH|fall11|winter21"
+        ),
+    )
     model: str | None = field(
-        default=None, metadata=_h("timm architecture (default: the checkpoint's); required for a plain state dict",
-                                  "NAME"),
-    )  # fmt: skip
+        default=None,
+        metadata=_h("timm architecture (default: the checkpoint's); required for a plain state dict", "NAME"),
+    )
     image_size: int | None = field(default=None, metadata=_h("input size (default: the checkpoint's, else 224)", "PX"))
     weights: Literal["model", "ema"] = field(default="model", metadata=_h("which weights of our files"))
     threshold: float = field(default=0.5, metadata=_h("keep levels whose probability is above this", "P"))
@@ -65,10 +67,10 @@ def _predict(args: argparse.Namespace) -> int:
     from in21k.training.pretrained import read_trained_model
 
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    trained = read_trained_model(cfg.checkpoint, model_name=cfg.model, tree=cfg.tree, image_size=cfg.image_size,
-                                 weights=cfg.weights)  # fmt: skip
-    predictor = Predictor(trained, device=device, threshold=cfg.threshold, top_k=cfg.top_k,
-                          batch_size=cfg.batch_size)  # fmt: skip
+    trained = read_trained_model(
+        cfg.checkpoint, model_name=cfg.model, tree=cfg.tree, image_size=cfg.image_size, weights=cfg.weights
+    )
+    predictor = Predictor(trained, device=device, threshold=cfg.threshold, top_k=cfg.top_k, batch_size=cfg.batch_size)
     images = list(read_inputs(args.inputs, timeout=cfg.timeout))
     predictions = predictor.predict(images)
     for pred in predictions:

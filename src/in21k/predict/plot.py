@@ -27,8 +27,9 @@ def plot_predictions(
     rows = [(img, pred) for img, pred in zip(images, predictions, strict=True)][:MAX_ROWS]
     if not rows:
         raise ConfigError("nothing to plot")
-    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.2 * len(rows)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.6]})  # fmt: skip
+    fig, axes = plt.subplots(
+        len(rows), 2, figsize=(11, 3.2 * len(rows)), squeeze=False, gridspec_kw={"width_ratios": [1, 1.6]}
+    )
     for (img, pred), (ax_img, ax_txt) in zip(rows, axes, strict=True):
         ax_img.axis("off")
         ax_txt.axis("off")
@@ -51,8 +52,9 @@ def plot_predictions(
             for depth, p in enumerate(pred.path):
                 branch = "" if depth == 0 else "   " * (depth - 1) + "└─ "
                 lines.append(f"{branch}{textwrap.shorten(p.name, 48)}  [{p.wnid}]  {p.prob:.3f}")
-        ax_txt.text(0.0, 0.95, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
-                    transform=ax_txt.transAxes)  # fmt: skip
+        ax_txt.text(
+            0.0, 0.95, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9, transform=ax_txt.transAxes
+        )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -97,12 +97,21 @@ class Cause:
 
 
 _S3_CODES = {
-    "NoSuchBucket": "bucket", "NoSuchKey": "object", "InvalidAccessKeyId": "credentials",
-    "SignatureDoesNotMatch": "credentials", "InvalidToken": "credentials", "ExpiredToken": "credentials",
-    "TokenRefreshRequired": "credentials", "AuthorizationHeaderMalformed": "credentials",
-    "AccessDenied": "denied", "AllAccessDisabled": "denied", "AccountProblem": "denied",
-    "InvalidBucketName": "bucket", "PermanentRedirect": "endpoint", "NoSuchBucketPolicy": "denied",
-}  # fmt: skip
+    "NoSuchBucket": "bucket",
+    "NoSuchKey": "object",
+    "InvalidAccessKeyId": "credentials",
+    "SignatureDoesNotMatch": "credentials",
+    "InvalidToken": "credentials",
+    "ExpiredToken": "credentials",
+    "TokenRefreshRequired": "credentials",
+    "AuthorizationHeaderMalformed": "credentials",
+    "AccessDenied": "denied",
+    "AllAccessDisabled": "denied",
+    "AccountProblem": "denied",
+    "InvalidBucketName": "bucket",
+    "PermanentRedirect": "endpoint",
+    "NoSuchBucketPolicy": "denied",
+}
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -123,8 +132,13 @@ def classify(exc: BaseException) -> Cause | None:
         name = type(e).__name__
         if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
             return Cause("no_credentials", str(e))
-        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                    "ClientConnectorDNSError", "InvalidEndpointURL"):  # fmt: skip
+        if name in (
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ClientConnectorError",
+            "ClientConnectorDNSError",
+            "InvalidEndpointURL",
+        ):
             return Cause("endpoint", str(e).splitlines()[0] if str(e) else name)
         error = (getattr(e, "response", None) or {}).get("Error") if hasattr(e, "response") else None
         if isinstance(error, dict) and error.get("Code"):
@@ -152,8 +166,10 @@ def _hint(proto: str, kind: str) -> str:
     if kind == "object":
         return "check the path"
     if kind == "no_credentials" and s3:
-        return ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), give key and secret in the storage "
-                'options, or {"anon": true} for a public bucket')  # fmt: skip
+        return (
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), give key and secret in the storage "
+            'options, or {"anon": true} for a public bucket'
+        )
     if kind in ("no_credentials", "credentials"):
         if s3:
             return "check the credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or key and secret in the options"
@@ -247,8 +263,13 @@ def check_access(url: str, storage_options: dict[str, Any] | None = None, *, wha
     thread.start()
     thread.join(CHECK_SECONDS)
     if "error" not in box:
-        log.warning("%s: %s %s did not answer a first request within %g s; reading with the usual retries",
-                    display(url), endpoint.what, endpoint.url, CHECK_SECONDS)  # fmt: skip
+        log.warning(
+            "%s: %s %s did not answer a first request within %g s; reading with the usual retries",
+            display(url),
+            endpoint.what,
+            endpoint.url,
+            CHECK_SECONDS,
+        )
         return
     error = box["error"]
     if error is not None:
@@ -262,8 +283,12 @@ def check_access(url: str, storage_options: dict[str, Any] | None = None, *, wha
         if isinstance(error, PermissionError):
             _raise(url, Cause("denied", str(error) or "forbidden"))
         # Anything else (a 5xx, a reset): not the address's fault; the read rides it out with its retries.
-        log.info("%s: first request failed (%s: %s); reading with the usual retries", display(url),
-                 type(error).__name__, error)  # fmt: skip
+        log.info(
+            "%s: first request failed (%s: %s); reading with the usual retries",
+            display(url),
+            type(error).__name__,
+            error,
+        )
         return
     _checked.add(key)
     log.debug("%s: %s %s answered in %.2f s", display(url), endpoint.what, endpoint.url, time.monotonic() - start)
@@ -287,9 +312,11 @@ def _request(url: str, storage_options: dict[str, Any] | None, what: What) -> No
 def _request_s3(url: str, storage_options: dict[str, Any] | None, what: What) -> None:
     options = dict(storage_options or {})
     options["config_kwargs"] = {
-        **(options.get("config_kwargs") or {}), "connect_timeout": CONNECT_SECONDS, "read_timeout": CHECK_SECONDS,
+        **(options.get("config_kwargs") or {}),
+        "connect_timeout": CONNECT_SECONDS,
+        "read_timeout": CHECK_SECONDS,
         "retries": {"mode": "standard", "total_max_attempts": 1},
-    }  # fmt: skip
+    }
     fs, _ = filesystem(url, options, fresh=True)
     fs.retries = 1  # s3fs's own retries (a class attribute): off for this one request
     bucket, _, key = url.split("://", 1)[1].partition("/")

@@ -32,8 +32,17 @@ READ_BLOCK = 1 << 22  # 4 MiB reads: few round trips per shard on object storage
 STREAM_CLIENTS = ("auto", "pyarrow", "fsspec", "obstore")
 
 # fsspec options that only tune fsspec's own caches: no bearing on which bytes a client reads.
-_FSSPEC_ONLY = frozenset({"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths",
-                          "default_block_size", "default_fill_cache", "default_cache_type"})  # fmt: skip
+_FSSPEC_ONLY = frozenset(
+    {
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "max_paths",
+        "default_block_size",
+        "default_fill_cache",
+        "default_cache_type",
+    }
+)
 _clients: dict[tuple, Any] = {}  # (pid, ...) -> pyarrow filesystem or obstore store, made in this process
 _regions: dict[str, str] = {}  # bucket -> region (AWS, when neither options nor environment name one)
 _fallbacks_logged: set[str] = set()
@@ -51,7 +60,7 @@ def _s3_settings(options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         "endpoint": opts.pop("endpoint_url", None) or ck.pop("endpoint_url", None),
         # botocore's own rule, which s3fs follows: the region from the options, else from the environment.
         "region": ck.pop("region_name", None) or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-    }  # fmt: skip
+    }
     return out, sorted(opts) + [f"client_kwargs.{k}" for k in sorted(ck)]
 
 
@@ -112,13 +121,21 @@ def _make_client(kind: str, proto: str, bucket: str, options: dict[str, Any]) ->
     if kind == "obstore":
         from obstore.store import S3Store
 
-        config = {"access_key_id": settings["key"], "secret_access_key": settings["secret"],
-                  "session_token": settings["token"], "endpoint": endpoint, "region": settings["region"],
-                  "skip_signature": settings["anon"]}  # fmt: skip
+        config = {
+            "access_key_id": settings["key"],
+            "secret_access_key": settings["secret"],
+            "session_token": settings["token"],
+            "endpoint": endpoint,
+            "region": settings["region"],
+            "skip_signature": settings["anon"],
+        }
         # Retries are ours (counted and logged), hence max_retries 0.
-        return S3Store(bucket, config={k: v for k, v in config.items() if v},
-                       client_options={"allow_http": scheme == "http", "timeout": "300s", "connect_timeout": "10s"},
-                       retry_config={"max_retries": 0})  # fmt: skip
+        return S3Store(
+            bucket,
+            config={k: v for k, v in config.items() if v},
+            client_options={"allow_http": scheme == "http", "timeout": "300s", "connect_timeout": "10s"},
+            retry_config={"max_retries": 0},
+        )
     from pyarrow import fs as pafs
 
     if proto == "gs":
@@ -132,8 +149,14 @@ def _make_client(kind: str, proto: str, bucket: str, options: dict[str, Any]) ->
         if bucket not in _regions:
             _regions[bucket] = pafs.resolve_s3_region(bucket)
         region = _regions[bucket]
-    kw = {"access_key": settings["key"], "secret_key": settings["secret"], "session_token": settings["token"],
-          "anonymous": settings["anon"], "region": region or "us-east-1", "connect_timeout": 10.0}  # fmt: skip
+    kw = {
+        "access_key": settings["key"],
+        "secret_key": settings["secret"],
+        "session_token": settings["token"],
+        "anonymous": settings["anon"],
+        "region": region or "us-east-1",
+        "connect_timeout": 10.0,
+    }
     if host:
         kw.update(endpoint_override=host, scheme=scheme)
     # max_attempts=1: the SDK does not retry on its own, so that every retry is ours, counted and logged.
@@ -210,8 +233,7 @@ class _FsspecObject:
         global _warned_no_ranges
         if not _warned_no_ranges:
             _warned_no_ranges = True
-            log.info("%s: the server does not support range requests; reading from the start of each file",
-                     self._path)  # fmt: skip
+            log.info("%s: the server does not support range requests; reading from the start of each file", self._path)
         self._file.close()
         self._file = self._fs.open(self._path, "rb", block_size=0)
         self._streaming = True

@@ -47,8 +47,13 @@ class RangeReader:
         delays: Iterator[float] | None = None
         while wanted:
             self._fetch_into(out, ranges, wanted)
-            wanted = [i for i in wanted if isinstance(out[i], Exception) and is_transient(out[i])  # type: ignore[arg-type]
-                      and is_remote(ranges[i][0])]  # fmt: skip
+            wanted = [
+                i
+                for i in wanted
+                if isinstance(out[i], Exception)
+                and is_transient(out[i])  # type: ignore[arg-type]
+                and is_remote(ranges[i][0])
+            ]
             if not wanted:
                 break
             delays = delays or self._retry.delays()
@@ -56,8 +61,14 @@ class RangeReader:
             if wait is None:
                 break
             url, offset, _ = ranges[wanted[0]]
-            log.warning("%d byte ranges failed (%s at byte %d: %s); retrying in %.1f s", len(wanted), url, offset,
-                        brief(out[wanted[0]]), wait)  # type: ignore[arg-type]  # fmt: skip
+            log.warning(
+                "%d byte ranges failed (%s at byte %d: %s); retrying in %.1f s",
+                len(wanted),
+                url,
+                offset,
+                brief(out[wanted[0]]),
+                wait,
+            )  # type: ignore[arg-type]
             time.sleep(wait)
             self._fs, self._fresh = {}, True
         return out

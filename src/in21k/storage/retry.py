@@ -42,11 +42,28 @@ class Retry:
 # Lower-case fragments of messages that say trying again cannot help (client libraries put the S3/GCS error
 # code in the message: pyarrow "AWS Error ACCESS_DENIED", botocore "AccessDenied", GCS "PERMISSION_DENIED").
 _PERMANENT = (
-    "accessdenied", "access_denied", "access denied", "invalidaccesskeyid", "invalid_access_key_id",
-    "signaturedoesnotmatch", "signature_does_not_match", "nosuchbucket", "no_such_bucket", "nosuchkey",
-    "no_such_key", "invalidbucketname", "forbidden", "permission_denied", "permissiondenied", "unauthenticated",
-    "unauthorized", "nocredentials", "unable to locate credentials", "precondition", "invalidrange",
-)  # fmt: skip
+    "accessdenied",
+    "access_denied",
+    "access denied",
+    "invalidaccesskeyid",
+    "invalid_access_key_id",
+    "signaturedoesnotmatch",
+    "signature_does_not_match",
+    "nosuchbucket",
+    "no_such_bucket",
+    "nosuchkey",
+    "no_such_key",
+    "invalidbucketname",
+    "forbidden",
+    "permission_denied",
+    "permissiondenied",
+    "unauthenticated",
+    "unauthorized",
+    "nocredentials",
+    "unable to locate credentials",
+    "precondition",
+    "invalidrange",
+)
 # Exceptions of these HTTP client libraries are network or server failures unless a marker above says otherwise.
 _CLIENT_MODULES = ("aiohttp", "botocore", "urllib3", "requests", "obstore", "gcsfs", "google", "fsspec")
 

@@ -40,9 +40,16 @@ class ResilientStream(io.RawIOBase):
     ``io.BufferedReader``, so reads reach it as ``block_size`` requests.
     """
 
-    def __init__(self, url: str, open_object: Callable[[bool], Any], *, retry: Retry,
-                 on_retry: Callable[[], None] | None = None, block_size: int = READ_BLOCK,
-                 start: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        open_object: Callable[[bool], Any],
+        *,
+        retry: Retry,
+        on_retry: Callable[[], None] | None = None,
+        block_size: int = READ_BLOCK,
+        start: int = 0,
+    ) -> None:
         super().__init__()
         self.url, self.retry, self.block_size = url, retry, block_size
         self._open_object, self._on_retry = open_object, on_retry
@@ -126,8 +133,15 @@ class ResilientStream(io.RawIOBase):
                 self.retries += 1
                 if self._on_retry is not None:
                     self._on_retry()
-                log.warning("%s: read failed at byte %d (%s); retry %d of %d in %.1f s", self.url, self.offset,
-                            brief(exc), tries, self.retry.attempts, wait)  # fmt: skip
+                log.warning(
+                    "%s: read failed at byte %d (%s); retry %d of %d in %.1f s",
+                    self.url,
+                    self.offset,
+                    brief(exc),
+                    tries,
+                    self.retry.attempts,
+                    wait,
+                )
                 time.sleep(wait)
 
 
@@ -192,6 +206,7 @@ def open_stream(
         return f
     chosen = stream_client(url, storage_options, client)
     opener = functools.partial(open_object, url, storage_options, chosen, block_size)
-    raw = ResilientStream(url, opener, retry=Retry() if retry is None else retry, on_retry=on_retry,
-                          block_size=block_size, start=start)  # fmt: skip
+    raw = ResilientStream(
+        url, opener, retry=Retry() if retry is None else retry, on_retry=on_retry, block_size=block_size, start=start
+    )
     return io.BufferedReader(raw, buffer_size=block_size)  # type: ignore[return-value]

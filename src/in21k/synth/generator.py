@@ -364,8 +364,14 @@ def drawing_paths(wnids: list[str]) -> dict[str, list[str]]:
     return paths
 
 
-def _plant(cfg: SynthConfig, out: Path, generated: dict[str, list[list]], numbers: dict[str, set[int]],
-           nouns: list[str], paths: dict[str, list[str]]) -> dict:  # fmt: skip
+def _plant(
+    cfg: SynthConfig,
+    out: Path,
+    generated: dict[str, list[list]],
+    numbers: dict[str, set[int]],
+    nouns: list[str],
+    paths: dict[str, list[str]],
+) -> dict:
     """Planted copies and the evaluation set (``in21k.synth.planted``), from a random stream of their own, so that
     the rest of the release is the same with or without them."""
     from in21k.synth.planted import PLANT_KINDS, plant_copies, plant_eval_set
@@ -468,12 +474,14 @@ def write_synthetic_release(cfg: SynthConfig) -> dict:
     if cfg.layout in PROCESSED_LAYOUTS:
         from in21k.synth import processed
 
-        release = processed.processed_release(raw_members, size=cfg.size, min_images=cfg.min_images,
-                                              val_per_class=cfg.val_per_class)  # fmt: skip
+        release = processed.processed_release(
+            raw_members, size=cfg.size, min_images=cfg.min_images, val_per_class=cfg.val_per_class
+        )
         processed_members = processed.report_of(release, members_by_class)
         if cfg.layout == "parquet":
-            files = processed.write_parquet(out, release, image_format=cfg.image_format, quality=cfg.quality,
-                                            seed=cfg.seed)  # fmt: skip
+            files = processed.write_parquet(
+                out, release, image_format=cfg.image_format, quality=cfg.quality, seed=cfg.seed
+            )
         else:
             files = processed.write_processed(out, release, archive=cfg.layout == "processed-tar-gz")
     if cfg.layout == "whole-tar":

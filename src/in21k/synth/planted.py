@@ -107,9 +107,15 @@ def plant_copies(
                 copy, param = transform(data, kind, rng)
                 copy_name = new_name(target)
                 classes[target].append([copy_name, copy, "jpeg"])
-                pairs.append({"kind": kind, "scope": scope, "param": round(param, 3),
-                              "original": {"wnid": wnid, "member": name},
-                              "copy": {"wnid": target, "member": copy_name}})  # fmt: skip
+                pairs.append(
+                    {
+                        "kind": kind,
+                        "scope": scope,
+                        "param": round(param, 3),
+                        "original": {"wnid": wnid, "member": name},
+                        "copy": {"wnid": target, "member": copy_name},
+                    }
+                )
     return pairs
 
 
@@ -145,8 +151,15 @@ def plant_eval_set(
             copy, param = transform(data, kind, rng)
             copy_name = new_name(wnid)
             classes[wnid].append([copy_name, copy, "jpeg"])
-            pairs.append({"kind": kind, "scope": "eval", "param": round(param, 3), "original": {"eval": name},
-                          "copy": {"wnid": wnid, "member": copy_name}})  # fmt: skip
+            pairs.append(
+                {
+                    "kind": kind,
+                    "scope": "eval",
+                    "param": round(param, 3),
+                    "original": {"eval": name},
+                    "copy": {"wnid": wnid, "member": copy_name},
+                }
+            )
     info = {"dir": EVAL_DIR, "images": images, "planted": len(pairs), "unreadable": 1 if images >= 4 else 0}
     return pairs, info
 
@@ -169,7 +182,7 @@ def score(manifest: dict[str, list], planted: dict[str, Any]) -> dict[str, Any]:
             manifest["dup_group"],
             manifest["match"],
             strict=True,
-        )  # fmt: skip
+        )
     }
     by_kind: dict[str, dict[str, int]] = {}
     in_pairs: set[tuple[str, str]] = set()

@@ -51,8 +51,9 @@ def process_member(data: bytes, size: int) -> tuple[bytes, bool] | None:
         return None
 
 
-def processed_release(classes: dict[str, list[tuple[str, bytes]]], *, size: int, min_images: int,
-                      val_per_class: int) -> Release:  # fmt: skip
+def processed_release(
+    classes: dict[str, list[tuple[str, bytes]]], *, size: int, min_images: int, val_per_class: int
+) -> Release:
     """folder -> wnid -> [(name, bytes, copied unchanged)] for the raw members of each class."""
     out: Release = {TRAIN_DIR: {}, VAL_DIR: {}, SMALL_DIR: {}}
     for wnid, members in sorted(classes.items()):

@@ -167,9 +167,11 @@ class FinetuneConfig:
         default=None, metadata=_h("timm architecture (default: the checkpoint's; required for a state dict)", "NAME")
     )
     tree: str | None = field(
-        default=None, metadata=_h("the 21K model's tree (default: the checkpoint's; required for a state dict)",
-                                  "PATH|fall11|winter21"),
-    )  # fmt: skip
+        default=None,
+        metadata=_h(
+            "the 21K model's tree (default: the checkpoint's; required for a state dict)", "PATH|fall11|winter21"
+        ),
+    )
     weights: Literal["model", "ema"] = field(default="model", metadata=_h("which weights of our 21K files"))
     head_init: Literal["random", "map"] = field(
         default="random",
@@ -216,23 +218,28 @@ class ExportConfig:
 
     checkpoint: str = field(
         default="",
-        metadata=_h("21K model: our model.pt or checkpoint, or the original's published state dict (then --model and "
-                    "--tree)", "CKPT"),
-    )  # fmt: skip
-    out: str = field(default="", metadata=_h("folder to write: model.safetensors, config.json, tree.json, README.md",
-                                             "DIR"))  # fmt: skip
+        metadata=_h(
+            "21K model: our model.pt or checkpoint, or the original's published state dict (then --model and --tree)",
+            "CKPT",
+        ),
+    )
+    out: str = field(
+        default="", metadata=_h("folder to write: model.safetensors, config.json, tree.json, README.md", "DIR")
+    )
     tree_head: bool = field(
         default=False,
-        metadata=_h("keep the semantic-softmax head's levels in the tree file and the card, so that in21k predict DIR "
-                    "answers per level (default: one softmax over all classes, as timm reads a classifier)"),
-    )  # fmt: skip
+        metadata=_h(
+            "keep the semantic-softmax head's levels in the tree file and the card, so that in21k predict DIR "
+            "answers per level (default: one softmax over all classes, as timm reads a classifier)"
+        ),
+    )
     model: str | None = field(
         default=None, metadata=_h("timm architecture (default: the checkpoint's; required for a state dict)", "NAME")
     )
     tree: str | None = field(
-        default=None, metadata=_h("semantic tree (default: the checkpoint's; required for a state dict)",
-                                  "PATH|fall11|winter21"),
-    )  # fmt: skip
+        default=None,
+        metadata=_h("semantic tree (default: the checkpoint's; required for a state dict)", "PATH|fall11|winter21"),
+    )
     image_size: int | None = field(default=None, metadata=_h("input size (default: the checkpoint's, else 224)", "PX"))
     weights: Literal["model", "ema"] = field(default="model", metadata=_h("which weights of our files to export"))
 

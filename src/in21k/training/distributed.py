@@ -69,9 +69,12 @@ def init_distributed(*, backend: str | None = None, timeout_s: float = 1800.0) -
         if backend == "nccl":
             torch.cuda.set_device(local)
         dist.init_process_group(
-            backend=backend, init_method="env://", rank=rank, world_size=world,
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
             timeout=datetime.timedelta(seconds=timeout_s),
-        )  # fmt: skip
+        )
         log.info("joined process group: rank %d of %d (local %d), backend %s", rank, world, local, backend)
     return DistInfo(rank, world, local, backend)
 

@@ -156,8 +156,10 @@ class LossWindow:
         (this rank's peak of allocated device memory)."""
         means = {k: float(du.all_reduce_mean(v / max(self.batches, 1))) for k, v in self.sums.items()}
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        speed = {"img_per_s": round(self.batches * global_batch / elapsed, 1),
-                 "data_wait": round(min(self.waited / elapsed, 1.0), 4)}  # fmt: skip
+        speed = {
+            "img_per_s": round(self.batches * global_batch / elapsed, 1),
+            "data_wait": round(min(self.waited / elapsed, 1.0), 4),
+        }
         if self.device.type == "cuda":
             speed["device_mem_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -184,8 +186,16 @@ def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1009 + rank
 
 
-def feed_batches(loader: Any, feed: Callable, *, device: torch.device, start: int, seed_of: Callable[[int], int],
-                 prefetch: int, workers: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:  # fmt: skip
+def feed_batches(
+    loader: Any,
+    feed: Callable,
+    *,
+    device: torch.device,
+    start: int,
+    seed_of: Callable[[int], int],
+    prefetch: int,
+    workers: int,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """``(batch index, x, y)`` on the device; with loader workers, the feed runs ahead in a thread."""
     from in21k.training.feed import DevicePrefetcher
 
@@ -413,8 +423,15 @@ class Engine:
         def seed_of(batch: int) -> int:
             return batch_seed(self.seed, epoch, batch, self.info.rank)
 
-        batches = feed_batches(loader, feed, device=self.device, start=pos.batch_in_epoch, seed_of=seed_of,
-                               prefetch=settings.prefetch, workers=settings.workers)  # fmt: skip
+        batches = feed_batches(
+            loader,
+            feed,
+            device=self.device,
+            start=pos.batch_in_epoch,
+            seed_of=seed_of,
+            prefetch=settings.prefetch,
+            workers=settings.workers,
+        )
         self.model.train()
         with contextlib.ExitStack() as stack:
             stream = stack.enter_context(contextlib.closing(batches))
@@ -440,8 +457,12 @@ class Engine:
                         )
                     metrics.write({"kind": "train", "epoch": epoch, "step": pos.step, **means, "lr": lr, **speed})
                     if bar is not None:
-                        bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed['img_per_s']:.0f}",
-                                        data_wait=f"{speed['data_wait']:.0%}")  # fmt: skip
+                        bar.set_postfix(
+                            loss=f"{means['loss']:.3f}",
+                            lr=f"{lr:.2e}",
+                            img_s=f"{speed['img_per_s']:.0f}",
+                            data_wait=f"{speed['data_wait']:.0%}",
+                        )
                 if pos.step % settings.save_every == 0 and not end:
                     self.save()
         self._report_loader(epoch)
@@ -492,11 +513,17 @@ class Engine:
             rngs = [rng_state()]
         loader = self.train_loader.state_dict(epoch=self.pos.epoch, step=self.pos.batch_in_epoch)
         return {
-            "schema": self.schema, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
-            "position": self.pos.to_dict(), "rng": rngs, "world_size": du.get_world_size(), "loader": loader,
+            "schema": self.schema,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "position": self.pos.to_dict(),
+            "rng": rngs,
+            "world_size": du.get_world_size(),
+            "loader": loader,
             **extra,
-        }  # fmt: skip
+        }
 
     def save(self) -> None:
         """Checkpoint at the current position (collective: every rank calls it; rank 0 writes)."""
@@ -532,8 +559,13 @@ class Engine:
             # on another world size or worker count, at the start of the rest of the epoch's unseen samples.
             self.train_loader.load_state_dict(state["loader"])
             self.pos.batch_in_epoch = self.train_loader.start_step
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.pos.step, self.pos.epoch,
-                 self.pos.batch_in_epoch)  # fmt: skip
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            path,
+            self.pos.step,
+            self.pos.epoch,
+            self.pos.batch_in_epoch,
+        )
         return state
 
     def start(self, resume_from: Path | None) -> None:

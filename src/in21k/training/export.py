@@ -84,8 +84,10 @@ def clean_lines(report: dict[str, Any]) -> list[str]:
     run)."""
     clean = report.get("clean")
     if not isinstance(clean, dict):
-        return ["- duplicates and evaluation-set overlap: not checked (prepared with --no-dedup and no --against, "
-                "or by an in21k version without the check)"]  # fmt: skip
+        return [
+            "- duplicates and evaluation-set overlap: not checked (prepared with --no-dedup and no --against, "
+            "or by an in21k version without the check)"
+        ]
     policy = clean.get("policy") or {}
     removed = clean.get("removed") or {}
     lines = [
@@ -96,8 +98,11 @@ def clean_lines(report: dict[str, Any]) -> list[str]:
     ]
     sets = clean.get("eval_sets") or []
     if sets:
-        lines += [f"- evaluation set {e.get('name')}: {e.get('matched_images', 0):,} of its images found in the "
-                  f"release, {e.get('matched_release_members', 0):,} release images removed" for e in sets]  # fmt: skip
+        lines += [
+            f"- evaluation set {e.get('name')}: {e.get('matched_images', 0):,} of its images found in the "
+            f"release, {e.get('matched_release_members', 0):,} release images removed"
+            for e in sets
+        ]
     else:
         lines.append("- evaluation-set overlap: no evaluation set was given (prepare --against)")
     return lines
@@ -106,25 +111,32 @@ def clean_lines(report: dict[str, Any]) -> list[str]:
 def _data_section(report: dict[str, Any] | None, why: str, tree: Any) -> list[str]:
     lines = ["## Data", ""]
     if report is None:
-        return [*lines, f"- classes: {tree.num_classes:,} (the head's rows; tree.json lists them)",
-                f"- the prepared dataset's report is not available: {why}",
-                "- duplicates and evaluation-set overlap removed: unknown (not recorded with this model)",
-                ""]  # fmt: skip
+        return [
+            *lines,
+            f"- classes: {tree.num_classes:,} (the head's rows; tree.json lists them)",
+            f"- the prepared dataset's report is not available: {why}",
+            "- duplicates and evaluation-set overlap removed: unknown (not recorded with this model)",
+            "",
+        ]
     t = report.get("totals") or {}
     release = report.get("release") or {}
     if release:
         what = release.get("match") or "not a known release"
-        lines.append(f"- release: {what} (layout {release.get('layout')}, {release.get('classes', 0):,} classes, "
-                     f"{release.get('members', 0):,} members)")  # fmt: skip
+        lines.append(
+            f"- release: {what} (layout {release.get('layout')}, {release.get('classes', 0):,} classes, "
+            f"{release.get('members', 0):,} members)"
+        )
     else:
         lines.append(f"- release: not identified (layout {report.get('layout', 'unknown')})")
     lines.append(
         f"- classes: {t.get('classes_kept', tree.num_classes):,} kept of {t.get('classes_seen', 0):,} seen "
         f"({t.get('classes_dropped', 0):,} dropped); tree levels: {t.get('tree_levels', tree.num_levels)}"
     )
-    lines.append(f"- images: {t.get('train_samples', 0):,} train + {t.get('validation_samples', 0):,} validation, of "
-                 f"{t.get('raw_members', 0):,} raw members ({t.get('rejected', 0):,} rejected, "
-                 f"{t.get('dropped_class', 0):,} in dropped classes)")  # fmt: skip
+    lines.append(
+        f"- images: {t.get('train_samples', 0):,} train + {t.get('validation_samples', 0):,} validation, of "
+        f"{t.get('raw_members', 0):,} raw members ({t.get('rejected', 0):,} rejected, "
+        f"{t.get('dropped_class', 0):,} in dropped classes)"
+    )
     lines += clean_lines(report)
     return [*lines, ""]
 
@@ -136,8 +148,11 @@ def _metrics_section(run: RunDir | None, tree: Any) -> list[str]:
         where = "no run directory (a foreign file)" if run is None else "no val record in metrics.jsonl"
         return [*lines, f"Not available: {where}.", ""]
     last = records[-1]
-    head = [f"Last validation of the run (epoch {last.get('epoch')}, step {last.get('step')}, "
-            f"{last.get('samples', 0):,} images):", ""]  # fmt: skip
+    head = [
+        f"Last validation of the run (epoch {last.get('epoch')}, step {last.get('step')}, "
+        f"{last.get('samples', 0):,} images):",
+        "",
+    ]
     summary = [f"- {k}: {last[k]:.4f}" for k in ("semantic_top1", "top1", "loss") if isinstance(last.get(k), float)]
     ema = last.get("ema") or {}
     if isinstance(ema.get("semantic_top1"), float):
@@ -153,24 +168,42 @@ def _metrics_section(run: RunDir | None, tree: Any) -> list[str]:
     return [*lines, *head, *summary, *table, ""]
 
 
-def model_card(*, out_name: str, trained: TrainedModel, config: dict[str, Any], head: str, report: dict | None,
-               why: str, run: RunDir | None, source: str) -> str:  # fmt: skip
+def model_card(
+    *,
+    out_name: str,
+    trained: TrainedModel,
+    config: dict[str, Any],
+    head: str,
+    report: dict | None,
+    why: str,
+    run: RunDir | None,
+    source: str,
+) -> str:
     """``README.md`` of an export (module docstring)."""
     import yaml
 
     tree = trained.tree
     cfg = config["pretrained_cfg"]
     lines = [
-        "---", "library_name: timm", "tags:", "- image-classification", "- timm", "- in21k", "---", "",
-        f"# {trained.model_name}, ImageNet-21K semantic softmax", "",
+        "---",
+        "library_name: timm",
+        "tags:",
+        "- image-classification",
+        "- timm",
+        "- in21k",
+        "---",
+        "",
+        f"# {trained.model_name}, ImageNet-21K semantic softmax",
+        "",
         f"A `{trained.model_name}` with a head of {tree.num_classes:,} ImageNet-21K classes ({tree.num_levels} levels "
-        f"of the WordNet hierarchy), trained with the semantic softmax; exported by in21k from `{source}`.", "",
+        f"of the WordNet hierarchy), trained with the semantic softmax; exported by in21k from `{source}`.",
+        "",
         f"- input: {cfg['input_size'][1]} x {cfg['input_size'][2]} px, `crop_mode={cfg['crop_mode']}`, "
         f"`crop_pct={cfg['crop_pct']}`, {cfg['interpolation']}, mean {cfg['mean']}, std {cfg['std']}",
         "- labels: `label_names` are WordNet lemma names in head order (a repeated name carries its wnid), "
         "`label_descriptions` WordNet 3.0 glosses; `tree.json` gives each class's wnid and parent",
         "",
-    ]  # fmt: skip
+    ]
     lines += _data_section(report, why, tree)
     lines += _metrics_section(run, tree)
     lines += ["## Reading the head", ""]
@@ -179,39 +212,63 @@ def model_card(*, out_name: str, trained: TrainedModel, config: dict[str, Any], 
         lines += [
             "The model was trained with the semantic softmax: one softmax per level of the tree, over that level's "
             f"classes ({sizes}). `tree.json` keeps the levels (`levels[k]`: the class indices of level k, "
-            "`class_tree[i]`: class i and its ancestors), so the head is read as it was trained:", "",
-            "```python", "import json", "import torch", "",
+            "`class_tree[i]`: class i and its ancestors), so the head is read as it was trained:",
+            "",
+            "```python",
+            "import json",
+            "import torch",
+            "",
             'levels = json.load(open("tree.json"))["levels"]',
             "logits = model(x)  # [batch, num_classes]",
-            "per_level = [torch.softmax(logits[:, idx], dim=1) for idx in map(torch.tensor, levels)]", "```", "",
-            "`in21k predict --checkpoint DIR IMAGE` prints the predicted path down the tree, level by level.", "",
-        ]  # fmt: skip
+            "per_level = [torch.softmax(logits[:, idx], dim=1) for idx in map(torch.tensor, levels)]",
+            "```",
+            "",
+            "`in21k predict --checkpoint DIR IMAGE` prints the predicted path down the tree, level by level.",
+            "",
+        ]
     else:
-        lines += ["Read as one softmax over all classes, as timm reads any classifier (the model was trained with "
-                  "one softmax per tree level; export with `in21k export --tree-head` to keep the levels).",
-                  ""]  # fmt: skip
+        lines += [
+            "Read as one softmax over all classes, as timm reads any classifier (the model was trained with "
+            "one softmax per tree level; export with `in21k export --tree-head` to keep the levels).",
+            "",
+        ]
     lines += [
-        "## How to load", "",
-        "With timm alone (no in21k needed):", "",
-        "```python", "import timm", "import torch", "from PIL import Image", "",
+        "## How to load",
+        "",
+        "With timm alone (no in21k needed):",
+        "",
+        "```python",
+        "import timm",
+        "import torch",
+        "from PIL import Image",
+        "",
         f'model = timm.create_model("local-dir:{out_name}", pretrained=True).eval()',
         "config = timm.data.resolve_data_config({}, model=model)",
         "transform = timm.data.create_transform(**config)",
-        "labels = model.pretrained_cfg[\"label_names\"]",
+        'labels = model.pretrained_cfg["label_names"]',
         'x = transform(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)',
         "with torch.no_grad():",
         "    top = model(x).softmax(-1).topk(5)",
-        "print([labels[i] for i in top.indices[0]])", "```", "",
-        "With in21k:", "",
+        "print([labels[i] for i in top.indices[0]])",
+        "```",
+        "",
+        "With in21k:",
+        "",
         "```bash",
         f"in21k predict --checkpoint {out_name} photo.jpg",
         f"in21k finetune --checkpoint {out_name} --data /data/imagenet --out runs/ft --head-init map",
         f"in21k train --init {out_name} --data DST --out runs/next",
-        "```", "",
-        "## Recipe", "",
-        "The run's config (`in21k train --config`), credentials redacted:", "",
-        "```yaml", yaml.safe_dump(redact(trained.config), sort_keys=False).rstrip() or "{}", "```", "",
-    ]  # fmt: skip
+        "```",
+        "",
+        "## Recipe",
+        "",
+        "The run's config (`in21k train --config`), credentials redacted:",
+        "",
+        "```yaml",
+        yaml.safe_dump(redact(trained.config), sort_keys=False).rstrip() or "{}",
+        "```",
+        "",
+    ]
     return scrub_text("\n".join(lines))
 
 
@@ -243,19 +300,32 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     """Run ``in21k export``; returns the summary line's fields."""
     from safetensors.torch import save_file
 
-    trained = read_trained_model(cfg.checkpoint, model_name=cfg.model, tree=cfg.tree, image_size=cfg.image_size,
-                                 weights=cfg.weights)  # fmt: skip
+    trained = read_trained_model(
+        cfg.checkpoint, model_name=cfg.model, tree=cfg.tree, image_size=cfg.image_size, weights=cfg.weights
+    )
     head = hub.SEMANTIC_HEAD if cfg.tree_head else hub.FLAT_HEAD
     tree = trained.tree
     loader = trained.config.get("loader") or {}
-    preprocess = hub.preprocessing(trained.transform, image_size=trained.image_size, mean=trained.mean,
-                                   std=trained.std, timm_args=loader.get("timm_args"))  # fmt: skip
+    preprocess = hub.preprocessing(
+        trained.transform,
+        image_size=trained.image_size,
+        mean=trained.mean,
+        std=trained.std,
+        timm_args=loader.get("timm_args"),
+    )
     source = redact_url(str(cfg.checkpoint))
     # Only the run's config is redacted as a mapping: label names are WordNet words, and "key" or "token" are some.
     config = hub.hub_config(
-        trained.model, model_name=trained.model_name, tree=tree, descriptions=glosses(tree), preprocess=preprocess,
-        head=head, transform=trained.transform, source=source, run_config=redact(trained.config),
-    )  # fmt: skip
+        trained.model,
+        model_name=trained.model_name,
+        tree=tree,
+        descriptions=glosses(tree),
+        preprocess=preprocess,
+        head=head,
+        transform=trained.transform,
+        source=source,
+        run_config=redact(trained.config),
+    )
     report, why = data_report(trained.config)
     run = run_dir_of(str(cfg.checkpoint), trained)
     out = Path(cfg.out)
@@ -271,12 +341,20 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     os.replace(tmp, out / hub.WEIGHTS)
     _write(out / hub.CONFIG, (scrub_text(json.dumps(config, indent=1, ensure_ascii=False)) + "\n").encode())
     _write(out / hub.TREE, json.dumps(hub.tree_file(tree, head=head), separators=(",", ":")).encode())
-    card = model_card(out_name=str(cfg.out), trained=trained, config=config, head=head, report=report, why=why,
-                      run=run, source=source)  # fmt: skip
+    card = model_card(
+        out_name=str(cfg.out), trained=trained, config=config, head=head, report=report, why=why, run=run, source=source
+    )
     _write(out / hub.CARD, card.encode())
     diff = verify(out, trained, config["label_names"])
-    log.info("exported %s to %s (%s head); timm loads it with the same logits (max difference %.2g)", source, out,
-             head, diff)  # fmt: skip
-    return {"out": str(out), "architecture": trained.model_name, "num_classes": tree.num_classes, "head": head,
-            "files": [hub.WEIGHTS, hub.CONFIG, hub.TREE, hub.CARD], "data_report": report is not None,
-            "max_logit_difference": diff}  # fmt: skip
+    log.info(
+        "exported %s to %s (%s head); timm loads it with the same logits (max difference %.2g)", source, out, head, diff
+    )
+    return {
+        "out": str(out),
+        "architecture": trained.model_name,
+        "num_classes": tree.num_classes,
+        "head": head,
+        "files": [hub.WEIGHTS, hub.CONFIG, hub.TREE, hub.CARD],
+        "data_report": report is not None,
+        "max_logit_difference": diff,
+    }

@@ -218,8 +218,16 @@ class DevicePrefetcher:
     Every batch's augmentation seed is ``seed_of(index)``, so results do not depend on the thread timing.
     """
 
-    def __init__(self, source: Iterable, feed: Callable, *, device: torch.device, depth: int = 2, start: int = 0,
-                 seed_of: Callable[[int], int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        source: Iterable,
+        feed: Callable,
+        *,
+        device: torch.device,
+        depth: int = 2,
+        start: int = 0,
+        seed_of: Callable[[int], int] | None = None,
+    ) -> None:
         if depth < 1:
             raise ConfigError(f"prefetch depth must be >= 1, got {depth}")
         self.source, self.feed, self.device, self.depth, self.start = source, feed, device, depth, start

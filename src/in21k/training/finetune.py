@@ -73,11 +73,15 @@ class HeadInit:
 
     def to_dict(self, class_names: list[str], tree: SemanticTree) -> dict[str, Any]:
         return {
-            "mode": self.mode, "num_classes": self.num_classes, "mapped_rows": len(self.mapped),
+            "mode": self.mode,
+            "num_classes": self.num_classes,
+            "mapped_rows": len(self.mapped),
             "random_rows": self.num_classes - len(self.mapped),
-            "mapped": [{"row": j, "class": class_names[j], "from_21k_index": i, "name": tree.names[i]}
-                       for j, i in sorted(self.mapped.items())],
-        }  # fmt: skip
+            "mapped": [
+                {"row": j, "class": class_names[j], "from_21k_index": i, "name": tree.names[i]}
+                for j, i in sorted(self.mapped.items())
+            ],
+        }
 
 
 def init_head(model: nn.Module, *, tree: SemanticTree, class_names: list[str], mode: str) -> HeadInit:
@@ -98,9 +102,13 @@ def init_head(model: nn.Module, *, tree: SemanticTree, class_names: list[str], m
                 new.weight[j].copy_(weight[i])
                 if bias is not None and new.bias is not None:
                     new.bias[j].copy_(bias[i])
-        log.info("--head-init map: %d of %d head rows initialised from the 21K head (their class folder names are "
-                 "wnids of the 21K tree); %d rows random", len(report.mapped), len(class_names),
-                 len(class_names) - len(report.mapped))  # fmt: skip
+        log.info(
+            "--head-init map: %d of %d head rows initialised from the 21K head (their class folder names are "
+            "wnids of the 21K tree); %d rows random",
+            len(report.mapped),
+            len(class_names),
+            len(class_names) - len(report.mapped),
+        )
         if not report.mapped:
             log.warning("--head-init map: no class name is a wnid of the 21K tree; the whole head is random")
     return report
@@ -126,8 +134,17 @@ def open_data(cfg: FinetuneConfig, *, image_size: int, rank: int = 0, world_size
         dataset = PreparedDataset.open(cfg.data, storage_options=options.storage_options)
 
         def loader(split: str, train: bool):
-            return create_loader(data=dataset, split=split, batch_size=cfg.batch_size, options=options, seed=cfg.seed,
-                                 train=train, image_size=image_size, rank=rank, world_size=world_size)  # fmt: skip
+            return create_loader(
+                data=dataset,
+                split=split,
+                batch_size=cfg.batch_size,
+                options=options,
+                seed=cfg.seed,
+                train=train,
+                image_size=image_size,
+                rank=rank,
+                world_size=world_size,
+            )
 
         try:  # class names (wnids) from the prepared dataset's tree, wherever the dataset lies
             names = SemanticTree.from_dict(dataset.tree_data()).wnids
@@ -148,13 +165,27 @@ def open_data(cfg: FinetuneConfig, *, image_size: int, rank: int = 0, world_size
     classes, train_files = scan_class_folders(root, "train")
     val_split = val_split_of(root)
     _, val_files = scan_class_folders(root, val_split, classes)
-    log.info("class folders %s: %d classes, %d train and %d %s images", root, len(classes), len(train_files),
-             len(val_files), val_split)  # fmt: skip
+    log.info(
+        "class folders %s: %d classes, %d train and %d %s images",
+        root,
+        len(classes),
+        len(train_files),
+        len(val_files),
+        val_split,
+    )
 
     def folder(files, train: bool) -> FolderLoader:
         tf = build_transform(options.transform, image_size=image_size, train=train, timm_args=options.timm_args)
-        return FolderLoader(files, transform=tf, batch_size=cfg.batch_size, num_workers=options.num_workers,
-                            seed=cfg.seed, train=train, rank=rank, world_size=world_size)  # fmt: skip
+        return FolderLoader(
+            files,
+            transform=tf,
+            batch_size=cfg.batch_size,
+            num_workers=options.num_workers,
+            seed=cfg.seed,
+            train=train,
+            rank=rank,
+            world_size=world_size,
+        )
 
     return FinetuneData(train=folder(train_files, True), val=folder(val_files, False), class_names=classes)
 
@@ -192,8 +223,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: torch.device) -> dict[str, Any]:
-    trained = read_trained_model(cfg.checkpoint, model_name=cfg.model, tree=cfg.tree, image_size=cfg.image_size,
-                                 weights=cfg.weights)  # fmt: skip
+    trained = read_trained_model(
+        cfg.checkpoint, model_name=cfg.model, tree=cfg.tree, image_size=cfg.image_size, weights=cfg.weights
+    )
     data = open_data(cfg, image_size=trained.image_size, rank=info.rank, world_size=info.world_size)
     model = trained.model
     torch.manual_seed(cfg.seed)  # the new head's random rows: the same on every rank
@@ -211,18 +243,34 @@ def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: to
     )
     checkpoints = CheckpointManager(rundir, keep_last=cfg.run.keep_last)
     engine = Engine(
-        model, build_optimizer_for(model, cfg), schedule, train_loader=data.train, device=device, info=info,
-        checkpoints=checkpoints, metrics=MetricsWriter.for_run(rundir, enabled=info.rank == 0),
+        model,
+        build_optimizer_for(model, cfg),
+        schedule,
+        train_loader=data.train,
+        device=device,
+        info=info,
+        checkpoints=checkpoints,
+        metrics=MetricsWriter.for_run(rundir, enabled=info.rank == 0),
         schema=CHECKPOINT_SCHEMAS["finetune"],
-        checkpoint_extra={"config": saved_config(cfg), "model_name": trained.model_name,
-                          "classes": data.class_names},
-        batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
-        grad_clip=cfg.grad_clip, seed=cfg.seed,
-    )  # fmt: skip
+        checkpoint_extra={"config": saved_config(cfg), "model_name": trained.model_name, "classes": data.class_names},
+        batch_size=cfg.batch_size,
+        amp=cfg.amp,
+        ema_decay=cfg.ema_decay if cfg.ema else None,
+        grad_clip=cfg.grad_clip,
+        seed=cfg.seed,
+    )
     engine.start(resolve_resume(checkpoints, cfg.resume))
-    log.info("fine-tuning %s on %s: %d classes, %d steps/epoch x %d epochs (%s, lr %g), world size %d",
-             trained.model_name, device, len(data.class_names), steps, cfg.epochs, cfg.optimizer, cfg.lr,
-             info.world_size)  # fmt: skip
+    log.info(
+        "fine-tuning %s on %s: %d classes, %d steps/epoch x %d epochs (%s, lr %g), world size %d",
+        trained.model_name,
+        device,
+        len(data.class_names),
+        steps,
+        cfg.epochs,
+        cfg.optimizer,
+        cfg.lr,
+        info.world_size,
+    )
 
     def compute_loss(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss": loss_fn(engine.forward(x), y)}
@@ -238,10 +286,24 @@ def _finetune(cfg: FinetuneConfig, rundir: RunDir, info: du.DistInfo, device: to
         validation=Validation(validate, headline=(("top1", "top-1"), ("top5", "top-5"))),
     )
     engine.save_model(
-        rundir.model, SINGLE_LABEL, model_name=trained.model_name, image_size=trained.image_size, mean=trained.mean,
-        std=trained.std, config=saved_config(cfg), classes=data.class_names, source_checkpoint=redact(cfg.checkpoint),
-    )  # fmt: skip
+        rundir.model,
+        SINGLE_LABEL,
+        model_name=trained.model_name,
+        image_size=trained.image_size,
+        mean=trained.mean,
+        std=trained.std,
+        config=saved_config(cfg),
+        classes=data.class_names,
+        source_checkpoint=redact(cfg.checkpoint),
+    )
     digest = engine.finish()
-    return {"run_dir": str(rundir.root), "epochs": cfg.epochs, "steps": engine.pos.step,
-            "classes": len(data.class_names), "head_mapped_rows": len(head.mapped), "world_size": info.world_size,
-            "param_digest": digest, "val": last}  # fmt: skip
+    return {
+        "run_dir": str(rundir.root),
+        "epochs": cfg.epochs,
+        "steps": engine.pos.step,
+        "classes": len(data.class_names),
+        "head_mapped_rows": len(head.mapped),
+        "world_size": info.world_size,
+        "param_digest": digest,
+        "val": last,
+    }

@@ -76,8 +76,14 @@ def label_names(tree: SemanticTree) -> list[str]:
     return [name if counts[name] == 1 else f"{name} ({wnid})" for name, wnid in pairs]
 
 
-def preprocessing(transform: str, *, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                  timm_args: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def preprocessing(
+    transform: str,
+    *,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    timm_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` entries for the eval preprocessing of our loader ``transform`` (``miil``/``eval``:
     squash to ``image_size``, bilinear; ``timm``: timm's eval preset, resize the short side and centre crop)."""
     if transform == "timm":
@@ -86,9 +92,14 @@ def preprocessing(transform: str, *, image_size: int, mean: tuple[float, ...], s
         interpolation = str(args.get("interpolation", "bilinear"))
     else:
         crop_mode, crop_pct, interpolation = "squash", 1.0, "bilinear"
-    return {"input_size": [3, int(image_size), int(image_size)], "interpolation": interpolation,
-            "crop_pct": crop_pct, "crop_mode": crop_mode, "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std]}  # fmt: skip
+    return {
+        "input_size": [3, int(image_size), int(image_size)],
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+    }
 
 
 def hub_config(
@@ -209,9 +220,16 @@ def read_export(path: str | Path) -> Export:
         raise DataError(f"{folder / WEIGHTS} is not a readable safetensors file ({exc})") from None
     transform = str(ours.get("transform") or ("miil" if cfg.get("crop_mode") == "squash" else "timm"))
     return Export(
-        path=folder, model_name=config["architecture"], num_classes=num_classes, image_size=int(size[-1]),
+        path=folder,
+        model_name=config["architecture"],
+        num_classes=num_classes,
+        image_size=int(size[-1]),
         # (timm's own defaults where a foreign folder leaves them out: PretrainedCfg's ImageNet mean and std)
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))), transform=transform, head=head, tree=tree,
-        state=state, config=config,
-    )  # fmt: skip
+        std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        transform=transform,
+        head=head,
+        tree=tree,
+        state=state,
+        config=config,
+    )

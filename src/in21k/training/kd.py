@@ -90,8 +90,13 @@ class Teacher(nn.Module):
             if not self._warned:
                 log.info("teacher input resized from %dx%d to %d px", x.shape[-2], x.shape[-1], self.image_size)
                 self._warned = True
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.image_size)  # fmt: skip
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=x.shape[-1] > self.image_size,
+            )
         return self.model(x)
 
 
@@ -113,8 +118,13 @@ def build_teacher(
     log.info("KD teacher: %s from %s (%s, %d px)", trained.model_name, path, trained.kind, trained.image_size)
     if mean is not None and std is not None and (tuple(mean), tuple(std)) != (trained.mean, trained.std):
         # The teacher sees the student's batch as it is (no renormalisation): warn when it was trained on another.
-        log.warning("the teacher was trained with mean %s / std %s, the student's batches use %s / %s",
-                    trained.mean, trained.std, tuple(mean), tuple(std))  # fmt: skip
+        log.warning(
+            "the teacher was trained with mean %s / std %s, the student's batches use %s / %s",
+            trained.mean,
+            trained.std,
+            tuple(mean),
+            tuple(std),
+        )
     model = trained.model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -121,8 +121,11 @@ def load_init_checkpoint(model: nn.Module, path: str | Path) -> InitReport:
     model.load_state_dict(matched, strict=False)
     log.info(
         "--init %s: loaded %d tensors, skipped %d, model tensors not in checkpoint: %d",
-        path, len(report.loaded), len(report.skipped), len(report.missing),
-    )  # fmt: skip
+        path,
+        len(report.loaded),
+        len(report.skipped),
+        len(report.missing),
+    )
     for key, why in report.skipped.items():
         log.info("--init skipped %s: %s", key, why)
     if report.missing:

@@ -69,9 +69,16 @@ def cosine_schedule(total_steps: int, *, lr: float, warmup_steps: int = 0, min_l
 
 
 def build_schedule(
-    name: str, total_steps: int, *, lr: float, pct_start: float, div_factor: float, final_div_factor: float,
-    warmup_steps: int, min_lr: float,
-) -> np.ndarray:  # fmt: skip
+    name: str,
+    total_steps: int,
+    *,
+    lr: float,
+    pct_start: float,
+    div_factor: float,
+    final_div_factor: float,
+    warmup_steps: int,
+    min_lr: float,
+) -> np.ndarray:
     """``onecycle`` (the original), ``cosine`` (with warmup) or ``constant``, as an lr-per-step array."""
     if total_steps < 1:
         raise ConfigError("the run has no optimizer step: more data, fewer ranks, or a smaller batch/accumulation")

@@ -177,10 +177,17 @@ def read_trained_model(
     model.eval()
     log.info("loaded %s (%s, %s weights): %d classes, %d px", path, model_name, weights, tree.num_classes, image_size)
     return TrainedModel(
-        model=model, model_name=model_name, tree=tree, image_size=int(image_size), mean=tuple(mean),
-        std=tuple(std), transform=transform, kind=kind, weights=weights,
+        model=model,
+        model_name=model_name,
+        tree=tree,
+        image_size=int(image_size),
+        mean=tuple(mean),
+        std=tuple(std),
+        transform=transform,
+        kind=kind,
+        weights=weights,
         config=dict(obj.get("config") or {}) if kind != "foreign" else {},
-    )  # fmt: skip
+    )
 
 
 def _read_export(
@@ -191,8 +198,9 @@ def _read_export(
 
     export = hub.read_export(path)
     if weights == "ema":
-        raise ConfigError(f"{path} is an exported folder: it holds the one set of weights chosen at export; "
-                          "drop --weights ema")  # fmt: skip
+        raise ConfigError(
+            f"{path} is an exported folder: it holds the one set of weights chosen at export; drop --weights ema"
+        )
     if model_name and model_name != export.model_name:
         raise ConfigError(f"{path} holds a {export.model_name} model, not {model_name}; drop --model or fix it")
     if tree is None:
@@ -208,13 +216,26 @@ def _read_export(
     model = build_model(name=export.model_name, num_classes=tree.num_classes, image_size=image_size)
     _load_strict(model, dict(export.state), Path(path), tree.num_classes)
     model.eval()
-    log.info("loaded the exported folder %s (%s, %s head): %d classes, %d px", path, export.model_name, export.head,
-             tree.num_classes, image_size)  # fmt: skip
+    log.info(
+        "loaded the exported folder %s (%s, %s head): %d classes, %d px",
+        path,
+        export.model_name,
+        export.head,
+        tree.num_classes,
+        image_size,
+    )
     return TrainedModel(
-        model=model, model_name=export.model_name, tree=tree, image_size=int(image_size), mean=export.mean,
-        std=export.std, transform=export.transform, kind="export", weights="model",
+        model=model,
+        model_name=export.model_name,
+        tree=tree,
+        image_size=int(image_size),
+        mean=export.mean,
+        std=export.std,
+        transform=export.transform,
+        kind="export",
+        weights="model",
         config=dict((export.config.get("in21k") or {}).get("run_config") or {}),
-    )  # fmt: skip
+    )
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, num_classes: int) -> None:

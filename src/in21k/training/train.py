@@ -63,10 +63,17 @@ def build_loader(cfg: TrainConfig, info: du.DistInfo, dataset: Any, *, split: st
 
     batch = cfg.batch_size if train else (cfg.val_batch_size or 2 * cfg.batch_size)
     return create_loader(
-        data=dataset, split=split, batch_size=batch, options=cfg.loader, seed=cfg.seed, train=train,
-        image_size=cfg.image_size, decode="none" if cfg.gpu_decode else "cpu", rank=info.rank,
+        data=dataset,
+        split=split,
+        batch_size=batch,
+        options=cfg.loader,
+        seed=cfg.seed,
+        train=train,
+        image_size=cfg.image_size,
+        decode="none" if cfg.gpu_decode else "cpu",
+        rank=info.rank,
         world_size=info.world_size,
-    )  # fmt: skip
+    )
 
 
 def build_train_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, init: str | None) -> nn.Module:
@@ -88,8 +95,13 @@ def evaluate(model, loader, feed, levels: SemanticLevels, loss_fn, autocast, *, 
     for logits, y in eval_logits(model, loader, feed, autocast, max_batches=max_batches):
         batch_acc = semantic_accuracy(logits, y, levels)
         acc = batch_acc if acc is None else acc + batch_acc
-        sums += torch.stack([loss_fn(logits, y).double() * len(y), (logits.argmax(1) == y).sum().double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=sums.device)])  # fmt: skip
+        sums += torch.stack(
+            [
+                loss_fn(logits, y).double() * len(y),
+                (logits.argmax(1) == y).sum().double(),
+                torch.tensor(float(len(y)), dtype=torch.float64, device=sums.device),
+            ]
+        )
     if acc is None:
         zeros = torch.zeros(levels.num_levels, dtype=torch.long, device=sums.device)
         acc = SemanticAccuracy(zeros, zeros.clone(), levels.level_ids)
@@ -129,8 +141,15 @@ class Run:
         return {"loss": loss + self.cfg.kd_weight * kd, "kd_loss": kd}
 
     def validate(self, model: nn.Module) -> dict[str, Any]:
-        return evaluate(model, self.val_loader, self.val_feed, self.levels, self.loss_fn, self.engine.autocast,
-                        max_batches=self.cfg.run.val_max_batches)  # fmt: skip
+        return evaluate(
+            model,
+            self.val_loader,
+            self.val_feed,
+            self.levels,
+            self.loss_fn,
+            self.engine.autocast,
+            max_batches=self.cfg.run.val_max_batches,
+        )
 
 
 def build_run(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: torch.device) -> Run:
@@ -146,10 +165,17 @@ def build_run(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: to
     train_loader = build_loader(cfg, info, dataset, split="train", train=True)
     val_loader = build_loader(cfg, info, dataset, split="validation", train=False)
     feeds = [
-        build_feed(gpu_decode=cfg.gpu_decode, device=device, image_size=cfg.image_size, train=train,
-                   mean=train_loader.mean, std=train_loader.std, channels_last=cfg.channels_last)
+        build_feed(
+            gpu_decode=cfg.gpu_decode,
+            device=device,
+            image_size=cfg.image_size,
+            train=train,
+            mean=train_loader.mean,
+            std=train_loader.std,
+            channels_last=cfg.channels_last,
+        )
         for train in (True, False)
-    ]  # fmt: skip
+    ]
     checkpoints = CheckpointManager(rundir, keep_last=cfg.run.keep_last)
     resume_from = resolve_resume(checkpoints, cfg.resume)
     if resume_from is not None and cfg.init:
@@ -163,30 +189,62 @@ def build_run(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: to
         train_loader, batch_size=cfg.batch_size, accum_steps=cfg.accum_steps, max_steps=cfg.run.max_steps_per_epoch
     )
     schedule = build_schedule(
-        cfg.schedule, steps * cfg.epochs, lr=cfg.lr, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
-        final_div_factor=cfg.final_div_factor, warmup_steps=cfg.warmup_steps, min_lr=cfg.min_lr,
-    )  # fmt: skip
+        cfg.schedule,
+        steps * cfg.epochs,
+        lr=cfg.lr,
+        pct_start=cfg.pct_start,
+        div_factor=cfg.div_factor,
+        final_div_factor=cfg.final_div_factor,
+        warmup_steps=cfg.warmup_steps,
+        min_lr=cfg.min_lr,
+    )
     engine = Engine(
-        model, optimizer, schedule, train_loader=train_loader, device=device, info=info, checkpoints=checkpoints,
-        metrics=MetricsWriter.for_run(rundir, enabled=info.rank == 0), schema=CHECKPOINT_SCHEMAS["train"],
+        model,
+        optimizer,
+        schedule,
+        train_loader=train_loader,
+        device=device,
+        info=info,
+        checkpoints=checkpoints,
+        metrics=MetricsWriter.for_run(rundir, enabled=info.rank == 0),
+        schema=CHECKPOINT_SCHEMAS["train"],
         checkpoint_extra={"model_name": cfg.model, "num_classes": tree.num_classes, "config": saved_config(cfg)},
-        batch_size=cfg.batch_size, amp=cfg.amp, ema_decay=cfg.ema_decay if cfg.ema else None,
-        grad_clip=cfg.grad_clip, accum_steps=cfg.accum_steps, compile=cfg.compile, seed=cfg.seed,
-    )  # fmt: skip
+        batch_size=cfg.batch_size,
+        amp=cfg.amp,
+        ema_decay=cfg.ema_decay if cfg.ema else None,
+        grad_clip=cfg.grad_clip,
+        accum_steps=cfg.accum_steps,
+        compile=cfg.compile,
+        seed=cfg.seed,
+    )
     teacher = kd_fn = None
     if cfg.teacher:
         # Rebuilt from --teacher on every start, a resume included: checkpoints hold the student only. Built
         # before the RNG states are set or restored, so a resumed run's random streams match an uninterrupted one.
         teacher = build_teacher(
-            cfg.teacher, tree=tree, device=device, model_name=cfg.teacher_model, channels_last=cfg.channels_last,
-            mean=train_loader.mean, std=train_loader.std,
-        )  # fmt: skip
+            cfg.teacher,
+            tree=tree,
+            device=device,
+            model_name=cfg.teacher_model,
+            channels_last=cfg.channels_last,
+            mean=train_loader.mean,
+            std=train_loader.std,
+        )
         kd_fn = SemanticKDLoss(levels).to(device)
     engine.start(resume_from)
     return Run(
-        cfg=cfg, engine=engine, tree=tree, train_loader=train_loader, val_loader=val_loader, train_feed=feeds[0],
-        val_feed=feeds[1], loss_fn=loss_fn, levels=levels, teacher=teacher, kd_fn=kd_fn,
-    )  # fmt: skip
+        cfg=cfg,
+        engine=engine,
+        tree=tree,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        train_feed=feeds[0],
+        val_feed=feeds[1],
+        loss_fn=loss_fn,
+        levels=levels,
+        teacher=teacher,
+        kd_fn=kd_fn,
+    )
 
 
 def do_train(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: torch.device) -> dict[str, Any]:
@@ -194,9 +252,14 @@ def do_train(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: tor
     engine = run.engine
     log.info(
         "training %s on %s: %d classes, %d levels in the loss, %d steps/epoch x %d epochs, world size %d",
-        cfg.model, device, run.tree.num_classes, run.levels.num_levels, len(engine.schedule) // cfg.epochs,
-        cfg.epochs, info.world_size,
-    )  # fmt: skip
+        cfg.model,
+        device,
+        run.tree.num_classes,
+        run.levels.num_levels,
+        len(engine.schedule) // cfg.epochs,
+        cfg.epochs,
+        info.world_size,
+    )
     headline = (("semantic_top1", "semantic top-1"), ("top1", "top-1"), ("loss", "loss"))
     settings = EpochSettings.from_run(cfg.run, prefetch=cfg.prefetch, workers=cfg.loader.num_workers)
     last_val = engine.fit(
@@ -207,14 +270,26 @@ def do_train(cfg: TrainConfig, *, rundir: RunDir, info: du.DistInfo, device: tor
         settings=settings,
     )
     engine.save_model(
-        rundir.model, SEMANTIC, model_name=cfg.model, image_size=cfg.image_size, mean=run.train_loader.mean,
-        std=run.train_loader.std, config=saved_config(cfg), tree=run.tree.to_dict(),
-    )  # fmt: skip
+        rundir.model,
+        SEMANTIC,
+        model_name=cfg.model,
+        image_size=cfg.image_size,
+        mean=run.train_loader.mean,
+        std=run.train_loader.std,
+        config=saved_config(cfg),
+        tree=run.tree.to_dict(),
+    )
     if engine.main and cfg.plot:
         plot_curves(rundir.metrics, rundir.curves)
     digest = engine.finish()
-    return {"run_dir": str(rundir.root), "epochs": cfg.epochs, "steps": engine.pos.step, "world_size": info.world_size,
-            "param_digest": digest, "val": last_val}  # fmt: skip
+    return {
+        "run_dir": str(rundir.root),
+        "epochs": cfg.epochs,
+        "steps": engine.pos.step,
+        "world_size": info.world_size,
+        "param_digest": digest,
+        "val": last_val,
+    }
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -63,16 +63,19 @@ def parse_wnids(text: str, where: str) -> list[str]:
             continue
         wnid = line.split()[0]
         if not _WNID.match(wnid):
-            raise DataError(f"{where}, line {number}: {wnid!r} is not a wnid (n + 8 digits); a class list holds one "
-                            "wnid per line")  # fmt: skip
+            raise DataError(
+                f"{where}, line {number}: {wnid!r} is not a wnid (n + 8 digits); a class list holds one wnid per line"
+            )
         out.append(wnid)
     if not out:
         raise DataError(f"{where} lists no classes (one wnid per line)")
     seen: set[str] = set()
     repeated = [w for w in out if w in seen or seen.add(w)]  # type: ignore[func-returns-value]
     if repeated:
-        raise DataError(f"{where} lists {len(repeated)} wnid(s) twice (first: {repeated[0]}); a label index needs "
-                        "exactly one class: remove the repeats")  # fmt: skip
+        raise DataError(
+            f"{where} lists {len(repeated)} wnid(s) twice (first: {repeated[0]}); a label index needs "
+            "exactly one class: remove the repeats"
+        )
     return out
 
 

@@ -27,10 +27,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from in21k.errors import ConfigError, DataError, StorageError
+from in21k.errors import ConfigError, DataError
 from in21k.pipeline.fingerprint import exact_hash, fingerprints
 from in21k.pipeline.imaging import ResizeMode, process_image
-from in21k.storage import RangeReader, Retry, filesystem, full_url, is_transient
+from in21k.storage import RangeReader, Retry, filesystem, full_url, is_transient, locate
 
 AGAINST_DIR = "_work/against"
 EVAL_SCHEMA = "in21k.eval-set/1"
@@ -89,15 +89,9 @@ class EvalSet:
     def open(cls, name: str, url: str, storage_options: dict[str, Any] | None = None) -> EvalSet:
         """List the set; a ``DataError`` (missing, empty) or ``StorageError`` (unreachable) naming it otherwise."""
         where = f"--against {name}={url}"
-        try:
-            fs, path = filesystem(url, storage_options)
-            is_file = fs.isfile(path)
-            is_dir = not is_file and fs.isdir(path)
-        except Exception as exc:  # noqa: BLE001 - credentials, endpoint, bucket: all surface here
-            raise StorageError(
-                f"{where}: cannot read it ({type(exc).__name__}: {exc}); check the URL and the credentials"
-            ) from None
-        if not (is_file or is_dir):
+        fs, path, kind = locate(url, storage_options=storage_options, what=where)
+        is_file = kind == "file"
+        if kind == "missing":
             raise DataError(f"{where}: no such file or folder; give a folder, .tar or .parquet of images")
         lower = path.lower()
         if is_file and lower.endswith(".tar"):

@@ -36,9 +36,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from in21k.errors import DataError, StorageError
+from in21k.errors import DataError
 from in21k.progress import progress
-from in21k.storage import check_access, filesystem, fs_is_local, full_url, is_remote, is_transient
+from in21k.storage import filesystem, fs_is_local, full_url, is_remote, is_transient, locate
 from in21k.tarformat import member_offsets, scan_tolerant
 
 log = logging.getLogger(__name__)
@@ -400,17 +400,8 @@ def _wnid_of_tar(name: str) -> str | None:
 
 def describe(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Layout, Any, str]:
     """Detect the layout of ``url``; a ``DataError``/``StorageError`` says what to do if it is not a raw release."""
-    check_access(url, storage_options, what="any")  # a wrong address fails in seconds, with its cause
-    try:
-        fs, path = filesystem(url, storage_options)
-        is_file = fs.isfile(path)
-        is_dir = not is_file and fs.isdir(path)
-    except Exception as exc:  # noqa: BLE001 - credentials, endpoint, bucket: all surface here
-        raise StorageError(
-            f"cannot read the raw source {url!r}: {type(exc).__name__}: {exc}. Check the path and, "
-            "for object storage, the credentials/endpoint (AWS_* variables or storage_options)."
-        ) from None
-    if is_file:
+    fs, path, kind = locate(url, storage_options=storage_options, what=f"the raw source {url!r}")
+    if kind == "file":
         from in21k.pipeline.processed import is_processed_archive
 
         name = posixpath.basename(path)
@@ -423,7 +414,7 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> tuple[L
                 raise DataError(f"{url!r} is a single class tar; give the folder that holds the class tars")
             return "whole-tar", fs, path
         raise DataError(f"raw source {url!r} is a file but not a .tar or .tar.gz release archive, nor a .parquet file")
-    if not is_dir:
+    if kind == "missing":
         raise DataError(f"raw source {url!r} does not exist (or is not readable with the given credentials)")
     from in21k.pipeline.parquet_source import looks_like_parquet
     from in21k.pipeline.processed import processed_root

@@ -30,7 +30,7 @@ import logging
 from in21k.storage.access import AccessError, check_access, classify
 from in21k.storage.clients import READ_BLOCK, STREAM_CLIENTS, stream_client
 from in21k.storage.errors import IncompleteReadError, NotFoundError, PipeNotAllowedError
-from in21k.storage.files import exists, read_bytes, read_json, size
+from in21k.storage.files import exists, locate, read_bytes, read_json, size
 from in21k.storage.filesystems import filesystem, fs_is_local, fsspec_options, full_url, release_filesystems
 from in21k.storage.ranges import RangeReader
 from in21k.storage.retry import Retry, is_transient
@@ -77,6 +77,7 @@ __all__ = [
     "is_transient",
     "join",
     "local_path",
+    "locate",
     "open_stream",
     "protocol",
     "read_bytes",

@@ -11,11 +11,30 @@ import json
 import os
 from typing import Any
 
-from in21k.errors import DataError
+from in21k.errors import DataError, StorageError
+from in21k.storage.access import check_access
 from in21k.storage.errors import NotFoundError
 from in21k.storage.filesystems import filesystem
 from in21k.storage.streams import open_stream
 from in21k.storage.urls import display, is_local, is_remote, local_path
+
+
+def locate(url: str, *, storage_options: dict[str, Any] | None = None, what: str) -> tuple[Any, str, str]:
+    """``(fs, path, kind)`` of a user-given input, ``kind`` being ``file``, ``folder`` or ``missing``: the address
+    checked first (``check_access``: a wrong endpoint, bucket or credentials fail within seconds with their cause),
+    and any other failure to look is a ``StorageError`` that starts with ``what`` (how the message names the input,
+    e.g. ``--against NAME=URL``)."""
+    check_access(url, storage_options, what="any")
+    try:
+        fs, path = filesystem(url, storage_options)
+        if fs.isfile(path):
+            return fs, path, "file"
+        return fs, path, "folder" if fs.isdir(path) else "missing"
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint, bucket: all surface here
+        raise StorageError(
+            f"{what}: cannot read it ({type(exc).__name__}: {exc}); check the URL and, for object storage, the "
+            "credentials and endpoint (AWS_* variables, STORAGE_EMULATOR_HOST or storage_options)"
+        ) from None
 
 
 def read_bytes(url: str, *, storage_options: dict[str, Any] | None = None) -> bytes:

@@ -87,21 +87,32 @@ def test_gcs_emulator_through_pyarrow_gives_the_same_batches(prepared: Path, gcs
         assert remote.epoch_stats()["shard_errors"] == 0
 
 
+RELEASE_CHECK = """
+import json, sys, weakref
+from in21k import storage
+bucket, options = sys.argv[1], json.loads(sys.argv[2])
+store = storage.Store(f"s3://{bucket}/x", options)
+store.write_json("a.json", {"a": 1})  # a request: the filesystem holds a live session on this process's loop
+fs = weakref.ref(store.fs)
+del store
+print(fs() is not None)  # fsspec's instance cache keeps it
+storage.release_filesystems()
+print(fs() is None)
+"""
+
+
 @pytest.mark.s3
 def test_filesystems_cached_before_the_workers_fork_are_closed_here(s3_server) -> None:
     """A forked loader worker empties fsspec's instance cache; a cached s3fs filesystem would then be finalised in
     the worker, on an event loop it does not run. ``release_filesystems`` (called before the workers fork) closes
-    them in the process that made them."""
-    import weakref
+    them in the process that made them. In a fresh process: what a long test session keeps alive (sessions of its
+    earlier tests on fsspec's event loop) is not what this checks."""
+    import json
+    import subprocess
+    import sys
 
     bucket = s3_server.make_bucket("in21k-release-test")
-    # Options of this test's own (an extra block size): fsspec hands out one instance per options, and an instance
-    # that an earlier test's client cache still holds is rightly not closed.
-    options = {**s3_server.storage_options, "default_block_size": (5 << 20) + 4096}
-    store = storage.Store(f"s3://{bucket}/x", options)
-    store.write_json("a.json", {"a": 1})  # a request: the filesystem holds a live session on this process's loop
-    fs = weakref.ref(store.fs)
-    del store
-    assert fs() is not None  # fsspec's instance cache keeps it
-    storage.release_filesystems()
-    assert fs() is None
+    args = [bucket, json.dumps(s3_server.storage_options)]
+    done = subprocess.run([sys.executable, "-c", RELEASE_CHECK, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr[-3000:]

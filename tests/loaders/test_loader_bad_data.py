@@ -53,10 +53,19 @@ def test_missing_shard_raises_naming_the_url(prepared: Path, tmp_path: Path) -> 
     root = tmp_path / "missing"
     shutil.copytree(prepared, root)
     gone = root / "validation" / "in21k-validation-000002.tar"
+    kept = gone.read_bytes()
     gone.unlink()
     loader = create_loader(data=str(root), split="validation", batch_size=2, num_workers=2)  # raises by default
+    first = iter(loader)
+    next(first)
+    workers = list(loader._dl._iterator._workers)
     with pytest.raises(DataError, match=f"cannot read shard {gone}"):
-        list(loader)
+        list(first)
+    # The failed epoch's workers are gone at once (not left to a garbage collection that waits for them), and
+    # the loader reads the next epoch with new ones once the shard is back.
+    assert not any(w.is_alive() for w in workers)
+    gone.write_bytes(kept)
+    assert len(list(loader)) == len(loader)
 
 
 def test_missing_shard_skipped_keeps_step_count(prepared: Path, tmp_path: Path) -> None:

@@ -511,10 +511,22 @@ class StreamingLoader:
             return
         self.dataset.history, self.dataset.history_epoch = history, epoch
         # Persistent workers hold a copy of the dataset object from when they started: start new ones.
+        self._restart_workers()
+
+    def _restart_workers(self, *, failed: bool = False) -> None:
+        """Stop this loader's persistent workers (if they run) and start new ones with the next epoch.
+
+        After a failed epoch (``failed``) the workers are terminated first: torch's own shutdown waits up to
+        5 s for each persistent worker that saw another worker's error, and their state is of no more use."""
         iterator = getattr(self._dl, "_iterator", None)
-        if iterator is not None:
-            iterator._shutdown_workers()
-            self._dl = self._make_dataloader()
+        if iterator is None:
+            return
+        if failed:
+            for worker in getattr(iterator, "_workers", ()):
+                if worker.is_alive():
+                    worker.terminate()
+        iterator._shutdown_workers()
+        self._dl = self._make_dataloader()
 
     def __len__(self) -> int:
         """Batches per epoch for this rank (the same on every rank); a resumed epoch yields ``len - start_step``."""
@@ -558,6 +570,11 @@ class StreamingLoader:
                 del item  # hold no reference to a batch the consumer has let go of
                 yield images, labels
                 del images, labels
+        except Exception:
+            # A worker's error (an unreadable shard under shard_errors: raise, a corrupt sample under
+            # corrupt: raise) ends the epoch; the next one starts with new workers.
+            self._restart_workers(failed=True)
+            raise
         finally:
             # A finished (or abandoned) resumed epoch must not make the next one start mid-way too.
             self._start_step.value = 0

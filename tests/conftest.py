@@ -28,12 +28,13 @@ os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
-    """SeaweedFS (``weed mini``) on 127.0.0.1 with S3 credentials, stopped at the end of the session."""
+    """SeaweedFS (``weed mini``) on 127.0.0.1 with S3 credentials, killed at the end of the session: its data is
+    thrown away, and a graceful stop after a whole session's buckets took 12 s."""
     server = start_local_s3(tmp_path_factory.mktemp("seaweedfs"), key="in21k-test", secret="in21k-test-secret")
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()
 
 
 @pytest.fixture(scope="session")

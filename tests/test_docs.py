@@ -59,6 +59,7 @@ SUBSTITUTIONS: dict[tuple[str, str], list[tuple[str, str]]] = {
         ("--config configs/prepare/demo.yaml", f"--config configs/prepare/demo.yaml {SMALL_PREPARE}"),
     ],
     ("clean-data.md", "--against synth-eval"): [
+        ("--config configs/synth/demo.yaml", f"--config configs/synth/demo.yaml {SMALL_SYNTH}"),
         ("--config configs/prepare/demo.yaml", f"--config configs/prepare/demo.yaml {SMALL_PREPARE}"),
     ],
     ("pipeline.md", "--plan-only"): [

@@ -8,7 +8,7 @@
 
 with URL on a local S3-compatible server (SeaweedFS), on a local GCS emulator (fake-gcs-server), and, for the
 training reads, on a local static HTTP server. The release holds planted copies and the pictures of an
-evaluation set (EVAL: on the S3 server for the S3 run, a local folder for the GCS run). Every command runs as
+evaluation set (EVAL: on the S3 server for the S3 run, on the GCS emulator for the GCS run). Every command runs as
 its own process with credentials and endpoints from the environment, as on a user's machine. The same prepare
 writes the same bytes everywhere.
 """
@@ -166,8 +166,12 @@ def test_s3_gcs_and_http(raw, images, s3_server, gcs_server, tmp_path) -> None:
     s3_url = f"s3://{bucket}/imagenet21k-p"
     s3_shards = the_real_data_path(s3_url, s3_server, raw, images, tmp_path / "s3", f"s3://{bucket}/eval/val")
     gcs_server.make_bucket("in21k-real-path")
+    with gcs_server.activate():
+        evaluation = storage.Store("gs://in21k-real-path/eval/val")
+        for path in sorted(p for p in (raw / EVAL_DIR).rglob("*") if p.is_file()):
+            evaluation.write_bytes(path.relative_to(raw / EVAL_DIR).as_posix(), path.read_bytes())
     gs_shards = the_real_data_path(
-        "gs://in21k-real-path/p", gcs_server, raw, images, tmp_path / "gs", str(raw / EVAL_DIR)
+        "gs://in21k-real-path/p", gcs_server, raw, images, tmp_path / "gs", "gs://in21k-real-path/eval/val"
     )
     assert s3_shards == gs_shards and len(s3_shards) >= 3
 

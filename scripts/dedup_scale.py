@@ -13,7 +13,8 @@ its timings and the join's counts, as one JSON line (also appended to ``--result
     python scripts/dedup_scale.py --members 1000000 --work /tmp/in21k-dedup-scale --num-cpus 2
 
 A tool, not a test: 14.2 M members take ~1.5 GB of disk and, on two cores, ~15 minutes to write and ~10 to join.
-Set ``RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0`` for a local Ray.
+The local Ray is started as ``prepare`` starts its own (``in21k.pipeline.job.local_ray``: loopback only, token
+authentication with a fresh token).
 """
 
 from __future__ import annotations
@@ -29,15 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(value.split()[0]) // 1024
-    return out
+from in21k.benchmarks.common import process_memory_mb
 
 
 def generate(out: Path, members: int, seed: int) -> dict:
@@ -75,11 +68,10 @@ def generate(out: Path, members: int, seed: int) -> dict:
 def child(spec: dict) -> None:
     """The duplicate check in this process (the driver being measured); prints one JSON line."""
     import numpy as np
-    import ray
 
     from in21k.dataset import manifest_name
     from in21k.pipeline import PrepareConfig, clean
-    from in21k.pipeline.job import join_in_ray
+    from in21k.pipeline.job import join_in_ray, local_ray
     from in21k.storage import Store
 
     out, parts = spec["out"], spec["parts"]
@@ -95,22 +87,21 @@ def child(spec: dict) -> None:
     class_of = {f"n{90_000_000 + c:08d}": c for c in range(top + 1000)}
     release = clean.load_release(store, names, class_of, rows=spec["members"])
     load_s = time.perf_counter() - t0
-    mem_after_load = _status()["VmHWM"]
-    ray.init(address="local", num_cpus=spec["num_cpus"], include_dashboard=False)
+    mem_after_load = process_memory_mb()["VmHWM"]
     cfg = PrepareConfig(out=out, progress=False)
-    t1 = time.perf_counter()
-    table, summary = clean.decide(
-        release,
-        lambda rows, columns: clean.load_details(store, names, release, rows, columns),
-        clean.EvalImages(np.empty(0, np.int16), [], np.empty(0, np.uint64), np.empty((0, 48), np.uint8), []),
-        clean.Policy(),
-        np.zeros(len(class_of), np.int64),
-        lambda release, reps, evals, policy: join_in_ray(store, names, release, reps, evals, policy, cfg),
-    )
-    decide_s = time.perf_counter() - t1
-    clean.write_decisions(store, table, summary)
-    ray.shutdown()
-    mem = _status()
+    with local_ray(spec["num_cpus"]):
+        t1 = time.perf_counter()
+        table, summary = clean.decide(
+            release,
+            lambda rows, columns: clean.load_details(store, names, release, rows, columns),
+            clean.EvalImages(np.empty(0, np.int16), [], np.empty(0, np.uint64), np.empty((0, 48), np.uint8), []),
+            clean.Policy(),
+            np.zeros(len(class_of), np.int64),
+            lambda release, reps, evals, policy: join_in_ray(store, names, release, reps, evals, policy, cfg),
+        )
+        decide_s = time.perf_counter() - t1
+        clean.write_decisions(store, table, summary)
+    mem = process_memory_mb()
     print(
         "RESULT "
         + json.dumps(

@@ -28,16 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _status() -> dict[str, int]:
-    """VmHWM, VmRSS, RssAnon, RssFile, RssShmem of this process, in MB."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(value.split()[0]) // 1024
-    return out
+from in21k.benchmarks.common import process_memory_mb
 
 
 def child(spec: dict) -> None:
@@ -49,7 +40,7 @@ def child(spec: dict) -> None:
     t0 = time.perf_counter()
     summary = prepare(cfg)
     wall = time.perf_counter() - t0
-    mem = _status()
+    mem = process_memory_mb()
     result = {
         "wall_s": round(wall, 1),
         "driver_peak_rss_mb": mem["VmHWM"],

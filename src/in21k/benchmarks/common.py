@@ -1,4 +1,4 @@
-"""What every benchmark reports beside its figures: the machine, and the printing of a result."""
+"""What every benchmark reports beside its figures: the machine, and this process's memory."""
 
 from __future__ import annotations
 
@@ -30,4 +30,16 @@ def machine() -> dict[str, Any]:
         import torch
 
         out["torch"] = torch.__version__
+    return out
+
+
+def process_memory_mb() -> dict[str, int]:
+    """VmHWM (peak resident memory), VmRSS, RssAnon, RssFile and RssShmem of this process, in MB, from
+    ``/proc/self/status`` (Linux); empty elsewhere."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(value.split()[0]) // 1024
     return out

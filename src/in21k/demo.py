@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from in21k.config import add_config_args, config_from_args, print_config_requested, save_config
-from in21k.errors import ConfigError
+from in21k.errors import ConfigError, DataError
 from in21k.redact import redact
 from in21k.training.rundir import CURVES, EVENTS, METRICS, MODEL, RunDir, read_metrics
 
@@ -108,7 +108,7 @@ def _chance_semantic_top1(tree: Any, val_counts: dict[int, int], levels: list[in
     return hits / pairs if pairs else 0.0
 
 
-def _figures(out: Path, prepared: Path, run: RunDir, min_images: int) -> dict[str, str]:
+def _figures(out: Path, prepared: Path, report: dict[str, Any], run: RunDir, min_images: int) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +132,6 @@ def _figures(out: Path, prepared: Path, run: RunDir, min_images: int) -> dict[st
     plt.close(fig)
     figs["class sizes"] = "class_sizes.png"
 
-    report = json.loads((prepared / "report.json").read_text())
     reasons = {**{f"rejected: {k}": v for k, v in report["rejection_reasons"].items()}}
     for d in report["dropped_classes"]:
         key = f"dropped class: {d['reason']}"
@@ -209,7 +208,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         timings,
     )
     predictions = [json.loads(line) for line in predict_out.splitlines() if line.strip().startswith("{")]
-    tree = SemanticTree.from_dict(PreparedDataset.open(str(prepared)).tree_data())
+    dataset = PreparedDataset.open(str(prepared))
+    tree = SemanticTree.from_dict(dataset.tree_data())
     by_file = {p["input"]: p for p in predictions}
     rows = []
     correct_levels = total_levels = 0
@@ -228,14 +228,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 "names": [p["name"].split(",")[0] for p in pred["path"]],
             }
         )
-    figs = _figures(report_dir, prepared, run, int(yaml.safe_load(prep_cfg.read_text()).get("min_images", 500)))
-    prep_report = json.loads((prepared / "report.json").read_text())
+    prep_report = dataset.report()
+    if prep_report is None:
+        raise DataError(f"{prepared} has no report.json: run the demo again with a new --out")
+    min_images = int(yaml.safe_load(prep_cfg.read_text()).get("min_images", 500))
+    figs = _figures(report_dir, prepared, prep_report, run, min_images)
     vals = read_metrics(run.metrics, "val")
     final = vals[-1] if vals else {}
     levels_used = [int(k) for k in final.get("per_level", {})]
     val_counts = {c["index"]: c["validation"] for c in prep_report["classes"]}
     chance = _chance_semantic_top1(tree, val_counts, levels_used)
-    clean = _clean_scores(raw, prepared, report_dir)
+    clean = _clean_scores(raw, prepared, prep_report, report_dir)
     summary = redact(
         {  # what it quotes was written redacted already; the demo's own paths go through it too
             "out": str(out),
@@ -253,15 +256,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     return summary
 
 
-def _clean_scores(raw: Path, prepared: Path, report_dir: Path) -> dict[str, Any] | None:
-    """Precision and recall of prepare's duplicate finder against the synthetic release's planted copies."""
+def _clean_scores(raw: Path, prepared: Path, prep_report: dict[str, Any], report_dir: Path) -> dict[str, Any] | None:
+    """Precision and recall of prepare's duplicate finder against the synthetic release's planted copies;
+    ``prep_report``: the prepared dataset's report."""
     import pyarrow.parquet as pq
 
     from in21k.synth.planted import score
 
     planted = json.loads((raw / "synth_report.json").read_text()).get("planted")
-    prep_report = json.loads((prepared / "report.json").read_text())
-    if not planted or "clean" not in prep_report:
+    if not planted or not prep_report.get("clean"):  # null: prepare ran without the duplicate check
         return None
     columns = ["wnid", "member", "phash", "match", "dup_group"]
     scores = score(pq.read_table(prepared / "manifest", columns=columns).to_pydict(), planted)

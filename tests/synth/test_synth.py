@@ -136,11 +136,18 @@ def test_folders_layout(tmp_path):
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == members
 
 
-def test_bad_config_is_rejected(tmp_path):
+def test_bad_config_is_rejected(tmp_path, capsys):
     with pytest.raises(ValueError, match="MIN:MAX"):
         write_synthetic_release(_cfg(tmp_path, images="ten"))
     with pytest.raises(ValueError, match="non-noun"):
         write_synthetic_release(_cfg(tmp_path, non_noun_classes=12))
+
+    from in21k.cli import main
+
+    # More planted copies than the release has originals: one error line that says what to change.
+    assert main(["synth", str(tmp_path / "plant"), "--classes", "6", "--images", "4:6", "--plant", "50"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give a smaller --plant" in err[0]
 
 
 def test_report_is_json_on_disk(tmp_path):

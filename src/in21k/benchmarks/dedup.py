@@ -67,6 +67,7 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
     import numpy as np
     import pyarrow.parquet as pq
 
+    from in21k.dataset import PreparedDataset
     from in21k.pipeline import PrepareConfig, prepare
     from in21k.pipeline.dedup import scan_tables, tables
     from in21k.pipeline.fingerprint import color_distance, colors_array
@@ -109,7 +110,7 @@ def run_dedup_bench(cfg: DedupBenchConfig) -> dict[str, Any]:
         prepare_seconds = time.perf_counter() - t
         columns = ["wnid", "member", "phash", "colors", "match", "dup_group"]
         table = pq.read_table(os.path.join(out, "manifest"), columns=columns)
-        prep_report = json.loads(open(os.path.join(out, "report.json")).read())
+        prep_report = PreparedDataset.open(out).report()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     planted = report["planted"]

@@ -124,8 +124,11 @@ def _tar_members(fs: Any, path: str, url: str, storage_options: dict[str, Any] |
     from in21k.pipeline.sources import Container, index_container
 
     rows = index_container(Container("", "tar", full_url(fs, path)), storage_options)
-    if rows["error"] and not rows["member"]:
-        raise DataError(f"--against {url}: not a readable tar ({rows['error']})")
+    if rows["error"]:  # a set cut short would leave its later pictures unchecked: never silently
+        raise DataError(
+            f"--against {url}: not a readable tar after {len(rows['member']):,} members ({rows['error']}); "
+            "download or write it again"
+        )
     return [
         (member, (full_url(fs, path), int(offset), int(size)))
         for member, offset, size in zip(rows["member"], rows["offset"], rows["size"], strict=True)

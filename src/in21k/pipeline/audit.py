@@ -159,7 +159,7 @@ def _match(cfg: AuditConfig, dataset: dict[str, Any], eval_sets: list[Any], eval
         e_member += [cols["member"][k] for k in ok]
         e_hash += [cols["phash"][k] for k in ok]
         e_colors += [cols["colors"][k] for k in ok]
-        unreadable = [(cols["member"][k], cols["error"][k]) for k in range(len(cols["member"])) if k not in set(ok)]
+        unreadable = [(m, e) for m, h, e in zip(cols["member"], cols["phash"], cols["error"], strict=True) if h is None]
         summary.append(
             {
                 "name": es.name,

@@ -688,10 +688,9 @@ def rewrite_shard(
 ) -> dict[str, Any]:
     """Apply the decisions ``rows`` (``shard_rows``) to one shard: tar without the removed samples, manifest part
     with the new statuses, stats last (``clean``: ``digest``). Doing it again gives the same bytes."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from in21k.pipeline.shard import manifest_schema
+    from in21k.pipeline.shard import manifest_parquet
 
     store = Store(out, storage_options)
     stats = json.loads(store.read_bytes(stats_name(split, shard)))
@@ -720,10 +719,7 @@ def rewrite_shard(
                 os.unlink(tmp)
             raise
         stats.update(num_samples=writer.count, offsets=writer.offsets, bytes_written=writer.bytes)
-    schema = manifest_schema()
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(manifest, schema=schema), buf, compression="zstd")
-    store.write_bytes(manifest_name(split, shard), buf.getvalue())
+    store.write_bytes(manifest_name(split, shard), manifest_parquet(manifest))
     reasons = Counter(r["reason"] for r in manifest if r["status"] == "rejected")
     stats.update(rejected=sum(reasons.values()), reasons=dict(sorted(reasons.items())), clean=digest)
     DatasetWriter(store).write_stats(split, shard, stats)  # last: marks the shard done

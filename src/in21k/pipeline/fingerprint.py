@@ -216,11 +216,6 @@ def fingerprints(thumbnails: list[Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------- comparing
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bits that differ between the uint64 hashes ``a`` and ``b`` (element-wise)."""
-    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int16)
-
-
 def color_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance of colour grids (``(..., COLOR_BYTES)`` uint8 arrays), in 8-bit levels: the mean absolute
     difference of their YCbCr cells, each channel's mean over the grid removed first (brightness and colour

@@ -742,12 +742,12 @@ def _clean(plan: Plan, store: Store, cfg: PrepareConfig, tree: Any, eval_sets: l
         summary["picture"] = clean.PAIRS_PICTURE if picture is not None else None
         summary["eval_listings"] = listings  # decisions are reused only for the same evaluation sets
         del release
-        clean.write_decisions(store, table, summary)
-        summary = json.loads(store.read_bytes(clean.SUMMARY_FILE))
+        summary["digest"] = clean.write_decisions(store, table, summary)
     digest = summary["digest"]
     part_column = table.column("part").to_numpy()
     touched = np.unique(part_column).tolist()
-    finished = {k for k in touched if json.loads(store.read_bytes(stats_name(*shards[k]))).get("clean") == digest}
+    stats = store.read_many([stats_name(*shards[k]) for k in touched])  # one call: 10^4 shards on S3
+    finished = {k for k, blob in zip(touched, stats, strict=True) if json.loads(blob).get("clean") == digest}
     todo = [k for k in touched if k not in finished]
     if len(todo) < len(touched):
         log.info(

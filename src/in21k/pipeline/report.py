@@ -15,7 +15,7 @@ import json
 from collections import Counter, defaultdict
 from typing import Any
 
-from in21k.dataset import SCHEMA, SPLITS, UNSHARDED_MANIFEST, DatasetWriter, manifest_name, stats_name
+from in21k.dataset import REPORT_FILE, SCHEMA, SPLITS, UNSHARDED_MANIFEST, DatasetWriter, manifest_name, stats_name
 from in21k.pipeline.options import PrepareConfig
 from in21k.pipeline.plan import Plan
 from in21k.pipeline.shard import manifest_schema
@@ -183,7 +183,7 @@ def finalize(
             "clean": None if clean is None else {k: v for k, v in clean.items() if k != "samples"},
         }
     )
-    store.write_json("report.json", report)
+    store.write_json(REPORT_FILE, report)
     store.write_bytes("report.md", _markdown(report).encode())
     return report
 

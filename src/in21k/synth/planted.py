@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from in21k.errors import ConfigError
+
 PLANT_KINDS = ("exact", "reencode", "rescale", "crop", "border", "colour")
 SCOPES = ("within_class", "across_classes")
 EVAL_DIR = "eval_set"  # the evaluation-set folder, under the release's folder
@@ -90,7 +92,10 @@ def plant_copies(
     pool = [(w, i) for w in eligible for i, m in enumerate(classes[w]) if m[2] == "jpeg"]
     need = per_kind * len(PLANT_KINDS) * len(SCOPES)
     if need > len(pool):
-        raise ValueError(f"--plant {per_kind}: {need} originals needed, the release has {len(pool)} plain JPEGs")
+        raise ConfigError(
+            f"--plant {per_kind}: {need} plain-JPEG originals needed, the release has {len(pool)}; give a smaller "
+            "--plant, or more --classes or --images"
+        )
     picks = rng.choice(len(pool), size=need, replace=False)
     pairs = []
     k = 0

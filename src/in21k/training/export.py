@@ -37,8 +37,6 @@ from in21k.training.rundir import CHECKPOINTS, RunDir, read_metrics
 
 log = logging.getLogger(__name__)
 
-# Report fields that count duplicates or evaluation-set overlap, whatever the prepare version named them.
-
 
 def glosses(tree: Any) -> list[str]:
     """WordNet 3.0's gloss of every class, in class order (the label descriptions)."""

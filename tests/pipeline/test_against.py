@@ -97,3 +97,44 @@ def test_prepare_refuses_a_bad_set_before_any_work(which: str, sets: dict[str, P
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"in21k prepare: error: --against val={url}: ")
     assert "Traceback" not in proc.stderr and not out.exists()  # nothing written, no Ray started
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_evaluation_set_changed_under_its_url_is_decided_over_what_the_shards_still_hold(
+    tmp_path, ray_local, caplog
+):
+    """The set loses pictures between two runs into the same output: the duplicate check decides again, over the
+    members still in the shards (an earlier rewrite cut the others out), and the manifest stays true to the tars."""
+    import pyarrow.parquet as pq
+
+    from in21k.pipeline import prepare
+    from in21k.synth.planted import EVAL_DIR
+    from tests.pipeline.conftest import prep_config, raw_arg, write_release
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_release(raw, seed=11, plant=1, eval_images=8)
+    evaluation = raw / EVAL_DIR
+    config = prep_config(raw_arg(raw), out, shard_size=4, against=[f"synth-eval={evaluation}"])
+    import json
+    import logging
+    import re
+
+    def candidates() -> int:
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("looking for copies among")]
+        return int(re.search(r"among ([\d,]+) images", said[-1]).group(1).replace(",", ""))
+
+    with caplog.at_level(logging.INFO, logger="in21k.pipeline.job"):
+        prepare(config)
+        first, removed = candidates(), sum(json.loads((out / "report.json").read_text())["clean"]["removed"].values())
+        for picture in sorted(p for p in evaluation.iterdir() if p.is_file())[:-2]:
+            picture.unlink()
+        prepare(config)
+    assert removed > 0 and candidates() == first - removed  # what the first check cut out is not looked at again
+    manifest = pq.read_table(out / "manifest", columns=["key", "status"]).to_pylist()
+    in_shards = []
+    for shard in sorted(out.glob("*/in21k-*.tar")):
+        with tarfile.open(shard) as tar:
+            in_shards += [m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".jpg")]
+    assert len(in_shards) == len(set(in_shards))
+    assert sorted(in_shards) == sorted(r["key"] for r in manifest if r["status"] == "written")

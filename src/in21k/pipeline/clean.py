@@ -159,8 +159,12 @@ def load_release(store: Store, parts: list[str], class_of: dict[str, int], rows:
     codes = np.array([class_of[w] for w in known.to_pylist()] + [-1], np.int32)  # index_in's null -> -1
     cols = {k: np.empty(max(rows, 1 << 16), t) for k, t in _RELEASE_TYPES.items()}
     n = 0
-    for p, table in _read_parts(store, parts, ["wnid", "split", "phash", "pixel_hash", "src_width", "src_height"]):
-        valid = table.column("phash").is_valid().to_numpy(zero_copy_only=False)
+    removed = pa.array(CLEAN_REASONS, pa.string())
+    columns = ["wnid", "split", "phash", "pixel_hash", "src_width", "src_height", "reason"]
+    for p, table in _read_parts(store, parts, columns):
+        # Members an earlier duplicate check already cut out of their shard are not in the release any more.
+        gone = pc.is_in(table.column("reason"), value_set=removed).fill_null(False)
+        valid = pc.and_(table.column("phash").is_valid(), pc.invert(gone)).to_numpy(zero_copy_only=False)
         k = int(valid.sum())
         if not k:
             continue

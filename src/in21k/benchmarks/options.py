@@ -8,6 +8,7 @@ from typing import Literal
 
 from in21k.errors import ConfigError
 from in21k.loaders.options import LoaderOptions
+from in21k.pipeline.options import DEDUP_COLOR_DISTANCE, DEDUP_DISTANCE
 
 
 def _h(text: str, metavar: str | None = None) -> dict:
@@ -56,8 +57,10 @@ class DedupBenchConfig:
     images: str = field(default="40:80", metadata=_h("members per class, MIN:MAX", "MIN:MAX"))
     plant: int = field(default=10, metadata=_h("planted copies per kind, inside a class and as many across", "N"))
     eval_images: int = field(default=60, metadata=_h("pictures of the evaluation set (about half planted)", "N"))
-    max_distance: int = field(default=12, metadata=_h("prepare's --dedup-distance", "BITS"))
-    max_color_distance: float = field(default=7.0, metadata=_h("prepare's --dedup-color-distance", "LEVELS"))
+    max_distance: int = field(default=DEDUP_DISTANCE, metadata=_h("prepare's --dedup-distance", "BITS"))
+    max_color_distance: float = field(
+        default=DEDUP_COLOR_DISTANCE, metadata=_h("prepare's --dedup-color-distance", "LEVELS")
+    )
     num_cpus: int | None = field(default=None, metadata=_h("CPUs of the local Ray (default: all)", "N"))
     workdir: str | None = field(default=None, metadata=_h("where to write the release (default: a temp dir)", "DIR"))
     seed: int = field(default=0, metadata=_h("seed of the release", "N"))

@@ -54,6 +54,7 @@ from in21k import tarformat
 from in21k.dataset import DatasetWriter, ShardTarWriter, manifest_name, shard_name, split_member, stats_name
 from in21k.pipeline.dedup import components, exact_copies, scan_tables, split_pairs, tables
 from in21k.pipeline.fingerprint import COLOR_BYTES, colors_array
+from in21k.pipeline.options import DEDUP_COLOR_DISTANCE, DEDUP_DISTANCE
 from in21k.storage import Store
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,8 @@ DECISION_COLUMNS = (
 @dataclass
 class Policy:
     dedup: bool = True
-    max_distance: int = 12
-    max_color_distance: float = 7.0
+    max_distance: int = DEDUP_DISTANCE
+    max_color_distance: float = DEDUP_COLOR_DISTANCE
     in_class: str = "keep-one"
     across_classes: str = "drop-all"
 

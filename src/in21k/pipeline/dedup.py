@@ -40,12 +40,13 @@ from typing import Any
 import numpy as np
 
 from in21k.pipeline.fingerprint import HASH_BITS, color_distance
+from in21k.pipeline.options import DEDUP_COLOR_DISTANCE, DEDUP_DISTANCE
 
 BLOCKS = 11
 KEY_BLOCKS = 4
 WINDOW = 1024  # a run of equal keys is compared to at most this many neighbours of each member
-MAX_DISTANCE = 12  # default --dedup-distance: Hamming distance of phash (even: every phash has 32 ones)
-MAX_COLOR_DISTANCE = 7.0  # default --dedup-color-distance, in 8-bit levels
+MAX_DISTANCE = DEDUP_DISTANCE  # default --dedup-distance: Hamming distance of phash (even: every phash has 32 ones)
+MAX_COLOR_DISTANCE = DEDUP_COLOR_DISTANCE  # default --dedup-color-distance, in 8-bit levels
 REJECTED_KEPT = 6  # candidate pairs rejected by their colours kept (the closest) for the report's picture
 
 

@@ -15,6 +15,11 @@ DEFAULT_SHARD_MULTIPLE = 64 * 8 * 8
 # ~1,500 samples of ~35 KB (224 px, quality 95) is ~50 MB per shard: large enough for fast sequential
 # reads from object storage, and fall11's 11.8 M train images give 8,192 = 2 x 4,096 shards.
 DEFAULT_SHARD_SIZE = 1500
+# The duplicate check's defaults (docs/clean-data.md says why): the Hamming distance of two 64-bit DCT hashes that
+# makes a candidate pair (even: every hash has 32 ones), and the colour-grid distance, in 8-bit levels, that makes
+# a candidate a copy.
+DEDUP_DISTANCE = 12
+DEDUP_COLOR_DISTANCE = 7.0
 
 # Options that change what is written: a rerun into the same --out must use the same values.
 OUTPUT_KEYS = (
@@ -152,14 +157,14 @@ class PrepareConfig:
         metadata={"help": "find exact and near copies inside the release and apply the --duplicates-* policies"},
     )
     dedup_distance: int = field(
-        default=12,
+        default=DEDUP_DISTANCE,
         metadata={
             "help": "a pair is a candidate copy when the Hamming distance of its 64-bit DCT hashes is at most "
             "this (even: every hash has 32 ones)"
         },
     )
     dedup_color_distance: float = field(
-        default=7.0,
+        default=DEDUP_COLOR_DISTANCE,
         metadata={
             "help": "and a copy when its 4x4 colour grids also differ by at most this (mean, 8-bit levels, "
             "brightness and colour cast removed)"
@@ -312,8 +317,12 @@ class AuditConfig:
             "metavar": "NAME=URL",
         },
     )
-    dedup_distance: int = field(default=12, metadata={"help": "as prepare's: hash distance of a candidate pair"})
-    dedup_color_distance: float = field(default=7.0, metadata={"help": "as prepare's: colour distance of a match"})
+    dedup_distance: int = field(
+        default=DEDUP_DISTANCE, metadata={"help": "as prepare's: hash distance of a candidate pair"}
+    )
+    dedup_color_distance: float = field(
+        default=DEDUP_COLOR_DISTANCE, metadata={"help": "as prepare's: colour distance of a match"}
+    )
     resize: Literal["squash", "short-edge", "none"] = field(
         default="squash",
         metadata={

@@ -173,13 +173,15 @@ def test_a_cluster_that_does_not_answer_is_one_line_before_anything_is_written(t
     """``--ray-address`` naming a cluster that is not running: one ``error:`` line, and no ``DST/_work/``."""
     import socket
 
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     (tmp_path / "raw").mkdir()
     out = tmp_path / "out"
-    argv = ["prepare", "--raw", str(tmp_path / "raw"), "--out", str(out), "--ray-address", f"127.0.0.1:{port}"]
-    assert main(argv) == 2
+    # A port held bound but not listening: connections are refused, and no other process (a local Ray of another
+    # test) can take it while the command runs.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        argv = ["prepare", "--raw", str(tmp_path / "raw"), "--out", str(out), "--ray-address", f"127.0.0.1:{port}"]
+        assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no Ray cluster answers at --ray-address" in err and "ray start" in err
     assert not out.exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,7 +183,10 @@ def test_a_cluster_that_does_not_answer_is_one_line_before_anything_is_written(t
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         argv = ["prepare", "--raw", str(tmp_path / "raw"), "--out", str(out), "--ray-address", f"127.0.0.1:{port}"]
-        assert main(argv) == 2
-    err = capsys.readouterr().err
+        # A fresh process: a Ray that another test of this session left initialised here must not answer for it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+        done = subprocess.run([sys.executable, "-m", "in21k", *argv], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    err = done.stderr
     assert err.count("\n") == 1 and "no Ray cluster answers at --ray-address" in err and "ray start" in err
     assert not out.exists()
